@@ -1,0 +1,5 @@
+"""``python -m costsim_analytics``."""
+
+from costsim_analytics.cli import main
+
+main()

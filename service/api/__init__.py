@@ -1,0 +1,1 @@
+"""Transport: the gRPC servicer, server, client and proto <-> domain conversion."""

@@ -1,0 +1,131 @@
+"""A small synchronous client for the CLI and scripts; speaks JSON-shaped dicts.
+
+Example:
+    >>> with AnalyticsClient("127.0.0.1:50051") as client:  # doctest: +SKIP
+    ...     client.write_provenance([{"run_id": "r1", "variant_slug": "v2", ...}])
+
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self
+
+import grpc
+from google.protobuf import json_format
+
+from costsim.analytics.v1 import analytics_pb2 as pb
+from costsim.analytics.v1 import analytics_pb2_grpc as pb_grpc
+from costsim_analytics.api.convert import STATUS_TO_PROTO, to_timestamp
+
+JsonDict = dict[str, Any]
+
+
+def _dict(message: Any) -> JsonDict:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def _window(request: Any, start: datetime | None, end: datetime | None) -> None:
+    if start is not None:
+        request.start_time.CopyFrom(to_timestamp(start))
+    if end is not None:
+        request.end_time.CopyFrom(to_timestamp(end))
+
+
+class AnalyticsClient:
+    """Blocking client over one channel; close it (or use ``with``)."""
+
+    def __init__(self, target: str, *, timeout_s: float = 30.0) -> None:
+        self._channel = grpc.insecure_channel(target)
+        self._stub = pb_grpc.AnalyticsServiceStub(self._channel)
+        self._timeout_s = timeout_s
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the channel."""
+        self._channel.close()
+
+    def write_provenance(self, records: Sequence[JsonDict], request_id: str = "") -> JsonDict:
+        """Write one batch; records use the proto's JSON field names."""
+        request = pb.WriteProvenanceBatchRequest(request_id=request_id)
+        for record in records:
+            json_format.ParseDict(record, request.records.add())
+        return _dict(self._stub.WriteProvenanceBatch(request, timeout=self._timeout_s))
+
+    def query_provenance(
+        self,
+        *,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+        tenant_id: str = "",
+        variant_slug: str = "",
+        source: str = "",
+        input_hash: str = "",
+        run_id: str = "",
+    ) -> Iterator[JsonDict]:
+        """Stream records (with their page tokens), newest first."""
+        request = pb.QueryProvenanceRequest(
+            tenant_id=tenant_id,
+            variant_slug=variant_slug,
+            source=source,
+            input_hash=input_hash,
+            run_id=run_id,
+            page_size=page_size,
+            page_token=page_token,
+        )
+        _window(request, start, end)
+        for message in self._stub.QueryProvenance(request, timeout=self._timeout_s):
+            yield _dict(message)
+
+    def drift_stats(
+        self,
+        *,
+        tenant_id: str = "",
+        variant_slug: str = "",
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> JsonDict:
+        """Drift statistics, every field present."""
+        request = pb.GetDriftStatsRequest(tenant_id=tenant_id, variant_slug=variant_slug)
+        _window(request, start, end)
+        response = self._stub.GetDriftStats(request, timeout=self._timeout_s)
+        return json_format.MessageToDict(
+            response, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )
+
+    def query_reports(
+        self,
+        *,
+        status: str = "",
+        passed: bool | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> Iterator[JsonDict]:
+        """Stream canary reports (with their page tokens), newest first."""
+        request = pb.QueryCanaryReportsRequest(
+            status=STATUS_TO_PROTO[status] if status else pb.CANARY_STATUS_UNSPECIFIED,
+            passed=passed,
+            page_size=page_size,
+            page_token=page_token,
+        )
+        _window(request, start, end)
+        for message in self._stub.QueryCanaryReports(request, timeout=self._timeout_s):
+            yield _dict(message)
+
+    def get_report(self, run_id: str) -> JsonDict:
+        """One canary report."""
+        request = pb.GetCanaryReportRequest(run_id=run_id)
+        return _dict(self._stub.GetCanaryReport(request, timeout=self._timeout_s).report)

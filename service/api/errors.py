@@ -1,0 +1,161 @@
+"""The one table from domain errors to gRPC status codes, and the wrappers that apply it.
+
+Every non-OK status carries a ``google.rpc.ErrorInfo`` (AIP-193) with domain
+``costsim.analytics.v1`` and the error's stable reason; INVALID_ARGUMENT also carries a
+``google.rpc.BadRequest`` naming each offending field. Anything unexpected becomes INTERNAL
+with a generic message, and the log line carries the error id and the request id.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from costsim_analytics.engines.errors import (
+    AlreadyExists,
+    CostsimError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
+
+log = logging.getLogger(__name__)
+
+DOMAIN = "costsim.analytics.v1"
+REQUEST_ID_HEADER = "x-request-id"
+
+# Most specific first: the first matching class wins.
+_CODES: tuple[tuple[type[CostsimError], int], ...] = (
+    (InvalidArgument, code_pb2.INVALID_ARGUMENT),
+    (NotFound, code_pb2.NOT_FOUND),
+    (AlreadyExists, code_pb2.ALREADY_EXISTS),
+    (FailedPrecondition, code_pb2.FAILED_PRECONDITION),
+    (Unavailable, code_pb2.UNAVAILABLE),
+)
+
+Servicer = TypeVar("Servicer")
+Request = TypeVar("Request")
+Response = TypeVar("Response")
+
+
+def code_of(error: CostsimError) -> int:
+    """The google.rpc code for a domain error (INTERNAL for an unmapped subclass)."""
+    for cls, code in _CODES:
+        if isinstance(error, cls):
+            return int(code)
+    return int(code_pb2.INTERNAL)
+
+
+def _pack(message: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def status_of(error: CostsimError, request_id: str) -> grpc.Status:
+    """The full status for a domain error."""
+    details = [
+        _pack(
+            error_details_pb2.ErrorInfo(
+                reason=error.reason, domain=DOMAIN, metadata={"request_id": request_id}
+            )
+        )
+    ]
+    if isinstance(error, InvalidArgument) and error.violations:
+        details.append(
+            _pack(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(
+                            field=v.field, description=v.description
+                        )
+                        for v in error.violations
+                    ]
+                )
+            )
+        )
+    status = status_pb2.Status(code=code_of(error), message=error.message, details=details)
+    return rpc_status.to_status(status)
+
+
+def internal_status(error_id: str, request_id: str) -> grpc.Status:
+    """A generic INTERNAL status that points at the log line."""
+    info = error_details_pb2.ErrorInfo(
+        reason="INTERNAL", domain=DOMAIN, metadata={"error_id": error_id, "request_id": request_id}
+    )
+    status = status_pb2.Status(
+        code=code_pb2.INTERNAL,
+        message=f"internal error (error id {error_id}); the server log has the details",
+        details=[_pack(info)],
+    )
+    return rpc_status.to_status(status)
+
+
+def request_id_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The caller's x-request-id, or a new one."""
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_HEADER and isinstance(value, str) and value:
+            return value[:128]
+    return uuid.uuid4().hex
+
+
+async def _abort(exc: Exception, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    request_id = request_id_of(context)
+    if isinstance(exc, CostsimError):
+        level = logging.WARNING if isinstance(exc, Unavailable) else logging.INFO
+        log.log(level, "%s -> %s (%s) request_id=%s", method, exc.reason, exc.message, request_id)
+        await context.abort_with_status(status_of(exc, request_id))  # type: ignore[attr-defined]
+    error_id = uuid.uuid4().hex[:12]
+    log.error(
+        "%s failed: internal error error_id=%s request_id=%s",
+        method,
+        error_id,
+        request_id,
+        exc_info=exc,
+    )
+    await context.abort_with_status(internal_status(error_id, request_id))  # type: ignore[attr-defined]
+
+
+UnaryMethod = Callable[[Servicer, Request, Any], Awaitable[Response]]
+StreamMethod = Callable[[Servicer, Request, Any], AsyncIterator[Response]]
+
+
+def unary(
+    method: UnaryMethod[Servicer, Request, Response],
+) -> UnaryMethod[Servicer, Request, Response]:
+    """Map errors of a unary-unary method."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Servicer, request: Request, context: Any) -> Response:
+        try:
+            return await method(self, request, context)
+        except Exception as exc:
+            await _abort(exc, method.__name__, context)
+            raise AssertionError("abort_with_status returned") from exc
+
+    return wrapper
+
+
+def streaming(
+    method: StreamMethod[Servicer, Request, Response],
+) -> StreamMethod[Servicer, Request, Response]:
+    """Map errors of a unary-stream method, including those raised after the first message."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Servicer, request: Request, context: Any) -> AsyncIterator[Response]:
+        try:
+            async for message in method(self, request, context):
+                yield message
+        except Exception as exc:
+            await _abort(exc, method.__name__, context)
+
+    return wrapper

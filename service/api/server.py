@@ -1,0 +1,129 @@
+"""The gRPC server: servicer, health, reflection, database probe and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from costsim.analytics.v1 import analytics_pb2 as pb
+from costsim.analytics.v1 import analytics_pb2_grpc as pb_grpc
+from costsim_analytics.api.servicer import AnalyticsServicer
+from costsim_analytics.engines.errors import CostsimError
+from costsim_analytics.handlers.registry import OperationRegistry
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AnalyticsService"].full_name
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+Probe = Callable[[], None]
+
+
+class AnalyticsServer:
+    """Owns the grpc.aio server and keeps the health status in step with the database.
+
+    ``probe`` raises when the database is unreachable or its schema is not at head; the
+    server reports SERVING only while it succeeds, and recovers by itself when it does again.
+    """
+
+    def __init__(
+        self,
+        registry: OperationRegistry,
+        probe: Probe,
+        *,
+        listen: str,
+        workers: int = 8,
+        max_message_bytes: int = 80 * 1024 * 1024,
+        health_interval_s: float = 1.0,
+        grace_period_s: float = 10.0,
+    ) -> None:
+        self._probe = probe
+        self._health_interval_s = health_interval_s
+        self._grace_period_s = grace_period_s
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="handler")
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+                # A leftover server on the same port must not steal this one's connections.
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        pb_grpc.add_AnalyticsServiceServicer_to_server(
+            AnalyticsServicer(registry, self._executor), self._server
+        )
+        self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+        )
+        self.port = self._server.add_insecure_port(listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {listen}")
+        self._listen_host = listen.rsplit(":", 1)[0]
+        self._serving: bool | None = None
+        self._stopping = asyncio.Event()
+
+    @property
+    def address(self) -> str:
+        """host:port actually bound."""
+        return f"{self._listen_host}:{self.port}"
+
+    async def _set_serving(self, serving: bool, why: str = "") -> None:
+        if serving == self._serving:
+            return
+        self._serving = serving
+        status = SERVING if serving else NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            await self._health.set(name, status)
+        if serving:
+            log.info("health: SERVING")
+        else:
+            log.warning("health: NOT_SERVING (%s)", why or "shutting down")
+
+    async def _watch_database(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._stopping.is_set():
+            try:
+                await loop.run_in_executor(self._executor, self._probe)
+            except CostsimError as exc:
+                await self._set_serving(False, exc.message)
+            except Exception as exc:
+                await self._set_serving(False, f"{type(exc).__name__}: {exc}")
+            else:
+                await self._set_serving(True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._health_interval_s)
+
+    def request_stop(self) -> None:
+        """Begin a graceful shutdown (safe from a signal handler)."""
+        self._stopping.set()
+
+    async def run(self, on_ready: Callable[[str], None] | None = None) -> None:
+        """Serve until :meth:`request_stop` or SIGTERM/SIGINT, then drain and stop."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        await self._server.start()
+        watcher = asyncio.create_task(self._watch_database())
+        log.info("listening on %s", self.address)
+        if on_ready is not None:
+            on_ready(self.address)
+        try:
+            await self._stopping.wait()
+        finally:
+            log.info("shutting down: NOT_SERVING, draining for up to %ss", self._grace_period_s)
+            await self._set_serving(False)
+            await self._server.stop(self._grace_period_s)
+            await watcher
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            log.info("stopped")

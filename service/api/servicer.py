@@ -1,0 +1,97 @@
+"""The AnalyticsService servicer: transport only.
+
+Each method converts the request to a domain command, runs the registered handler in the
+worker pool (handlers and drivers are synchronous), and converts the answer back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from concurrent.futures import Executor
+from typing import Any, TypeVar
+
+from costsim.analytics.v1 import analytics_pb2 as pb
+from costsim.analytics.v1 import analytics_pb2_grpc as pb_grpc
+from costsim_analytics.api import convert
+from costsim_analytics.api.errors import streaming, unary
+from costsim_analytics.handlers.registry import (
+    OP_CANARY_REPORT,
+    OP_CANARY_REPORTS,
+    OP_DRIFT_STATS,
+    OP_PROVENANCE_BATCH,
+    OP_PROVENANCE_QUERY,
+    OperationRegistry,
+)
+from costsim_analytics.handlers.streams import ResultStream
+
+T = TypeVar("T")
+
+
+class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
+    """gRPC face of the operation registry."""
+
+    def __init__(self, registry: OperationRegistry, executor: Executor) -> None:
+        self._registry = registry
+        self._executor = executor
+
+    async def _run(self, operation: str, command: Any) -> Any:
+        handler = self._registry.get(operation)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, handler, command)
+
+    async def _drain(self, stream: ResultStream[T]) -> AsyncIterator[tuple[T, str]]:
+        loop = asyncio.get_running_loop()
+        try:
+            while chunk := await loop.run_in_executor(self._executor, stream.next_chunk):
+                for pair in chunk:
+                    yield pair
+        finally:
+            # Not awaited: a cancelled call must not wait for it. The stream's lock makes the
+            # close wait for a fetch still running in a worker.
+            loop.run_in_executor(self._executor, stream.close)
+
+    @unary
+    async def WriteProvenanceBatch(
+        self, request: pb.WriteProvenanceBatchRequest, context: Any
+    ) -> pb.WriteProvenanceBatchResponse:
+        """Store a batch of provenance records."""
+        result = await self._run(OP_PROVENANCE_BATCH, convert.write_batch(request))
+        return convert.write_batch_response(result)
+
+    @streaming
+    async def QueryProvenance(
+        self, request: pb.QueryProvenanceRequest, context: Any
+    ) -> AsyncIterator[pb.QueryProvenanceResponse]:
+        """Stream provenance records, newest first."""
+        stream = await self._run(OP_PROVENANCE_QUERY, convert.provenance_query(request))
+        async for record, token in self._drain(stream):
+            yield pb.QueryProvenanceResponse(
+                record=convert.provenance_record(record), page_token=token
+            )
+
+    @unary
+    async def GetDriftStats(
+        self, request: pb.GetDriftStatsRequest, context: Any
+    ) -> pb.GetDriftStatsResponse:
+        """Summarise cost_delta."""
+        stats = await self._run(OP_DRIFT_STATS, convert.drift_query(request))
+        return convert.drift_stats(stats)
+
+    @streaming
+    async def QueryCanaryReports(
+        self, request: pb.QueryCanaryReportsRequest, context: Any
+    ) -> AsyncIterator[pb.QueryCanaryReportsResponse]:
+        """Stream canary reports, newest first."""
+        stream = await self._run(OP_CANARY_REPORTS, convert.report_query(request))
+        async for report, token in self._drain(stream):
+            yield pb.QueryCanaryReportsResponse(
+                report=convert.canary_report(report), page_token=token
+            )
+
+    @unary
+    async def GetCanaryReport(
+        self, request: pb.GetCanaryReportRequest, context: Any
+    ) -> pb.GetCanaryReportResponse:
+        """One report by run id."""
+        report = await self._run(OP_CANARY_REPORT, request.run_id)
+        return pb.GetCanaryReportResponse(report=convert.canary_report(report))

@@ -1,0 +1,88 @@
+"""The composition root: settings -> engine -> unit of work -> handlers -> server.
+
+Nothing is built at import time; tests call these functions with their own settings.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Engine
+
+from costsim_analytics.drivers.database import EngineOptions, make_engine
+from costsim_analytics.drivers.schema import check_schema
+from costsim_analytics.handlers.provenance import (
+    DriftStatsHandler,
+    QueryProvenanceHandler,
+    WriteProvenanceBatchHandler,
+)
+from costsim_analytics.handlers.registry import (
+    OP_CANARY_REPORT,
+    OP_CANARY_REPORTS,
+    OP_DRIFT_STATS,
+    OP_PROVENANCE_BATCH,
+    OP_PROVENANCE_QUERY,
+    OperationRegistry,
+)
+from costsim_analytics.handlers.reports import GetCanaryReportHandler, QueryCanaryReportsHandler
+from costsim_analytics.handlers.uow import SqlAlchemyUnitOfWorkFactory
+from costsim_analytics.settings import Settings
+
+if TYPE_CHECKING:
+    from costsim_analytics.api.server import AnalyticsServer
+
+
+def configure_logging(level: str) -> None:
+    """One log format for the whole process."""
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # Alembic announces its context on every schema probe; keep that out of the service log.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def build_engine(settings: Settings) -> Engine:
+    """The database engine for ``settings``."""
+    return make_engine(
+        settings.database_url,
+        EngineOptions(
+            pool_size=settings.db_pool_size,
+            connect_timeout_s=settings.db_connect_timeout_s,
+        ),
+    )
+
+
+def build_registry(engine: Engine, settings: Settings) -> OperationRegistry:
+    """Every operation's handler, wired to one unit-of-work factory."""
+    uow = SqlAlchemyUnitOfWorkFactory(engine)
+    registry = OperationRegistry()
+    registry.register(
+        OP_PROVENANCE_BATCH, WriteProvenanceBatchHandler(uow, max_batch=settings.max_batch)
+    )
+    registry.register(
+        OP_PROVENANCE_QUERY, QueryProvenanceHandler(uow, max_page_size=settings.max_page_size)
+    )
+    registry.register(OP_DRIFT_STATS, DriftStatsHandler(uow))
+    registry.register(
+        OP_CANARY_REPORTS, QueryCanaryReportsHandler(uow, max_page_size=settings.max_page_size)
+    )
+    registry.register(OP_CANARY_REPORT, GetCanaryReportHandler(uow))
+    return registry
+
+
+def build_server(engine: Engine, settings: Settings) -> AnalyticsServer:
+    """The gRPC server for ``settings`` on ``engine``."""
+    # Imported here so that in-process users of the handlers need not load grpc.
+    from costsim_analytics.api.server import AnalyticsServer
+
+    return AnalyticsServer(
+        build_registry(engine, settings),
+        probe=lambda: check_schema(engine),
+        listen=settings.listen,
+        workers=settings.workers,
+        max_message_bytes=settings.max_message_mb * 1024 * 1024,
+        health_interval_s=settings.health_interval_s,
+        grace_period_s=settings.grace_period_s,
+    )

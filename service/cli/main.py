@@ -1,0 +1,366 @@
+"""``costsim-analytics``: serve, migrate, and a client for every RPC.
+
+Client commands print tables for people and, with ``--json``, one JSON document per line
+for scripts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import grpc
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from costsim_analytics.api.client import AnalyticsClient, JsonDict
+from costsim_analytics.bootstrap import build_engine, build_server, configure_logging
+from costsim_analytics.drivers import schema
+from costsim_analytics.engines.errors import DatabaseUnavailable, SchemaOutOfDate
+from costsim_analytics.settings import Settings
+
+app = typer.Typer(help="costsim-analytics: provenance, drift and canary reports over gRPC.")
+provenance_app = typer.Typer(help="Write and query provenance records.")
+app.add_typer(provenance_app, name="provenance")
+
+out = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+
+DatabaseUrl = Annotated[
+    str | None, typer.Option("--database-url", help="Overrides COSTSIM_DATABASE_URL.")
+]
+Target = Annotated[
+    str,
+    typer.Option(
+        "--target",
+        envvar="COSTSIM_TARGET",
+        help="Server address (default: COSTSIM_LISTEN or 127.0.0.1:50051).",
+    ),
+]
+AsJson = Annotated[bool, typer.Option("--json", help="One JSON object per line.")]
+Start = Annotated[datetime | None, typer.Option("--start", help="Inclusive lower bound, UTC.")]
+End = Annotated[datetime | None, typer.Option("--end", help="Exclusive upper bound, UTC.")]
+Limit = Annotated[int, typer.Option("--limit", help="Messages to fetch (0: server default).")]
+PageToken = Annotated[str, typer.Option("--page-token", help="Resume after this token.")]
+
+
+def _default_target() -> str:
+    return os.environ.get("COSTSIM_LISTEN", "127.0.0.1:50051")
+
+
+def _settings(**overrides: Any) -> Settings:
+    return Settings(**{key: value for key, value in overrides.items() if value is not None})
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    from datetime import UTC
+
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def _rpc(call: Callable[[], T]) -> T:
+    """Run a client call; print a gRPC error readably and exit 1."""
+    try:
+        return call()
+    except grpc.RpcError as exc:
+        _print_rpc_error(exc)
+        raise typer.Exit(1) from None
+
+
+def _print_rpc_error(exc: grpc.RpcError) -> None:
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    code = exc.code() if isinstance(exc, grpc.Call) else None
+    details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+    err.print(f"[red]error[/red] {code.name if code else 'UNKNOWN'}: {details}")
+    status = rpc_status.from_call(exc) if isinstance(exc, grpc.Call) else None
+    details_list: list[Any] = list(status.details) if status else []
+    for detail in details_list:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            for violation in bad.field_violations:
+                err.print(f"  {violation.field}: {violation.description}")
+
+
+def _stream(items: Iterator[T]) -> Iterator[T]:
+    try:
+        yield from items
+    except grpc.RpcError as exc:
+        _print_rpc_error(exc)
+        raise typer.Exit(1) from None
+
+
+def _table(title: str, columns: list[str], rows: Iterable[list[Any]]) -> None:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row))
+    out.print(table)
+
+
+# --- operations -------------------------------------------------------------------------------
+
+
+@app.command()
+def migrate(database_url: DatabaseUrl = None) -> None:
+    """Apply the Alembic revisions to the configured database."""
+    settings = _settings(database_url=database_url)
+    configure_logging("WARNING")
+    try:
+        schema.upgrade(settings.database_url)
+    except Exception as exc:
+        err.print(f"[red]migration failed[/red]: {type(exc).__name__}: {exc}")
+        raise typer.Exit(1) from exc
+    out.print(f"database at revision {schema.head_revision()}")
+
+
+@app.command()
+def serve(
+    database_url: DatabaseUrl = None,
+    listen: Annotated[str | None, typer.Option(help="Overrides COSTSIM_LISTEN.")] = None,
+    artifacts_dir: Annotated[
+        Path | None, typer.Option(help="Overrides COSTSIM_ARTIFACTS_DIR.")
+    ] = None,
+    max_batch: Annotated[int | None, typer.Option(help="Overrides COSTSIM_MAX_BATCH.")] = None,
+) -> None:
+    """Serve the gRPC API until SIGTERM or SIGINT."""
+    settings = _settings(
+        database_url=database_url, listen=listen, artifacts_dir=artifacts_dir, max_batch=max_batch
+    )
+    configure_logging(settings.log_level)
+    engine = build_engine(settings)
+    try:
+        schema.check_schema(engine)
+    except SchemaOutOfDate as exc:
+        err.print(f"[red]refusing to start[/red]: {exc.message}")
+        raise typer.Exit(2) from None
+    except DatabaseUnavailable as exc:
+        err.print(f"[yellow]database unreachable ({exc.message}); starting NOT_SERVING[/yellow]")
+
+    async def main() -> None:
+        server = build_server(engine, settings)
+        await server.run(
+            on_ready=lambda address: print(f"costsim-analytics listening on {address}", flush=True)
+        )
+
+    try:
+        asyncio.run(main())
+    finally:
+        engine.dispose()
+
+
+# --- client commands ---------------------------------------------------------------------------
+
+
+def _batches(lines: Iterable[str], size: int) -> Iterator[list[JsonDict]]:
+    batch: list[JsonDict] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            batch.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            err.print(f"[red]line {number}[/red]: not JSON ({exc.msg})")
+            raise typer.Exit(1) from None
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+@provenance_app.command("write")
+def provenance_write(
+    file: Annotated[Path, typer.Argument(help="JSONL, one ProvenanceRecord per line; - = stdin")],
+    target: Target = "",
+    batch_size: Annotated[int, typer.Option(help="Records per request.")] = 1000,
+    request_id: Annotated[
+        str, typer.Option(help="Idempotency prefix; batch n uses PREFIX-n.")
+    ] = "",
+    as_json: AsJson = False,
+) -> None:
+    """Write provenance records from a JSONL file, in batches."""
+    stream = sys.stdin if str(file) == "-" else file.open(encoding="utf-8")
+    total = 0
+    with stream, AnalyticsClient(target or _default_target()) as client:
+        for n, batch in enumerate(_batches(stream, batch_size)):
+            key = f"{request_id}-{n}" if request_id else ""
+            result = _rpc(lambda b=batch, k=key: client.write_provenance(b, k))  # type: ignore[misc]
+            total += len(batch)
+            if as_json:
+                print(json.dumps(result))
+            else:
+                ids = result.get("ids", [])
+                replay = " (replayed)" if result.get("replayed") else ""
+                out.print(f"batch {n}: {len(ids)} records, ids {ids[0]}..{ids[-1]}{replay}")
+    if not as_json:
+        out.print(f"{total} records written")
+
+
+@provenance_app.command("query")
+def provenance_query(
+    target: Target = "",
+    tenant_id: str = "",
+    variant_slug: str = "",
+    source: str = "",
+    input_hash: str = "",
+    run_id: str = "",
+    start: Start = None,
+    end: End = None,
+    limit: Limit = 0,
+    page_token: PageToken = "",
+    as_json: AsJson = False,
+) -> None:
+    """Stream provenance records, newest first."""
+    with AnalyticsClient(target or _default_target()) as client:
+        items = _stream(
+            client.query_provenance(
+                tenant_id=tenant_id,
+                variant_slug=variant_slug,
+                source=source,
+                input_hash=input_hash,
+                run_id=run_id,
+                start=_utc(start),
+                end=_utc(end),
+                page_size=limit,
+                page_token=page_token,
+            )
+        )
+        if as_json:
+            for item in items:
+                print(json.dumps(item))
+            return
+        last = ""
+        rows = []
+        for item in items:
+            r = item["record"]
+            last = item["page_token"]
+            rows.append(
+                [
+                    r["id"],
+                    r.get("created_at"),
+                    r.get("run_id"),
+                    r.get("tenant_id"),
+                    r.get("variant_slug"),
+                    r.get("v1_cost"),
+                    r.get("v2_cost"),
+                    r.get("cost_delta"),
+                ]
+            )
+        _table(
+            "provenance",
+            ["id", "created_at", "run_id", "tenant", "variant", "v1", "v2", "delta"],
+            rows,
+        )
+        if last:
+            out.print(f"next page: --page-token {last}")
+
+
+@app.command("drift-stats")
+def drift_stats(
+    target: Target = "",
+    tenant_id: str = "",
+    variant_slug: str = "",
+    start: Start = None,
+    end: End = None,
+    as_json: AsJson = False,
+) -> None:
+    """Summarise cost_delta (v2 - v1) over stored provenance."""
+    with AnalyticsClient(target or _default_target()) as client:
+        stats = _rpc(
+            lambda: client.drift_stats(
+                tenant_id=tenant_id, variant_slug=variant_slug, start=_utc(start), end=_utc(end)
+            )
+        )
+    if as_json:
+        print(json.dumps(stats))
+    else:
+        _table("drift statistics", ["statistic", "value"], [[k, v] for k, v in stats.items()])
+
+
+@app.command()
+def reports(
+    target: Target = "",
+    status: Annotated[str, typer.Option(help="pass, fail, error or skipped")] = "",
+    passed: Annotated[bool | None, typer.Option("--passed/--failed", show_default=False)] = None,
+    start: Start = None,
+    end: End = None,
+    limit: Limit = 0,
+    page_token: PageToken = "",
+    as_json: AsJson = False,
+) -> None:
+    """Stream canary reports, newest first."""
+    if status and status not in ("pass", "fail", "error", "skipped"):
+        err.print("[red]--status[/red] must be pass, fail, error or skipped")
+        raise typer.Exit(2)
+    with AnalyticsClient(target or _default_target()) as client:
+        items = _stream(
+            client.query_reports(
+                status=status,
+                passed=passed,
+                start=_utc(start),
+                end=_utc(end),
+                page_size=limit,
+                page_token=page_token,
+            )
+        )
+        if as_json:
+            for item in items:
+                print(json.dumps(item))
+            return
+        rows = []
+        last = ""
+        for item in items:
+            r = item["report"]
+            last = item["page_token"]
+            rows.append(
+                [
+                    r.get("run_id"),
+                    r.get("timestamp"),
+                    r.get("status", "").removeprefix("CANARY_STATUS_").lower(),
+                    r.get("passed", False),
+                    r.get("total_samples", 0),
+                    r.get("kl_divergence"),
+                    "; ".join(r.get("failure_reasons", [])),
+                ]
+            )
+        _table(
+            "canary reports",
+            ["run_id", "timestamp", "status", "passed", "samples", "kl", "reasons"],
+            rows,
+        )
+        if last:
+            out.print(f"next page: --page-token {last}")
+
+
+@app.command()
+def report(
+    run_id: Annotated[str, typer.Argument(help="The canary run id.")],
+    target: Target = "",
+    as_json: AsJson = False,
+) -> None:
+    """Show one canary report."""
+    with AnalyticsClient(target or _default_target()) as client:
+        found = _rpc(lambda: client.get_report(run_id))
+    if as_json:
+        print(json.dumps(found))
+    else:
+        _table(f"canary report {run_id}", ["field", "value"], [[k, v] for k, v in found.items()])
+
+
+def main() -> None:
+    """Entry point of the ``costsim-analytics`` script."""
+    app()

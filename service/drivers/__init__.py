@@ -1,0 +1,1 @@
+"""Storage: SQLAlchemy tables and typed drivers; all SQL lives here."""

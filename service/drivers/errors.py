@@ -1,0 +1,50 @@
+"""Translation of storage exceptions into the project's errors.
+
+Drivers and the unit of work wrap database calls in :func:`translated` so that nothing above
+them sees a SQLAlchemy or psycopg exception type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+from sqlalchemy import exc as sa_exc
+
+from costsim_analytics.engines.errors import DatabaseUnavailable
+
+_UNREACHABLE = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.DisconnectionError,
+    sa_exc.TimeoutError,  # connection pool exhausted
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+)
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """True when ``exc`` means the database is unreachable or dropped us (not a bad query)."""
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, sa_exc.OperationalError):
+        # SQLite reports "database is locked" as OperationalError too: contention, not an outage,
+        # but still the right answer for a caller is to retry, so it maps the same way.
+        return True
+    return isinstance(exc, _UNREACHABLE)
+
+
+@contextmanager
+def translated() -> Iterator[None]:
+    """Re-raise connectivity failures as :class:`DatabaseUnavailable`.
+
+    Other storage errors (a broken query, a constraint nobody expected) propagate unchanged:
+    they are bugs, and become INTERNAL at the edge.
+    """
+    try:
+        yield
+    except Exception as exc:
+        if is_unreachable(exc):
+            raise DatabaseUnavailable(f"database unavailable: {type(exc).__name__}") from exc
+        raise

@@ -1,0 +1,204 @@
+"""Provenance storage: batch insert, keyset streaming and drift aggregates. All SQL, no commit.
+
+On PostgreSQL a batch takes its ids from the table's sequence in one round trip
+(``nextval`` over ``generate_series``) and then goes in with ``COPY``: the ids are real,
+assigned by the database, in request order, and COPY is the fastest way in (see MEASURED
+numbers in docs/architecture.md). Other backends use a multi-row INSERT ... RETURNING with
+SQLAlchemy's ``sort_by_parameter_order`` so ids still come back in request order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from sqlalchemy import ColumnElement, Connection, Select, and_, func, insert, select, tuple_
+
+from costsim_analytics.drivers.errors import translated
+from costsim_analytics.drivers.models import provenance_table as t
+from costsim_analytics.engines.drift import DriftStats, DriftStatsQuery, interpolate
+from costsim_analytics.engines.drift import percentile_position as _position
+from costsim_analytics.engines.pagination import Cursor
+from costsim_analytics.engines.provenance import (
+    NewProvenance,
+    ProvenanceFilter,
+    ProvenanceRecord,
+)
+
+_COLUMNS = (
+    "id",
+    "run_id",
+    "tenant_id",
+    "variant_slug",
+    "source",
+    "model_version",
+    "adapter_version",
+    "commit_sha",
+    "input_hash",
+    "output_hash",
+    "v1_cost",
+    "v2_cost",
+    "cost_delta",
+    "payload",
+    "runtime_ms",
+    "created_at",
+)
+_COPY_SQL = f"COPY costsim_provenance ({', '.join(_COLUMNS)}) FROM STDIN"
+_NEXTVAL_SQL = (
+    "SELECT nextval(pg_get_serial_sequence('costsim_provenance', 'id')) FROM generate_series(1, %s)"
+)
+_SELECT_COLUMNS = [t.c[name] for name in _COLUMNS]
+
+
+def _where(flt: ProvenanceFilter) -> list[ColumnElement[bool]]:
+    clauses: list[ColumnElement[bool]] = []
+    for name in ("tenant_id", "variant_slug", "source", "input_hash", "run_id"):
+        value = getattr(flt, name)
+        if value:
+            clauses.append(t.c[name] == value)
+    if flt.start_time is not None:
+        clauses.append(t.c.created_at >= flt.start_time)
+    if flt.end_time is not None:
+        clauses.append(t.c.created_at < flt.end_time)
+    return clauses
+
+
+def _record(row: Sequence[Any]) -> ProvenanceRecord:
+    return ProvenanceRecord(*row)
+
+
+class SqlProvenanceDriver:
+    """Provenance rows over one SQLAlchemy connection inside the caller's transaction."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def insert_batch(self, rows: Sequence[NewProvenance]) -> list[int]:
+        """Insert ``rows`` and return their ids in the same order."""
+        with translated():
+            if self._conn.dialect.name == "postgresql":
+                return self._copy_batch(rows)
+            stmt = insert(t).returning(t.c.id, sort_by_parameter_order=True)
+            result = self._conn.execute(stmt, [self._params(row) for row in rows])
+            return [row_id for (row_id,) in result]
+
+    @staticmethod
+    def _params(row: NewProvenance) -> dict[str, Any]:
+        return {name: getattr(row, name) for name in _COLUMNS[1:]}
+
+    def _copy_batch(self, rows: Sequence[NewProvenance]) -> list[int]:
+        raw = self._conn.connection.driver_connection
+        assert raw is not None
+        with raw.cursor() as cur:
+            cur.execute(_NEXTVAL_SQL, (len(rows),))
+            ids = sorted(row_id for (row_id,) in cur.fetchall())
+            with cur.copy(_COPY_SQL) as copy:
+                for row_id, r in zip(ids, rows, strict=True):
+                    copy.write_row(
+                        (
+                            row_id,
+                            r.run_id,
+                            r.tenant_id,
+                            r.variant_slug,
+                            r.source,
+                            r.model_version,
+                            r.adapter_version,
+                            r.commit_sha,
+                            r.input_hash,
+                            r.output_hash,
+                            r.v1_cost,
+                            r.v2_cost,
+                            r.cost_delta,
+                            r.payload_json,
+                            r.runtime_ms,
+                            r.created_at,
+                        )
+                    )
+        return ids
+
+    def stream(
+        self, flt: ProvenanceFilter, after: Cursor | None, limit: int, chunk_size: int = 500
+    ) -> Iterator[list[ProvenanceRecord]]:
+        """Yield the matching records newest first, ``chunk_size`` at a time, at most ``limit``.
+
+        The result is read through a server-side cursor and closed when the generator is
+        closed, so an abandoned stream stops the database work.
+        """
+        clauses = _where(flt)
+        if after is not None:
+            clauses.append(tuple_(t.c.created_at, t.c.id) < tuple_(after.timestamp, after.id))
+        stmt: Select[Any] = (
+            select(*_SELECT_COLUMNS)
+            .where(and_(True, *clauses))
+            .order_by(t.c.created_at.desc(), t.c.id.desc())
+            .limit(limit)
+        )
+        with translated():
+            result = self._conn.execution_options(
+                stream_results=True, yield_per=chunk_size
+            ).execute(stmt)
+        try:
+            while True:
+                with translated():
+                    part = result.fetchmany(chunk_size)
+                if not part:
+                    return
+                yield [_record(row) for row in part]
+        finally:
+            result.close()
+
+    def drift_stats(self, query: DriftStatsQuery) -> DriftStats:
+        """Aggregate ``cost_delta`` over the matching records (see engines/drift.py)."""
+        flt = ProvenanceFilter(
+            tenant_id=query.tenant_id,
+            variant_slug=query.variant_slug,
+            start_time=query.start_time,
+            end_time=query.end_time,
+        )
+        where = and_(t.c.cost_delta.is_not(None), *_where(flt))
+        d = t.c.cost_delta
+        with translated():
+            if self._conn.dialect.name == "postgresql":
+                row = self._conn.execute(
+                    select(
+                        func.count(d),
+                        func.avg(d),
+                        func.min(d),
+                        func.max(d),
+                        func.stddev_samp(d),
+                        func.percentile_cont(0.5).within_group(d),
+                        func.percentile_cont(0.9).within_group(d),
+                    ).where(where)
+                ).one()
+                total = int(row[0])
+                if total == 0:
+                    return DriftStats()
+                return DriftStats(total, *(float(v or 0.0) for v in row[1:]))
+            return self._portable_stats(where)
+
+    def _portable_stats(self, where: ColumnElement[bool]) -> DriftStats:
+        """Exact statistics with plain SQL: two passes for the deviation, ranks for percentiles."""
+        d = t.c.cost_delta
+        total, mean, low, high = self._conn.execute(
+            select(func.count(d), func.avg(d), func.min(d), func.max(d)).where(where)
+        ).one()
+        if not total:
+            return DriftStats()
+        squares = self._conn.execute(
+            select(func.sum((d - mean) * (d - mean))).where(where)
+        ).scalar_one()
+        stddev = math.sqrt(squares / (total - 1)) if total > 1 else 0.0
+
+        def pct(p: float) -> float:
+            lower, weight = _position(p, total)
+            values = list(
+                self._conn.execute(
+                    select(d).where(where).order_by(d).limit(2).offset(lower)
+                ).scalars()
+            )
+            return interpolate(values[0], values[-1], weight)
+
+        return DriftStats(
+            int(total), float(mean), float(low), float(high), stddev, pct(0.5), pct(0.9)
+        )

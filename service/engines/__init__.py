@@ -1,0 +1,1 @@
+"""Domain logic: no grpc, no SQL, no generated code."""

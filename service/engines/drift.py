@@ -1,0 +1,77 @@
+"""Drift statistics over stored provenance: definitions shared by every storage backend.
+
+``cost_delta`` is ``v2_cost - v1_cost``. Statistics cover the matching records that have one:
+
+- ``stddev_delta`` is the sample standard deviation (divisor n - 1); 0 for fewer than 2 records.
+- ``p50_delta`` and ``p90_delta`` interpolate linearly between closest ranks: for sorted values
+  x[0..n-1], position h = p * (n - 1), value x[floor(h)] + (h - floor(h)) * (x[floor(h)+1] -
+  x[floor(h)]). This is PostgreSQL's ``percentile_cont`` and numpy's default ``linear`` method
+  (Hyndman & Fan 1996, definition 7).
+- With no matching records every statistic is 0 and ``total`` is 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from costsim_analytics.engines.errors import InvalidArgument
+from costsim_analytics.engines.pagination import check_window
+from costsim_analytics.engines.provenance import VARIANT_SLUGS
+
+
+@dataclass(frozen=True, slots=True)
+class DriftStatsQuery:
+    """The GetDriftStats command."""
+
+    tenant_id: str = ""
+    variant_slug: str = ""
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DriftStats:
+    """Summary of ``cost_delta`` over the matching records."""
+
+    total: int = 0
+    avg_delta: float = 0.0
+    min_delta: float = 0.0
+    max_delta: float = 0.0
+    stddev_delta: float = 0.0
+    p50_delta: float = 0.0
+    p90_delta: float = 0.0
+
+
+def validate_drift_query(query: DriftStatsQuery) -> None:
+    """Reject an unknown variant and an inverted time window."""
+    if query.variant_slug and query.variant_slug not in VARIANT_SLUGS:
+        raise InvalidArgument.field("variant_slug", f"must be one of {sorted(VARIANT_SLUGS)}")
+    check_window(query.start_time, query.end_time)
+
+
+def percentile_position(p: float, n: int) -> tuple[int, float]:
+    """The lower rank and the interpolation weight of percentile ``p`` among ``n`` values.
+
+    Example:
+        >>> percentile_position(0.9, 11)
+        (9, 0.0)
+
+    """
+    h = p * (n - 1)
+    lower = math.floor(h)
+    return lower, h - lower
+
+
+def interpolate(lower_value: float, upper_value: float, weight: float) -> float:
+    """Linear interpolation between two neighbouring order statistics."""
+    return lower_value + weight * (upper_value - lower_value)
+
+
+def percentile(sorted_values: Sequence[float], p: float) -> float:
+    """Percentile of already sorted values, by the definition in the module docstring."""
+    lower, weight = percentile_position(p, len(sorted_values))
+    upper = min(lower + 1, len(sorted_values) - 1)
+    return interpolate(sorted_values[lower], sorted_values[upper], weight)

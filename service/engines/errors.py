@@ -1,0 +1,110 @@
+"""The project's error hierarchy. It knows nothing of transport.
+
+::
+
+    CostsimError                      base; ``reason`` is a stable UPPER_SNAKE code
+     ├── InvalidArgument              the caller sent something wrong; carries field violations
+     ├── NotFound                     the named thing does not exist
+     ├── AlreadyExists                a unique name or idempotency key is taken
+     │    └── RequestIdReused         same request_id, different request
+     ├── FailedPrecondition           the system is not in a state to do this
+     │    └── SchemaOutOfDate         database schema behind the code's migrations
+     └── Unavailable                  a dependency is down; retrying later may work
+          └── DatabaseUnavailable     the database cannot be reached
+
+``api/errors.py`` maps these to gRPC status codes; anything else is an internal error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    """One bad field, named by its path in the request (``records[3].v1_cost``)."""
+
+    field: str
+    description: str
+
+
+class CostsimError(Exception):
+    """Base of every error the service raises on purpose."""
+
+    reason = "COSTSIM_ERROR"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if reason is not None:
+            self.reason = reason
+
+
+class InvalidArgument(CostsimError):
+    """The request is malformed; ``violations`` names every offending field."""
+
+    reason = "INVALID_ARGUMENT"
+
+    def __init__(
+        self,
+        message: str,
+        violations: Iterable[FieldViolation] = (),
+        *,
+        reason: str | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason)
+        self.violations = tuple(violations)
+
+    @classmethod
+    def field(cls, field: str, description: str, *, reason: str | None = None) -> InvalidArgument:
+        """Build an error about exactly one field.
+
+        Example:
+            >>> InvalidArgument.field("run_id", "must not be empty").violations[0].field
+            'run_id'
+
+        """
+        return cls(f"{field}: {description}", [FieldViolation(field, description)], reason=reason)
+
+
+class NotFound(CostsimError):
+    """The requested entity does not exist."""
+
+    reason = "NOT_FOUND"
+
+
+class AlreadyExists(CostsimError):
+    """A unique key is already taken."""
+
+    reason = "ALREADY_EXISTS"
+
+
+class RequestIdReused(AlreadyExists):
+    """The idempotency key was used before for a different request."""
+
+    reason = "REQUEST_ID_REUSED"
+
+
+class FailedPrecondition(CostsimError):
+    """The system is not in a state that allows the operation."""
+
+    reason = "FAILED_PRECONDITION"
+
+
+class SchemaOutOfDate(FailedPrecondition):
+    """The database schema is not at the revision this code expects."""
+
+    reason = "SCHEMA_OUT_OF_DATE"
+
+
+class Unavailable(CostsimError):
+    """A dependency is temporarily unavailable; the caller may retry."""
+
+    reason = "UNAVAILABLE"
+
+
+class DatabaseUnavailable(Unavailable):
+    """The database cannot be reached or dropped the connection."""
+
+    reason = "DATABASE_UNAVAILABLE"

@@ -1,0 +1,354 @@
+"""Provenance records: the domain rules for ingest and the query types.
+
+The engine validates a batch as a whole (every violation is reported, not just the first),
+computes ``cost_delta`` and any missing hashes, and normalises the payload to canonical JSON.
+It never touches storage: the handler passes the prepared rows to a driver.
+
+Example:
+    >>> rec = ProvenanceInput(run_id="r1", variant_slug="v2", source="sandbox",
+    ...                       v1_cost=10.0, v2_cost=12.5,
+    ...                       payload={"input": {"plan": [], "budget_cents": 100.0}, "output": {}})
+    >>> from datetime import datetime, UTC
+    >>> [row] = prepare_batch([rec], max_batch=10, now=datetime(2026, 1, 1, tzinfo=UTC))
+    >>> row.cost_delta
+    2.5
+
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from costsim_analytics.engines.canonical import dumps, normalize_numbers, sha256_hex
+from costsim_analytics.engines.errors import FieldViolation, InvalidArgument
+
+VARIANT_SLUGS = frozenset({"v1", "v2", "canary"})
+SOURCES = frozenset({"sandbox", "canary", "manual", "backfill"})
+PAYLOAD_STATUSES = frozenset({"success", "error", "timeout", "schema_error"})
+MAX_STRING_CHARS = 256
+MAX_PAYLOAD_BYTES = 64 * 1024
+MAX_REQUEST_ID_CHARS = 128
+DEFAULT_MAX_BATCH = 1000
+# An error lists at most this many violations, so a hopeless batch cannot make a huge trailer.
+MAX_REPORTED_VIOLATIONS = 100
+
+_HASH = re.compile(r"[0-9a-f]{64}")
+_STRING_FIELDS = (
+    "run_id",
+    "tenant_id",
+    "variant_slug",
+    "source",
+    "model_version",
+    "adapter_version",
+    "commit_sha",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ProvenanceInput:
+    """A provenance record as a caller sent it, before validation."""
+
+    run_id: str = ""
+    tenant_id: str = ""
+    variant_slug: str = ""
+    source: str = ""
+    model_version: str = ""
+    adapter_version: str = ""
+    commit_sha: str = ""
+    input_hash: str = ""
+    output_hash: str = ""
+    v1_cost: float | None = None
+    v2_cost: float | None = None
+    payload: dict[str, Any] | None = None
+    runtime_ms: int = 0
+    # Output-only fields a caller must leave unset.
+    id_set: bool = False
+    cost_delta_set: bool = False
+    created_at_set: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class NewProvenance:
+    """A validated record, ready to store; ``payload_json`` is its canonical serialisation."""
+
+    run_id: str
+    tenant_id: str
+    variant_slug: str
+    source: str
+    model_version: str
+    adapter_version: str
+    commit_sha: str
+    input_hash: str
+    output_hash: str
+    v1_cost: float | None
+    v2_cost: float | None
+    cost_delta: float | None
+    payload: dict[str, Any]
+    payload_json: str
+    runtime_ms: int
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ProvenanceRecord:
+    """A stored record."""
+
+    id: int
+    run_id: str
+    tenant_id: str
+    variant_slug: str
+    source: str
+    model_version: str
+    adapter_version: str
+    commit_sha: str
+    input_hash: str
+    output_hash: str
+    v1_cost: float | None
+    v2_cost: float | None
+    cost_delta: float | None
+    payload: dict[str, Any]
+    runtime_ms: int
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class WriteBatch:
+    """The WriteProvenanceBatch command."""
+
+    records: Sequence[ProvenanceInput]
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class WriteBatchResult:
+    """Ids in request order; ``replayed`` when an earlier call with the same key answered."""
+
+    ids: tuple[int, ...]
+    replayed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ProvenanceFilter:
+    """Filters shared by provenance queries; empty strings and None match everything."""
+
+    tenant_id: str = ""
+    variant_slug: str = ""
+    source: str = ""
+    input_hash: str = ""
+    run_id: str = ""
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        """The filters by name, for fingerprints."""
+        return {
+            "tenant_id": self.tenant_id,
+            "variant_slug": self.variant_slug,
+            "source": self.source,
+            "input_hash": self.input_hash,
+            "run_id": self.run_id,
+            "start_time": self.start_time,
+            "end_time": self.end_time,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ProvenanceQuery:
+    """The QueryProvenance command."""
+
+    filter: ProvenanceFilter = field(default_factory=ProvenanceFilter)
+    page_size: int = 0
+    page_token: str = ""
+
+
+def compute_cost_delta(v1_cost: float | None, v2_cost: float | None) -> float | None:
+    """``v2 - v1`` when both costs are present, else None."""
+    if v1_cost is None or v2_cost is None:
+        return None
+    return v2_cost - v1_cost
+
+
+def validate_request_id(request_id: str) -> None:
+    """Reject an idempotency key longer than 128 characters."""
+    if len(request_id) > MAX_REQUEST_ID_CHARS:
+        raise InvalidArgument.field(
+            "request_id", f"must be at most {MAX_REQUEST_ID_CHARS} characters"
+        )
+
+
+def validate_filter(flt: ProvenanceFilter) -> None:
+    """Reject filter values that can never match a valid record."""
+    violations = []
+    if flt.variant_slug and flt.variant_slug not in VARIANT_SLUGS:
+        violations.append(FieldViolation("variant_slug", f"must be one of {sorted(VARIANT_SLUGS)}"))
+    if flt.source and flt.source not in SOURCES:
+        violations.append(FieldViolation("source", f"must be one of {sorted(SOURCES)}"))
+    if flt.input_hash and not _HASH.fullmatch(flt.input_hash):
+        violations.append(FieldViolation("input_hash", "must be 64 lowercase hex digits"))
+    for name in ("tenant_id", "run_id"):
+        if len(getattr(flt, name)) > MAX_STRING_CHARS:
+            violations.append(FieldViolation(name, f"must be at most {MAX_STRING_CHARS} chars"))
+    if violations:
+        raise InvalidArgument(_summary(violations), violations)
+
+
+def _summary(violations: Sequence[FieldViolation]) -> str:
+    first = violations[0]
+    more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""
+    return f"{first.field}: {first.description}{more}"
+
+
+def _check_cost(value: float | None, path: str, out: list[FieldViolation]) -> None:
+    if value is None:
+        return
+    if not math.isfinite(value):
+        out.append(FieldViolation(path, "must be a finite number"))
+    elif value < 0:
+        out.append(FieldViolation(path, "must not be negative"))
+
+
+def _prepare_one(
+    index: int, rec: ProvenanceInput, now: datetime, out: list[FieldViolation]
+) -> NewProvenance | None:
+    prefix = f"records[{index}]."
+    start = len(out)
+    if rec.id_set:
+        out.append(FieldViolation(prefix + "id", "is output only; leave it unset"))
+    if rec.cost_delta_set:
+        out.append(FieldViolation(prefix + "cost_delta", "is output only; it is computed"))
+    if rec.created_at_set:
+        out.append(FieldViolation(prefix + "created_at", "is output only; the server sets it"))
+    for name in _STRING_FIELDS:
+        if len(getattr(rec, name)) > MAX_STRING_CHARS:
+            out.append(
+                FieldViolation(prefix + name, f"must be at most {MAX_STRING_CHARS} characters")
+            )
+    if not rec.run_id:
+        out.append(FieldViolation(prefix + "run_id", "must not be empty"))
+    if rec.variant_slug not in VARIANT_SLUGS:
+        out.append(
+            FieldViolation(prefix + "variant_slug", f"must be one of {sorted(VARIANT_SLUGS)}")
+        )
+    if rec.source not in SOURCES:
+        out.append(FieldViolation(prefix + "source", f"must be one of {sorted(SOURCES)}"))
+    _check_cost(rec.v1_cost, prefix + "v1_cost", out)
+    _check_cost(rec.v2_cost, prefix + "v2_cost", out)
+    if rec.runtime_ms < 0:
+        out.append(FieldViolation(prefix + "runtime_ms", "must not be negative"))
+    for name in ("input_hash", "output_hash"):
+        value = getattr(rec, name)
+        if value and not _HASH.fullmatch(value):
+            out.append(FieldViolation(prefix + name, "must be 64 lowercase hex digits"))
+
+    payload: dict[str, Any] = {}
+    payload_json = "{}"
+    try:
+        payload = normalize_numbers(rec.payload or {})
+        payload_json = dumps(payload)
+    except ValueError:
+        out.append(FieldViolation(prefix + "payload", "numbers must be finite"))
+    else:
+        if len(payload_json) > MAX_PAYLOAD_BYTES:  # ASCII-only JSON: chars == bytes
+            out.append(
+                FieldViolation(
+                    prefix + "payload", f"must serialise to at most {MAX_PAYLOAD_BYTES} bytes"
+                )
+            )
+        status = payload.get("status")
+        if status is not None and status not in PAYLOAD_STATUSES:
+            out.append(
+                FieldViolation(
+                    prefix + "payload.status", f"must be one of {sorted(PAYLOAD_STATUSES)}"
+                )
+            )
+    input_hash = rec.input_hash or _hash_part(payload, "input", prefix + "input_hash", out)
+    output_hash = rec.output_hash or _hash_part(payload, "output", prefix + "output_hash", out)
+    if len(out) > start:
+        return None
+    return NewProvenance(
+        run_id=rec.run_id,
+        tenant_id=rec.tenant_id,
+        variant_slug=rec.variant_slug,
+        source=rec.source,
+        model_version=rec.model_version,
+        adapter_version=rec.adapter_version,
+        commit_sha=rec.commit_sha,
+        input_hash=input_hash,
+        output_hash=output_hash,
+        v1_cost=rec.v1_cost,
+        v2_cost=rec.v2_cost,
+        cost_delta=compute_cost_delta(rec.v1_cost, rec.v2_cost),
+        payload=payload,
+        payload_json=payload_json,
+        runtime_ms=rec.runtime_ms,
+        created_at=now,
+    )
+
+
+def _hash_part(payload: dict[str, Any], key: str, path: str, out: list[FieldViolation]) -> str:
+    if key not in payload:
+        out.append(FieldViolation(path, f"required when payload.{key} is absent"))
+        return ""
+    return sha256_hex(dumps(payload[key]))
+
+
+def prepare_batch(
+    records: Sequence[ProvenanceInput], *, max_batch: int, now: datetime
+) -> list[NewProvenance]:
+    """Validate a batch and prepare every record for storage.
+
+    Raises:
+        InvalidArgument: listing every violation (up to 100), or naming the batch size.
+
+    """
+    if not records:
+        raise InvalidArgument(
+            "records: a batch needs at least one record",
+            [FieldViolation("records", "must hold at least one record")],
+            reason="EMPTY_BATCH",
+        )
+    if len(records) > max_batch:
+        raise InvalidArgument(
+            f"records: {len(records)} records exceed the batch limit of {max_batch}",
+            [FieldViolation("records", f"must hold at most {max_batch} records")],
+            reason="BATCH_TOO_LARGE",
+        )
+    violations: list[FieldViolation] = []
+    rows = []
+    for index, rec in enumerate(records):
+        row = _prepare_one(index, rec, now, violations)
+        if row is not None:
+            rows.append(row)
+    if violations:
+        raise InvalidArgument(_summary(violations), violations[:MAX_REPORTED_VIOLATIONS])
+    return rows
+
+
+def batch_fingerprint(rows: Sequence[NewProvenance]) -> str:
+    """Digest of a batch's content (not its server time), to recognise a retried request."""
+    lines = [
+        dumps(
+            [
+                r.run_id,
+                r.tenant_id,
+                r.variant_slug,
+                r.source,
+                r.model_version,
+                r.adapter_version,
+                r.commit_sha,
+                r.input_hash,
+                r.output_hash,
+                r.v1_cost,
+                r.v2_cost,
+                r.runtime_ms,
+                r.payload_json,
+            ]
+        )
+        for r in rows
+    ]
+    return sha256_hex("\n".join(lines))

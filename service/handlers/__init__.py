@@ -1,0 +1,1 @@
+"""Handlers: one class per operation; each owns its unit of work."""

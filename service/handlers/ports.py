@@ -1,0 +1,93 @@
+"""What handlers need from storage, as Protocols: SQL drivers and test fakes both fit."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+from costsim_analytics.drivers.idempotency_driver import StoredRequest
+from costsim_analytics.engines.drift import DriftStats, DriftStatsQuery
+from costsim_analytics.engines.pagination import Cursor
+from costsim_analytics.engines.provenance import NewProvenance, ProvenanceFilter, ProvenanceRecord
+from costsim_analytics.engines.reports import CanaryReport, ReportFilter
+
+
+class ProvenanceStore(Protocol):
+    """Provenance rows."""
+
+    def insert_batch(self, rows: Sequence[NewProvenance]) -> list[int]:
+        """Insert rows, return ids in order."""
+
+    def stream(
+        self, flt: ProvenanceFilter, after: Cursor | None, limit: int, chunk_size: int = ...
+    ) -> Iterator[list[ProvenanceRecord]]:
+        """Yield matching records newest first, in chunks."""
+
+    def drift_stats(self, query: DriftStatsQuery) -> DriftStats:
+        """Aggregate cost_delta."""
+
+
+class CanaryReportStore(Protocol):
+    """Canary report rows."""
+
+    def add(self, report: CanaryReport, now: datetime | None = None) -> int:
+        """Insert one report."""
+
+    def get_by_run_id(self, run_id: str) -> CanaryReport | None:
+        """One report or None."""
+
+    def stream(
+        self, flt: ReportFilter, after: Cursor | None, limit: int, chunk_size: int = ...
+    ) -> Iterator[list[CanaryReport]]:
+        """Yield matching reports newest first, in chunks."""
+
+
+class IdempotencyStore(Protocol):
+    """Idempotency keys."""
+
+    def claim(
+        self, operation: str, request_id: str, request_hash: str, now: datetime
+    ) -> StoredRequest | None:
+        """Claim a key or return the earlier request."""
+
+    def complete(self, operation: str, request_id: str, response: dict[str, Any]) -> None:
+        """Store the answer of a claimed key."""
+
+
+class UnitOfWork(Protocol):
+    """One transaction. Leaving the ``with`` block without :meth:`commit` rolls back."""
+
+    @property
+    def provenance(self) -> ProvenanceStore:
+        """Provenance rows in this transaction."""
+
+    @property
+    def reports(self) -> CanaryReportStore:
+        """Canary reports in this transaction."""
+
+    @property
+    def idempotency(self) -> IdempotencyStore:
+        """Idempotency keys in this transaction."""
+
+    def __enter__(self) -> Self:
+        """Begin."""
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Roll back unless committed, release the connection."""
+
+    def commit(self) -> None:
+        """Commit."""
+
+
+class UnitOfWorkFactory(Protocol):
+    """Makes a unit of work; ``read_only`` ones refuse every write."""
+
+    def __call__(self, *, read_only: bool = False) -> UnitOfWork:
+        """A new, not yet entered, unit of work."""

@@ -1,0 +1,99 @@
+"""The SQLAlchemy unit of work: one connection, one transaction, owned by a handler.
+
+Example:
+    >>> uow_factory = SqlAlchemyUnitOfWorkFactory(engine)  # doctest: +SKIP
+    >>> with uow_factory() as uow:                          # doctest: +SKIP
+    ...     ids = uow.provenance.insert_batch(rows)
+    ...     uow.commit()
+
+"""
+
+from __future__ import annotations
+
+import logging
+from types import TracebackType
+from typing import Self
+
+from sqlalchemy import Connection, Engine, RootTransaction
+
+from costsim_analytics.drivers.canary_report_driver import SqlCanaryReportDriver
+from costsim_analytics.drivers.database import READ_ONLY
+from costsim_analytics.drivers.errors import translated
+from costsim_analytics.drivers.idempotency_driver import SqlIdempotencyDriver
+from costsim_analytics.drivers.provenance_driver import SqlProvenanceDriver
+
+log = logging.getLogger(__name__)
+
+
+class SqlAlchemyUnitOfWork:
+    """A transaction on ``engine``; read-only ones are enforced by the database itself.
+
+    PostgreSQL runs them as ``READ ONLY`` transactions, SQLite with ``PRAGMA query_only``:
+    a driver call that tries to write inside one fails.
+    """
+
+    provenance: SqlProvenanceDriver
+    reports: SqlCanaryReportDriver
+    idempotency: SqlIdempotencyDriver
+
+    def __init__(self, engine: Engine, *, read_only: bool = False) -> None:
+        self._engine = engine
+        self._read_only = read_only
+        self._conn: Connection | None = None
+        self._tx: RootTransaction | None = None
+        self._committed = False
+
+    def __enter__(self) -> Self:
+        with translated():
+            conn = self._engine.connect()
+            try:
+                if self._read_only:
+                    conn = conn.execution_options(**{READ_ONLY: True, "postgresql_readonly": True})
+                self._tx = conn.begin()
+            except BaseException:
+                conn.close()
+                raise
+        self._conn = conn
+        self.provenance = SqlProvenanceDriver(conn)
+        self.reports = SqlCanaryReportDriver(conn)
+        self.idempotency = SqlIdempotencyDriver(conn)
+        return self
+
+    def commit(self) -> None:
+        """Commit the transaction (a read-only one commits nothing)."""
+        assert self._tx is not None, "commit() outside the with block"
+        with translated():
+            self._tx.commit()
+        self._committed = True
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            if not self._committed and self._tx is not None and self._tx.is_active:
+                self._tx.rollback()
+        except Exception:
+            # The rollback of a dead connection fails too; the error that got us here matters
+            # more. Nothing was committed, so nothing is lost.
+            log.warning("rollback failed", exc_info=True)
+            if exc is None:
+                raise
+        finally:
+            conn.close()
+
+
+class SqlAlchemyUnitOfWorkFactory:
+    """Makes :class:`SqlAlchemyUnitOfWork` on one engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def __call__(self, *, read_only: bool = False) -> SqlAlchemyUnitOfWork:
+        """A new unit of work."""
+        return SqlAlchemyUnitOfWork(self.engine, read_only=read_only)

@@ -1,0 +1,32 @@
+"""Configuration from ``COSTSIM_*`` environment variables, overridable by CLI flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; see the README's configuration table."""
+
+    model_config = SettingsConfigDict(env_prefix="COSTSIM_", extra="ignore")
+
+    database_url: str = Field(
+        "sqlite:///var/costsim.db",
+        description="SQLAlchemy URL: sqlite:///path or postgresql+psycopg://user@host/db",
+    )
+    listen: str = Field("127.0.0.1:50051", description="gRPC listen address (port 0: any free)")
+    artifacts_dir: Path = Field(Path("var/artifacts"), description="Canary artifact root")
+    max_batch: int = Field(1000, ge=1, le=100_000, description="Records per WriteProvenanceBatch")
+    max_page_size: int = Field(10_000, ge=1, le=100_000, description="Messages per stream")
+    workers: int = Field(8, ge=1, le=256, description="Threads running handlers")
+    db_pool_size: int = Field(8, ge=1, le=256, description="Database connections kept open")
+    db_connect_timeout_s: int = Field(3, ge=1, le=60, description="Connect timeout (PostgreSQL)")
+    grace_period_s: float = Field(10.0, ge=0, description="Shutdown grace for in-flight calls")
+    health_interval_s: float = Field(1.0, gt=0, description="Database health probe period")
+    max_message_mb: int = Field(
+        80, ge=4, le=2000, description="Largest gRPC message accepted or sent, in MiB"
+    )
+    log_level: str = Field("INFO", description="Python logging level")
