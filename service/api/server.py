@@ -113,6 +113,8 @@ class AnalyticsServer:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        # Known to the health service from the first call on; SERVING once the probe passes.
+        await self._set_serving(False, "starting")
         await self._server.start()
         watcher = asyncio.create_task(self._watch_database())
         log.info("listening on %s", self.address)

@@ -6,6 +6,7 @@ them sees a SQLAlchemy or psycopg exception type.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -14,6 +15,7 @@ from sqlalchemy import exc as sa_exc
 
 from costsim_analytics.engines.errors import DatabaseUnavailable
 
+_SQLITE_TRANSIENT = ("locked", "busy", "unable to open", "disk i/o")
 _UNREACHABLE = (
     sa_exc.OperationalError,
     sa_exc.InterfaceError,
@@ -28,10 +30,10 @@ def is_unreachable(exc: BaseException) -> bool:
     """True when ``exc`` means the database is unreachable or dropped us (not a bad query)."""
     if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
         return True
-    if isinstance(exc, sa_exc.OperationalError):
-        # SQLite reports "database is locked" as OperationalError too: contention, not an outage,
-        # but still the right answer for a caller is to retry, so it maps the same way.
-        return True
+    if isinstance(exc, sa_exc.OperationalError) and isinstance(exc.orig, sqlite3.Error):
+        # SQLite raises OperationalError for bugs too ("no such table", "attempt to write a
+        # readonly database"); only contention and a missing or broken file mean "retry later".
+        return any(mark in str(exc.orig).lower() for mark in _SQLITE_TRANSIENT)
     return isinstance(exc, _UNREACHABLE)
 
 

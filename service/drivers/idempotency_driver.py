@@ -49,9 +49,10 @@ class SqlIdempotencyDriver:
                 created_at=now,
             )
             .on_conflict_do_nothing(index_elements=["operation", "request_id"])
+            .returning(t.c.request_id)
         )
         with translated():
-            if self._conn.execute(stmt).rowcount == 1:
+            if self._conn.execute(stmt).first() is not None:
                 return None
             row = self._conn.execute(
                 select(t.c.request_hash, t.c.response_json).where(

@@ -245,27 +245,23 @@ def _prepare_one(
         if value and not _HASH.fullmatch(value):
             out.append(FieldViolation(prefix + name, "must be 64 lowercase hex digits"))
 
-    payload: dict[str, Any] = {}
-    payload_json = "{}"
     try:
-        payload = normalize_numbers(rec.payload or {})
+        payload: dict[str, Any] = normalize_numbers(rec.payload or {})
         payload_json = dumps(payload)
     except ValueError:
         out.append(FieldViolation(prefix + "payload", "numbers must be finite"))
-    else:
-        if len(payload_json) > MAX_PAYLOAD_BYTES:  # ASCII-only JSON: chars == bytes
-            out.append(
-                FieldViolation(
-                    prefix + "payload", f"must serialise to at most {MAX_PAYLOAD_BYTES} bytes"
-                )
+        return None
+    if len(payload_json) > MAX_PAYLOAD_BYTES:  # ASCII-only JSON: chars == bytes
+        out.append(
+            FieldViolation(
+                prefix + "payload", f"must serialise to at most {MAX_PAYLOAD_BYTES} bytes"
             )
-        status = payload.get("status")
-        if status is not None and status not in PAYLOAD_STATUSES:
-            out.append(
-                FieldViolation(
-                    prefix + "payload.status", f"must be one of {sorted(PAYLOAD_STATUSES)}"
-                )
-            )
+        )
+    status = payload.get("status")
+    if status is not None and status not in PAYLOAD_STATUSES:
+        out.append(
+            FieldViolation(prefix + "payload.status", f"must be one of {sorted(PAYLOAD_STATUSES)}")
+        )
     input_hash = rec.input_hash or _hash_part(payload, "input", prefix + "input_hash", out)
     output_hash = rec.output_hash or _hash_part(payload, "output", prefix + "output_hash", out)
     if len(out) > start:

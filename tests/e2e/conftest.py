@@ -1,0 +1,30 @@
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2
+
+from tests.e2e.server import ServerProcess
+
+
+@pytest.fixture
+def server(database_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
+    """A serving server on a migrated, empty database (each backend)."""
+    proc = ServerProcess(database_url, tmp_path / "server.log", COSTSIM_MAX_BATCH="50").start()
+    try:
+        proc.wait_health(health_pb2.HealthCheckResponse.SERVING)
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def channel(server: ServerProcess) -> Iterator[grpc.Channel]:
+    with server.channel() as ch:
+        yield ch
+
+
+@pytest.fixture
+def stub(server: ServerProcess, channel: grpc.Channel):
+    return server.stub(channel)

@@ -1,0 +1,100 @@
+"""Start the real ``costsim-analytics serve`` process and talk to it over loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from costsim.analytics.v1 import analytics_pb2_grpc as pb_grpc
+
+CLI = str(Path(sys.executable).parent / "costsim-analytics")
+SERVICE = "costsim.analytics.v1.AnalyticsService"
+
+
+class ServerProcess:
+    """One server subprocess on a free port; its log is kept for assertions."""
+
+    def __init__(self, database_url: str, log_path: Path, **env: str) -> None:
+        self.database_url = database_url
+        self.log_path = log_path
+        self.env = {**os.environ, "COSTSIM_HEALTH_INTERVAL_S": "0.2", **env}
+        self.proc: subprocess.Popen[str] | None = None
+        self.address = ""
+        self._lines: list[str] = []
+
+    def start(self, timeout_s: float = 30.0) -> ServerProcess:
+        self._log_file = self.log_path.open("a")
+        self.proc = subprocess.Popen(
+            [CLI, "serve", "--database-url", self.database_url, "--listen", "127.0.0.1:0"],
+            stdout=subprocess.PIPE,
+            stderr=self._log_file,
+            text=True,
+            env=self.env,
+        )
+        ready = threading.Event()
+
+        def read() -> None:
+            assert self.proc is not None and self.proc.stdout is not None
+            for line in self.proc.stdout:
+                self._lines.append(line)
+                if "listening on" in line:
+                    self.address = line.rsplit(" ", 1)[-1].strip()
+                    ready.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        if not ready.wait(timeout_s):
+            self.stop()
+            raise RuntimeError(f"server did not start:\n{self.log()}")
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def channel(self) -> grpc.Channel:
+        return grpc.insecure_channel(self.address)
+
+    def stub(self, channel: grpc.Channel) -> pb_grpc.AnalyticsServiceStub:
+        return pb_grpc.AnalyticsServiceStub(channel)
+
+    def health(self, service: str = SERVICE) -> int:
+        with self.channel() as ch:
+            response = health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=5
+            )
+            return response.status
+
+    def wait_health(self, status: int, timeout_s: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        last: object = None
+        while time.monotonic() < deadline:
+            try:
+                last = self.health()
+            except grpc.RpcError as exc:  # NOT_FOUND before the first status is set
+                last = exc.code()
+            if last == status:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"health stayed {last}, wanted {status}\n{self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._log_file.close()
+        return self.proc.returncode

@@ -1,0 +1,134 @@
+"""The edge: domain errors become rich statuses; anything else becomes a generic INTERNAL."""
+
+import asyncio
+import logging
+
+import grpc
+import pytest
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+from costsim_analytics.api.errors import streaming, unary
+from costsim_analytics.engines.errors import (
+    DatabaseUnavailable,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    RequestIdReused,
+    SchemaOutOfDate,
+)
+
+
+class Aborted(Exception):
+    pass
+
+
+class FakeContext:
+    def __init__(self, metadata=()):
+        self.metadata = metadata
+        self.status = None
+
+    def invocation_metadata(self):
+        return self.metadata
+
+    async def abort_with_status(self, status):
+        self.status = status
+        raise Aborted
+
+
+def decode(status: grpc.Status):
+    [raw] = [v for k, v in status.trailing_metadata if k == "grpc-status-details-bin"]
+    rich = status_pb2.Status.FromString(raw)
+    info = error_details_pb2.ErrorInfo()
+    bad = error_details_pb2.BadRequest()
+    found_bad = False
+    for detail in rich.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            detail.Unpack(info)
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            detail.Unpack(bad)
+            found_bad = True
+    return rich, info, bad if found_bad else None
+
+
+class Svc:
+    def __init__(self, exc):
+        self.exc = exc
+
+    @unary
+    async def Unary(self, request, context):
+        raise self.exc
+
+    @streaming
+    async def Stream(self, request, context):
+        yield 1
+        raise self.exc
+
+
+def call_unary(exc, metadata=()):
+    ctx = FakeContext(metadata)
+    with pytest.raises(Aborted):
+        asyncio.run(Svc(exc).Unary(None, ctx))
+    return ctx.status
+
+
+@pytest.mark.parametrize(
+    ("exc", "code", "reason"),
+    [
+        (NotFound("no such report"), code_pb2.NOT_FOUND, "NOT_FOUND"),
+        (RequestIdReused("used"), code_pb2.ALREADY_EXISTS, "REQUEST_ID_REUSED"),
+        (SchemaOutOfDate("behind"), code_pb2.FAILED_PRECONDITION, "SCHEMA_OUT_OF_DATE"),
+        (DatabaseUnavailable("down"), code_pb2.UNAVAILABLE, "DATABASE_UNAVAILABLE"),
+    ],
+)
+def test_domain_errors_map_to_codes_with_error_info(exc, code, reason):
+    status = call_unary(exc, metadata=(("x-request-id", "req-42"),))
+    rich, info, bad = decode(status)
+    assert rich.code == code
+    assert rich.message == exc.message
+    assert (info.domain, info.reason) == ("costsim.analytics.v1", reason)
+    assert info.metadata["request_id"] == "req-42"
+    assert bad is None
+
+
+def test_invalid_argument_carries_field_violations():
+    exc = InvalidArgument(
+        "bad",
+        [FieldViolation("records[3].v1_cost", "must not be negative"), FieldViolation("x", "y")],
+    )
+    rich, info, bad = decode(call_unary(exc))
+    assert rich.code == code_pb2.INVALID_ARGUMENT
+    assert info.reason == "INVALID_ARGUMENT"
+    assert [(v.field, v.description) for v in bad.field_violations] == [
+        ("records[3].v1_cost", "must not be negative"),
+        ("x", "y"),
+    ]
+
+
+def test_unexpected_error_is_generic_internal_and_logged(caplog):
+    caplog.set_level(logging.ERROR)
+    status = call_unary(RuntimeError("secret table name"), metadata=(("x-request-id", "r-9"),))
+    rich, info, _ = decode(status)
+    assert rich.code == code_pb2.INTERNAL
+    assert "secret" not in rich.message
+    assert "Traceback" not in rich.message
+    error_id = info.metadata["error_id"]
+    assert error_id in rich.message
+    [record] = caplog.records
+    assert error_id in record.getMessage() and "r-9" in record.getMessage()
+    assert record.exc_info is not None
+
+
+def test_errors_after_the_first_streamed_message_are_mapped_too():
+    ctx = FakeContext()
+
+    async def consume():
+        got = []
+        async for item in Svc(DatabaseUnavailable("gone")).Stream(None, ctx):
+            got.append(item)
+        return got
+
+    with pytest.raises(Aborted):
+        asyncio.run(consume())
+    rich, info, _ = decode(ctx.status)
+    assert rich.code == code_pb2.UNAVAILABLE
+    assert info.reason == "DATABASE_UNAVAILABLE"

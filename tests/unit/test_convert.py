@@ -1,0 +1,54 @@
+from datetime import UTC, datetime
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from costsim.analytics.v1 import analytics_pb2 as pb
+from costsim_analytics.api import convert
+from costsim_analytics.engines.reports import CanaryReport
+
+json_like = st.recursive(
+    st.none() | st.booleans() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3),
+    max_leaves=15,
+)
+
+
+@given(st.dictionaries(st.text(max_size=5), json_like, max_size=4))
+def test_struct_round_trip(value):
+    msg = pb.ProvenanceRecord()
+    msg.payload.update(value)
+    assert convert.struct_to_dict(msg.payload) == value
+
+
+def test_presence_of_output_only_and_optional_fields():
+    rec = pb.ProvenanceRecord(run_id="r", v1_cost=0.0, id=3, cost_delta=0.0)
+    rec.created_at.GetCurrentTime()
+    domain = convert.provenance_input(rec)
+    assert domain.v1_cost == 0.0 and domain.v2_cost is None
+    assert domain.id_set and domain.cost_delta_set and domain.created_at_set
+    assert domain.payload is None
+
+
+def test_report_status_and_unknown_enum():
+    report = CanaryReport(
+        run_id="r",
+        timestamp=datetime(2026, 1, 1, tzinfo=UTC),
+        status="fail",
+        total_samples=1,
+        matching_samples=0,
+        minor_drift_samples=0,
+        major_drift_samples=1,
+        median_cost_diff=None,
+        p90_cost_diff=0.5,
+        kl_divergence=None,
+        outlier_count=0,
+        passed=False,
+        failure_reasons=("x",),
+        created_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    msg = convert.canary_report(report)
+    assert msg.status == pb.CANARY_STATUS_FAIL
+    assert not msg.HasField("median_cost_diff") and msg.p90_cost_diff == 0.5
+    query = convert.report_query(pb.QueryCanaryReportsRequest(status=17))
+    assert query.filter.status.startswith("<unknown")

@@ -1,0 +1,134 @@
+from datetime import UTC, datetime
+
+import pytest
+
+from costsim_analytics.engines.canonical import content_hash
+from costsim_analytics.engines.errors import InvalidArgument
+from costsim_analytics.engines.provenance import (
+    MAX_PAYLOAD_BYTES,
+    ProvenanceFilter,
+    batch_fingerprint,
+    compute_cost_delta,
+    prepare_batch,
+    validate_filter,
+    validate_request_id,
+)
+from tests.factories import provenance_input
+
+NOW = datetime(2026, 11, 26, tzinfo=UTC)
+
+
+def fields_of(exc: pytest.ExceptionInfo[InvalidArgument]) -> list[str]:
+    return [v.field for v in exc.value.violations]
+
+
+def prepare(*records, max_batch=1000):
+    return prepare_batch(list(records), max_batch=max_batch, now=NOW)
+
+
+def test_valid_record_is_prepared_with_delta_hashes_and_server_time():
+    [row] = prepare(provenance_input(0, v1_cost=10.0, v2_cost=12.5))
+    assert row.cost_delta == 2.5
+    assert row.created_at == NOW
+    assert row.input_hash == content_hash(row.payload["input"])
+    assert row.output_hash == content_hash(row.payload["output"])
+    assert row.payload["input"]["budget_cents"] == 1000
+
+
+def test_struct_doubles_are_normalised_before_hashing():
+    payload = {"input": {"plan": [], "budget_cents": 1000.0}, "output": {"cost": 3.0}}
+    [row] = prepare(provenance_input(0, payload=payload))
+    assert row.payload_json == '{"input":{"budget_cents":1000,"plan":[]},"output":{"cost":3}}'
+    assert row.input_hash == content_hash({"plan": [], "budget_cents": 1000})
+
+
+def test_given_hashes_are_kept():
+    h = "a" * 64
+    [row] = prepare(provenance_input(0, input_hash=h, output_hash=h, payload=None))
+    assert (row.input_hash, row.output_hash) == (h, h)
+
+
+@pytest.mark.parametrize(
+    ("v1", "v2", "delta"),
+    [(None, 1.0, None), (1.0, None, None), (None, None, None), (3.0, 1.0, -2.0)],
+)
+def test_cost_delta_only_when_both_costs(v1, v2, delta):
+    assert compute_cost_delta(v1, v2) == delta
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"variant_slug": "v3"}, "records[0].variant_slug"),
+        ({"variant_slug": ""}, "records[0].variant_slug"),
+        ({"source": "prod"}, "records[0].source"),
+        ({"v1_cost": -0.01}, "records[0].v1_cost"),
+        ({"v2_cost": float("nan")}, "records[0].v2_cost"),
+        ({"v1_cost": float("inf")}, "records[0].v1_cost"),
+        ({"runtime_ms": -1}, "records[0].runtime_ms"),
+        ({"input_hash": "A" * 64}, "records[0].input_hash"),
+        ({"output_hash": "abc"}, "records[0].output_hash"),
+        ({"run_id": ""}, "records[0].run_id"),
+        ({"run_id": "r" * 257}, "records[0].run_id"),
+        ({"tenant_id": "t" * 257}, "records[0].tenant_id"),
+        ({"commit_sha": "c" * 257}, "records[0].commit_sha"),
+        ({"id_set": True}, "records[0].id"),
+        ({"cost_delta_set": True}, "records[0].cost_delta"),
+        ({"created_at_set": True}, "records[0].created_at"),
+        (
+            {"payload": {"input": {}, "output": {}, "blob": "x" * MAX_PAYLOAD_BYTES}},
+            "records[0].payload",
+        ),
+        ({"payload": {"input": {}, "output": {"c": float("nan")}}}, "records[0].payload"),
+        ({"payload": {"input": {}, "output": {}, "status": "done"}}, "records[0].payload.status"),
+        ({"payload": {"output": {}}}, "records[0].input_hash"),
+        ({"payload": {"input": {}}}, "records[0].output_hash"),
+    ],
+)
+def test_each_rule_names_the_field(overrides, field):
+    with pytest.raises(InvalidArgument) as exc:
+        prepare(provenance_input(0, **overrides))
+    assert fields_of(exc) == [field]
+
+
+def test_every_bad_record_is_reported_with_its_index():
+    with pytest.raises(InvalidArgument) as exc:
+        prepare(
+            provenance_input(0),
+            provenance_input(1, v1_cost=-1.0),
+            provenance_input(2),
+            provenance_input(3, source="x"),
+        )
+    assert fields_of(exc) == ["records[1].v1_cost", "records[3].source"]
+
+
+def test_batch_size_limits():
+    with pytest.raises(InvalidArgument) as empty:
+        prepare()
+    assert empty.value.reason == "EMPTY_BATCH"
+    with pytest.raises(InvalidArgument) as big:
+        prepare(*[provenance_input(i) for i in range(3)], max_batch=2)
+    assert big.value.reason == "BATCH_TOO_LARGE"
+    assert fields_of(big) == ["records"]
+
+
+def test_request_id_length():
+    validate_request_id("k" * 128)
+    with pytest.raises(InvalidArgument) as exc:
+        validate_request_id("k" * 129)
+    assert fields_of(exc) == ["request_id"]
+
+
+def test_fingerprint_ignores_server_time_but_not_content():
+    a = prepare_batch([provenance_input(0)], max_batch=10, now=NOW)
+    b = prepare_batch([provenance_input(0)], max_batch=10, now=datetime(2030, 1, 1, tzinfo=UTC))
+    c = prepare_batch([provenance_input(0, v2_cost=99.0)], max_batch=10, now=NOW)
+    assert batch_fingerprint(a) == batch_fingerprint(b)
+    assert batch_fingerprint(a) != batch_fingerprint(c)
+
+
+def test_filter_validation():
+    validate_filter(ProvenanceFilter(variant_slug="v1", source="manual", input_hash="0" * 64))
+    with pytest.raises(InvalidArgument) as exc:
+        validate_filter(ProvenanceFilter(variant_slug="x", source="y", input_hash="z"))
+    assert fields_of(exc) == ["variant_slug", "source", "input_hash"]
