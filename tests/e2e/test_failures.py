@@ -111,3 +111,46 @@ def test_sigterm_drains_in_flight_calls_and_exits_cleanly(database_url, tmp_path
     assert code == 0
     log = server.log()
     assert "NOT_SERVING (shutting down)" in log and "stopped" in log
+
+
+def test_cancelled_stream_stops_its_database_work(postgres_migrated_url, tmp_path):
+    from sqlalchemy import text
+
+    from costsim_analytics.drivers.database import make_engine
+    from costsim_analytics.engines.provenance import prepare_batch
+    from costsim_analytics.handlers.uow import SqlAlchemyUnitOfWorkFactory
+    from tests.conftest import truncate_all
+    from tests.factories import T0, provenance_input
+
+    engine = make_engine(postgres_migrated_url)
+    truncate_all(engine)
+    with SqlAlchemyUnitOfWorkFactory(engine)() as uow:
+        uow.provenance.insert_batch(
+            prepare_batch([provenance_input(i) for i in range(5000)], max_batch=5000, now=T0)
+        )
+        uow.commit()
+    in_stream = text(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND pid <> pg_backend_pid() AND state = 'idle in transaction' "
+        "AND (query LIKE '%costsim_provenance%' OR query LIKE 'FETCH%')"
+    )
+    server = ServerProcess(postgres_migrated_url, tmp_path / "server.log").start()
+    try:
+        server.wait_health(SERVING)
+        with server.channel() as ch:
+            call = server.stub(ch).QueryProvenance(
+                pb.QueryProvenanceRequest(page_size=5000), timeout=30
+            )
+            next(call)
+            with engine.connect() as conn:  # the stream holds its cursor open meanwhile
+                assert conn.execute(in_stream).scalar_one() == 1
+            call.cancel()
+            deadline = time.monotonic() + 10
+            with engine.connect() as conn:
+                while conn.execute(in_stream).scalar_one() and time.monotonic() < deadline:
+                    conn.rollback()
+                    time.sleep(0.05)
+                assert conn.execute(in_stream).scalar_one() == 0
+    finally:
+        server.stop()
+        engine.dispose()
