@@ -49,6 +49,8 @@ def build_engine(settings: Settings) -> Engine:
         settings.database_url,
         EngineOptions(
             pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+            pool_timeout_s=settings.db_pool_timeout_s,
             connect_timeout_s=settings.db_connect_timeout_s,
         ),
     )

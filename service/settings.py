@@ -23,6 +23,12 @@ class Settings(BaseSettings):
     max_page_size: int = Field(10_000, ge=1, le=100_000, description="Messages per stream")
     workers: int = Field(8, ge=1, le=256, description="Threads running handlers")
     db_pool_size: int = Field(8, ge=1, le=256, description="Database connections kept open")
+    db_max_overflow: int = Field(
+        8, ge=0, le=256, description="Extra connections opened under load, closed when idle"
+    )
+    db_pool_timeout_s: float = Field(
+        5.0, gt=0, description="Wait for a free connection before UNAVAILABLE"
+    )
     db_connect_timeout_s: int = Field(3, ge=1, le=60, description="Connect timeout (PostgreSQL)")
     grace_period_s: float = Field(10.0, ge=0, description="Shutdown grace for in-flight calls")
     health_interval_s: float = Field(1.0, gt=0, description="Database health probe period")

@@ -266,7 +266,8 @@ def provenance_query(
             rows,
         )
         if last:
-            out.print(f"next page: --page-token {last}")
+            # Plain print: rich would wrap the token at the terminal width.
+            print(f"next page: --page-token {last}")
 
 
 @app.command("drift-stats")
@@ -343,7 +344,8 @@ def reports(
             rows,
         )
         if last:
-            out.print(f"next page: --page-token {last}")
+            # Plain print: rich would wrap the token at the terminal width.
+            print(f"next page: --page-token {last}")
 
 
 @app.command()

@@ -23,7 +23,7 @@ class EngineOptions:
     """Tunables for :func:`make_engine`; defaults suit a small service."""
 
     pool_size: int = 8
-    max_overflow: int = 4
+    max_overflow: int = 8
     pool_timeout_s: float = 5.0
     connect_timeout_s: int = 3
     sqlite_busy_timeout_ms: int = 10_000

@@ -11,6 +11,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
 import costsim_analytics.migrations as migrations_pkg
+from costsim_analytics.drivers.database import READ_ONLY
 from costsim_analytics.drivers.errors import translated
 from costsim_analytics.engines.errors import SchemaOutOfDate
 
@@ -36,7 +37,9 @@ def head_revision() -> str:
 
 def current_revision(engine: Engine) -> str | None:
     """The revision the database is at, or None for an empty database."""
+    # Read-only, so that on SQLite the probe never takes the write lock (BEGIN IMMEDIATE).
     with translated(), engine.connect() as conn:
+        conn = conn.execution_options(**{READ_ONLY: True, "postgresql_readonly": True})
         return MigrationContext.configure(conn).get_current_revision()
 
 
