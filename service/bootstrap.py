@@ -10,16 +10,22 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
+from costsim_analytics.drivers.artifacts import LocalArtifactStore
 from costsim_analytics.drivers.database import EngineOptions, make_engine
+from costsim_analytics.drivers.locks import canary_lock
 from costsim_analytics.drivers.schema import check_schema
+from costsim_analytics.engines.canary import CanaryConfig, Progress
+from costsim_analytics.handlers.canary import CanaryRunHandler, ReconcileHandler
 from costsim_analytics.handlers.provenance import (
     DriftStatsHandler,
     QueryProvenanceHandler,
     WriteProvenanceBatchHandler,
 )
 from costsim_analytics.handlers.registry import (
+    OP_CANARY_RECONCILE,
     OP_CANARY_REPORT,
     OP_CANARY_REPORTS,
+    OP_CANARY_RUN,
     OP_DRIFT_STATS,
     OP_PROVENANCE_BATCH,
     OP_PROVENANCE_QUERY,
@@ -71,7 +77,40 @@ def build_registry(engine: Engine, settings: Settings) -> OperationRegistry:
         OP_CANARY_REPORTS, QueryCanaryReportsHandler(uow, max_page_size=settings.max_page_size)
     )
     registry.register(OP_CANARY_REPORT, GetCanaryReportHandler(uow))
+    registry.register(OP_CANARY_RUN, build_canary_handler(engine, settings))
+    registry.register(
+        OP_CANARY_RECONCILE,
+        ReconcileHandler(uow, LocalArtifactStore(settings.artifacts_dir)),
+    )
     return registry
+
+
+def canary_config(settings: Settings) -> CanaryConfig:
+    """The configured verdict thresholds."""
+    return CanaryConfig(
+        drift_threshold=settings.canary_drift_threshold,
+        outlier_threshold=settings.canary_outlier_threshold,
+        outlier_max_pct=settings.canary_outlier_max_pct,
+        major_drift_max_pct=settings.canary_major_drift_max_pct,
+        min_samples=settings.canary_min_samples,
+        median_delta_tolerance=settings.canary_median_delta_tolerance,
+        bootstrap_resamples=settings.canary_bootstrap_resamples,
+    )
+
+
+def build_canary_handler(
+    engine: Engine, settings: Settings, progress: Progress | None = None
+) -> CanaryRunHandler:
+    """The RunCanary handler (also used in-process by ``canary run --local``)."""
+    return CanaryRunHandler(
+        SqlAlchemyUnitOfWorkFactory(engine),
+        LocalArtifactStore(settings.artifacts_dir),
+        lambda: canary_lock(engine, settings.artifacts_dir),
+        defaults=canary_config(settings),
+        lock_timeout_s=settings.canary_lock_timeout_s,
+        synthetic_fallback=settings.canary_synthetic_fallback,
+        progress=progress,
+    )
 
 
 def build_server(engine: Engine, settings: Settings) -> AnalyticsServer:

@@ -36,3 +36,18 @@ class Settings(BaseSettings):
         80, ge=4, le=2000, description="Largest gRPC message accepted or sent, in MiB"
     )
     log_level: str = Field("INFO", description="Python logging level")
+    canary_drift_threshold: float = Field(0.2, ge=0, description="KL divergence that fails")
+    canary_outlier_threshold: float = Field(0.5, ge=0, description="drift_score of an outlier")
+    canary_outlier_max_pct: float = Field(0.05, ge=0, le=1, description="Outlier share that fails")
+    canary_major_drift_max_pct: float = Field(
+        0.10, ge=0, le=1, description="MAJOR_DRIFT + MISMATCH share that fails"
+    )
+    canary_min_samples: int = Field(30, ge=1, description="Fewer valid samples: error, not pass")
+    canary_median_delta_tolerance: float | None = Field(
+        None, ge=0, description="Enables the significance rule (off when unset)"
+    )
+    canary_bootstrap_resamples: int = Field(2000, ge=100, le=100_000, description="Bootstrap")
+    canary_lock_timeout_s: float = Field(2.0, ge=0, description="Wait for the run lock")
+    canary_synthetic_fallback: bool = Field(
+        True, description="Use the built-in samples when no recent provenance exists"
+    )

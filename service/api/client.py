@@ -125,6 +125,11 @@ class AnalyticsClient:
         for message in self._stub.QueryCanaryReports(request, timeout=self._timeout_s):
             yield _dict(message)
 
+    def run_canary(self, request: JsonDict, timeout_s: float = 600.0) -> JsonDict:
+        """Run a canary; ``request`` uses RunCanaryRequest's JSON field names."""
+        message = json_format.ParseDict(request, pb.RunCanaryRequest())
+        return _dict(self._stub.RunCanary(message, timeout=timeout_s))
+
     def get_report(self, run_id: str) -> JsonDict:
         """One canary report."""
         request = pb.GetCanaryReportRequest(run_id=run_id)

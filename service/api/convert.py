@@ -8,9 +8,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from google.protobuf import struct_pb2, timestamp_pb2
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from costsim.analytics.v1 import analytics_pb2 as pb
+from costsim_analytics.engines.canary import Sample
+from costsim_analytics.engines.canary_command import RunCanary, RunCanaryResult
 from costsim_analytics.engines.drift import DriftStats, DriftStatsQuery
 from costsim_analytics.engines.provenance import (
     ProvenanceFilter,
@@ -20,7 +22,13 @@ from costsim_analytics.engines.provenance import (
     WriteBatch,
     WriteBatchResult,
 )
-from costsim_analytics.engines.reports import CanaryReport, ReportFilter, ReportQuery
+from costsim_analytics.engines.reports import (
+    CanaryReport,
+    Interval,
+    ReportFilter,
+    ReportQuery,
+    ReportStatistics,
+)
 
 STATUS_TO_PROTO = {
     "pass": pb.CANARY_STATUS_PASS,
@@ -94,6 +102,7 @@ def provenance_input(rec: pb.ProvenanceRecord) -> ProvenanceInput:
         v1_cost=rec.v1_cost if rec.HasField("v1_cost") else None,
         v2_cost=rec.v2_cost if rec.HasField("v2_cost") else None,
         payload=struct_to_dict(rec.payload) if rec.HasField("payload") else None,
+        payload_json=rec.payload_json,
         runtime_ms=rec.runtime_ms,
         id_set=rec.id != 0,
         cost_delta_set=rec.HasField("cost_delta"),
@@ -180,6 +189,39 @@ def drift_stats(stats: DriftStats) -> pb.GetDriftStatsResponse:
 # --- canary reports -----------------------------------------------------------------------------
 
 
+def _interval(i: Interval | None) -> pb.ConfidenceInterval | None:
+    if i is None:
+        return None
+    return pb.ConfidenceInterval(
+        estimate=i.estimate, low=i.low, high=i.high, level=i.level, resamples=i.resamples
+    )
+
+
+def _statistics(s: ReportStatistics | None) -> pb.CanaryStatistics | None:
+    if s is None:
+        return None
+    t = s.paired_test
+    return pb.CanaryStatistics(
+        js_divergence=s.js_divergence,
+        paired_test=pb.PairedTest(
+            method=t.method,
+            n=t.n,
+            n_nonzero=t.n_nonzero,
+            statistic=t.statistic,
+            p_value=t.p_value,
+            effect_size=t.effect_size,
+            median_difference=t.median_difference,
+        ),
+        median_cost_diff_ci=_interval(s.median_cost_diff_ci),
+        p90_cost_diff_ci=_interval(s.p90_cost_diff_ci),
+        median_relative_delta_ci=_interval(s.median_relative_delta_ci),
+        kl_bins=s.kl_bins,
+        kl_epsilon=s.kl_epsilon,
+        outlier_share=s.outlier_share,
+        major_drift_share=s.major_drift_share,
+    )
+
+
 def canary_report(r: CanaryReport) -> pb.CanaryReport:
     """A stored report as a message."""
     return pb.CanaryReport(
@@ -199,7 +241,59 @@ def canary_report(r: CanaryReport) -> pb.CanaryReport:
         failure_reasons=r.failure_reasons,
         artifact_paths=r.artifact_paths,
         created_at=to_timestamp(r.created_at) if r.created_at else None,
+        reasons=[
+            pb.FailureReason(
+                code=x.code,
+                metric=x.metric,
+                observed=x.observed,
+                threshold=x.threshold,
+                comparator=x.comparator,
+                interval=_interval(x.interval),
+                message=x.message,
+            )
+            for x in r.reasons
+        ],
+        statistics=_statistics(r.statistics),
+        artifacts=[
+            pb.Artifact(path=a.path, sha256=a.sha256, size_bytes=a.size_bytes) for a in r.artifacts
+        ],
+        baseline_model=r.baseline_model,
+        candidate_model=r.candidate_model,
+        invalid_samples=r.invalid_samples,
+        sample_source=r.sample_source,
+        seed=r.seed,
     )
+
+
+def _optional(msg: Any, name: str) -> Any:
+    return getattr(msg, name) if msg.HasField(name) else None
+
+
+def run_canary(request: pb.RunCanaryRequest) -> RunCanary:
+    """RunCanaryRequest -> command."""
+    return RunCanary(
+        sample_count=request.sample_count,
+        lookback_days=request.lookback_days,
+        drift_threshold=_optional(request, "drift_threshold"),
+        outlier_threshold=_optional(request, "outlier_threshold"),
+        outlier_max_pct=_optional(request, "outlier_max_pct"),
+        major_drift_max_pct=_optional(request, "major_drift_max_pct"),
+        min_samples=_optional(request, "min_samples"),
+        median_delta_tolerance=_optional(request, "median_delta_tolerance"),
+        baseline_model=request.baseline_model,
+        candidate_model=request.candidate_model,
+        samples=tuple(
+            Sample(s.id, struct_to_dict(s.plan_input) if s.HasField("plan_input") else None)
+            for s in request.samples
+        ),
+        seed=request.seed,
+        request_id=request.request_id,
+    )
+
+
+def run_canary_response(result: RunCanaryResult) -> pb.RunCanaryResponse:
+    """Command result -> RunCanaryResponse."""
+    return pb.RunCanaryResponse(report=canary_report(result.report), replayed=result.replayed)
 
 
 def report_query(request: pb.QueryCanaryReportsRequest) -> ReportQuery:
@@ -218,3 +312,8 @@ def report_query(request: pb.QueryCanaryReportsRequest) -> ReportQuery:
         page_size=request.page_size,
         page_token=request.page_token,
     )
+
+
+def run_canary_from_json(request: dict[str, Any]) -> RunCanary:
+    """A RunCanaryRequest in its JSON form -> command (for in-process callers)."""
+    return run_canary(json_format.ParseDict(request, pb.RunCanaryRequest()))

@@ -18,6 +18,7 @@ from costsim_analytics.api.errors import streaming, unary
 from costsim_analytics.handlers.registry import (
     OP_CANARY_REPORT,
     OP_CANARY_REPORTS,
+    OP_CANARY_RUN,
     OP_DRIFT_STATS,
     OP_PROVENANCE_BATCH,
     OP_PROVENANCE_QUERY,
@@ -95,3 +96,9 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         """One report by run id."""
         report = await self._run(OP_CANARY_REPORT, request.run_id)
         return pb.GetCanaryReportResponse(report=convert.canary_report(report))
+
+    @unary
+    async def RunCanary(self, request: pb.RunCanaryRequest, context: Any) -> pb.RunCanaryResponse:
+        """Run a canary comparison and return its report."""
+        result = await self._run(OP_CANARY_RUN, convert.run_canary(request))
+        return convert.run_canary_response(result)

@@ -8,107 +8,40 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
-from collections.abc import Callable, Iterable, Iterator
-from datetime import datetime
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
-import grpc
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from costsim_analytics.api.client import AnalyticsClient, JsonDict
 from costsim_analytics.bootstrap import build_engine, build_server, configure_logging
+from costsim_analytics.cli import canary
+from costsim_analytics.cli.common import (
+    AsJson,
+    DatabaseUrl,
+    End,
+    Limit,
+    PageToken,
+    Start,
+    Target,
+    default_target,
+    err,
+    out,
+    rpc,
+    settings_with,
+    stream,
+    table,
+    utc,
+)
 from costsim_analytics.drivers import schema
 from costsim_analytics.engines.errors import DatabaseUnavailable, SchemaOutOfDate
-from costsim_analytics.settings import Settings
 
 app = typer.Typer(help="costsim-analytics: provenance, drift and canary reports over gRPC.")
 provenance_app = typer.Typer(help="Write and query provenance records.")
 app.add_typer(provenance_app, name="provenance")
-
-out = Console()
-err = Console(stderr=True)
-T = TypeVar("T")
-
-DatabaseUrl = Annotated[
-    str | None, typer.Option("--database-url", help="Overrides COSTSIM_DATABASE_URL.")
-]
-Target = Annotated[
-    str,
-    typer.Option(
-        "--target",
-        envvar="COSTSIM_TARGET",
-        help="Server address (default: COSTSIM_LISTEN or 127.0.0.1:50051).",
-    ),
-]
-AsJson = Annotated[bool, typer.Option("--json", help="One JSON object per line.")]
-Start = Annotated[datetime | None, typer.Option("--start", help="Inclusive lower bound, UTC.")]
-End = Annotated[datetime | None, typer.Option("--end", help="Exclusive upper bound, UTC.")]
-Limit = Annotated[int, typer.Option("--limit", help="Messages to fetch (0: server default).")]
-PageToken = Annotated[str, typer.Option("--page-token", help="Resume after this token.")]
-
-
-def _default_target() -> str:
-    return os.environ.get("COSTSIM_LISTEN", "127.0.0.1:50051")
-
-
-def _settings(**overrides: Any) -> Settings:
-    return Settings(**{key: value for key, value in overrides.items() if value is not None})
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    from datetime import UTC
-
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
-
-
-def _rpc(call: Callable[[], T]) -> T:
-    """Run a client call; print a gRPC error readably and exit 1."""
-    try:
-        return call()
-    except grpc.RpcError as exc:
-        _print_rpc_error(exc)
-        raise typer.Exit(1) from None
-
-
-def _print_rpc_error(exc: grpc.RpcError) -> None:
-    from google.rpc import error_details_pb2
-    from grpc_status import rpc_status
-
-    code = exc.code() if isinstance(exc, grpc.Call) else None
-    details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
-    err.print(f"[red]error[/red] {code.name if code else 'UNKNOWN'}: {details}")
-    status = rpc_status.from_call(exc) if isinstance(exc, grpc.Call) else None
-    details_list: list[Any] = list(status.details) if status else []
-    for detail in details_list:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            for violation in bad.field_violations:
-                err.print(f"  {violation.field}: {violation.description}")
-
-
-def _stream(items: Iterator[T]) -> Iterator[T]:
-    try:
-        yield from items
-    except grpc.RpcError as exc:
-        _print_rpc_error(exc)
-        raise typer.Exit(1) from None
-
-
-def _table(title: str, columns: list[str], rows: Iterable[list[Any]]) -> None:
-    table = Table(title=title)
-    for column in columns:
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row))
-    out.print(table)
+app.add_typer(canary.app, name="canary")
 
 
 # --- operations -------------------------------------------------------------------------------
@@ -117,7 +50,7 @@ def _table(title: str, columns: list[str], rows: Iterable[list[Any]]) -> None:
 @app.command()
 def migrate(database_url: DatabaseUrl = None) -> None:
     """Apply the Alembic revisions to the configured database."""
-    settings = _settings(database_url=database_url)
+    settings = settings_with(database_url=database_url)
     configure_logging("WARNING")
     try:
         schema.upgrade(settings.database_url)
@@ -137,7 +70,7 @@ def serve(
     max_batch: Annotated[int | None, typer.Option(help="Overrides COSTSIM_MAX_BATCH.")] = None,
 ) -> None:
     """Serve the gRPC API until SIGTERM or SIGINT."""
-    settings = _settings(
+    settings = settings_with(
         database_url=database_url, listen=listen, artifacts_dir=artifacts_dir, max_batch=max_batch
     )
     configure_logging(settings.log_level)
@@ -195,10 +128,10 @@ def provenance_write(
     """Write provenance records from a JSONL file, in batches."""
     stream = sys.stdin if str(file) == "-" else file.open(encoding="utf-8")
     total = 0
-    with stream, AnalyticsClient(target or _default_target()) as client:
+    with stream, AnalyticsClient(target or default_target()) as client:
         for n, batch in enumerate(_batches(stream, batch_size)):
             key = f"{request_id}-{n}" if request_id else ""
-            result = _rpc(lambda b=batch, k=key: client.write_provenance(b, k))  # type: ignore[misc]
+            result = rpc(lambda b=batch, k=key: client.write_provenance(b, k))  # type: ignore[misc]
             total += len(batch)
             if as_json:
                 print(json.dumps(result))
@@ -225,16 +158,16 @@ def provenance_query(
     as_json: AsJson = False,
 ) -> None:
     """Stream provenance records, newest first."""
-    with AnalyticsClient(target or _default_target()) as client:
-        items = _stream(
+    with AnalyticsClient(target or default_target()) as client:
+        items = stream(
             client.query_provenance(
                 tenant_id=tenant_id,
                 variant_slug=variant_slug,
                 source=source,
                 input_hash=input_hash,
                 run_id=run_id,
-                start=_utc(start),
-                end=_utc(end),
+                start=utc(start),
+                end=utc(end),
                 page_size=limit,
                 page_token=page_token,
             )
@@ -260,7 +193,7 @@ def provenance_query(
                     r.get("cost_delta"),
                 ]
             )
-        _table(
+        table(
             "provenance",
             ["id", "created_at", "run_id", "tenant", "variant", "v1", "v2", "delta"],
             rows,
@@ -280,16 +213,16 @@ def drift_stats(
     as_json: AsJson = False,
 ) -> None:
     """Summarise cost_delta (v2 - v1) over stored provenance."""
-    with AnalyticsClient(target or _default_target()) as client:
-        stats = _rpc(
+    with AnalyticsClient(target or default_target()) as client:
+        stats = rpc(
             lambda: client.drift_stats(
-                tenant_id=tenant_id, variant_slug=variant_slug, start=_utc(start), end=_utc(end)
+                tenant_id=tenant_id, variant_slug=variant_slug, start=utc(start), end=utc(end)
             )
         )
     if as_json:
         print(json.dumps(stats))
     else:
-        _table("drift statistics", ["statistic", "value"], [[k, v] for k, v in stats.items()])
+        table("drift statistics", ["statistic", "value"], [[k, v] for k, v in stats.items()])
 
 
 @app.command()
@@ -307,13 +240,13 @@ def reports(
     if status and status not in ("pass", "fail", "error", "skipped"):
         err.print("[red]--status[/red] must be pass, fail, error or skipped")
         raise typer.Exit(2)
-    with AnalyticsClient(target or _default_target()) as client:
-        items = _stream(
+    with AnalyticsClient(target or default_target()) as client:
+        items = stream(
             client.query_reports(
                 status=status,
                 passed=passed,
-                start=_utc(start),
-                end=_utc(end),
+                start=utc(start),
+                end=utc(end),
                 page_size=limit,
                 page_token=page_token,
             )
@@ -338,7 +271,7 @@ def reports(
                     "; ".join(r.get("failure_reasons", [])),
                 ]
             )
-        _table(
+        table(
             "canary reports",
             ["run_id", "timestamp", "status", "passed", "samples", "kl", "reasons"],
             rows,
@@ -355,12 +288,12 @@ def report(
     as_json: AsJson = False,
 ) -> None:
     """Show one canary report."""
-    with AnalyticsClient(target or _default_target()) as client:
-        found = _rpc(lambda: client.get_report(run_id))
+    with AnalyticsClient(target or default_target()) as client:
+        found = rpc(lambda: client.get_report(run_id))
     if as_json:
         print(json.dumps(found))
     else:
-        _table(f"canary report {run_id}", ["field", "value"], [[k, v] for k, v in found.items()])
+        table(f"canary report {run_id}", ["field", "value"], [[k, v] for k, v in found.items()])
 
 
 def main() -> None:

@@ -13,7 +13,12 @@ from costsim_analytics.drivers.errors import translated
 from costsim_analytics.drivers.models import reports_table as t
 from costsim_analytics.engines.errors import AlreadyExists
 from costsim_analytics.engines.pagination import Cursor
-from costsim_analytics.engines.reports import CanaryReport, ReportFilter
+from costsim_analytics.engines.reports import (
+    CanaryReport,
+    ReportFilter,
+    details_from_json,
+    details_to_json,
+)
 
 _COLUMNS = (
     "id",
@@ -33,6 +38,9 @@ _COLUMNS = (
     "artifact_paths_json",
     "golden_comparison_json",
     "created_at",
+    "baseline_model",
+    "candidate_model",
+    "details_json",
 )
 _SELECT_COLUMNS = [t.c[name] for name in _COLUMNS]
 
@@ -56,6 +64,9 @@ def _report(row: Sequence[Any]) -> CanaryReport:
         artifact_paths=tuple(row[14]),
         golden_comparison=row[15],
         created_at=row[16],
+        baseline_model=row[17],
+        candidate_model=row[18],
+        **details_from_json(row[19]),
     )
 
 
@@ -102,6 +113,9 @@ class SqlCanaryReportDriver:
             "artifact_paths_json": list(report.artifact_paths),
             "golden_comparison_json": report.golden_comparison,
             "created_at": now or datetime.now(UTC),
+            "baseline_model": report.baseline_model,
+            "candidate_model": report.candidate_model,
+            "details_json": details_to_json(report),
         }
         try:
             with translated():

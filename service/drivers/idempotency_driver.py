@@ -61,6 +61,16 @@ class SqlIdempotencyDriver:
             ).one()
         return StoredRequest(row[0], row[1])
 
+    def get(self, operation: str, request_id: str) -> StoredRequest | None:
+        """The stored request for a key, or None."""
+        with translated():
+            row = self._conn.execute(
+                select(t.c.request_hash, t.c.response_json).where(
+                    t.c.operation == operation, t.c.request_id == request_id
+                )
+            ).first()
+        return None if row is None else StoredRequest(row[0], row[1])
+
     def complete(self, operation: str, request_id: str, response: dict[str, Any]) -> None:
         """Record the answer of a claimed key (in the same transaction as the work)."""
         with translated():

@@ -115,6 +115,11 @@ class CanaryReportRow(Base):
     artifact_paths_json: Mapped[list[str]] = mapped_column(Json)
     golden_comparison_json: Mapped[dict[str, Any] | None] = mapped_column(Json)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # Added by revision 0002: the models compared and the report's structured details
+    # (reasons as data, statistics, artifact checksums, sample provenance).
+    baseline_model: Mapped[str] = mapped_column(String(64), server_default="")
+    candidate_model: Mapped[str] = mapped_column(String(64), server_default="")
+    details_json: Mapped[dict[str, Any] | None] = mapped_column(Json)
 
     __table_args__ = (
         Index("idx_costsim_canary_run_id", "run_id", unique=True),

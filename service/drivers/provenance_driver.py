@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, Select, and_, func, insert, select, tuple_
@@ -147,6 +148,30 @@ class SqlProvenanceDriver:
                 yield [_record(row) for row in part]
         finally:
             result.close()
+
+    def sample_candidates(self, since: datetime) -> list[int]:
+        """Ids of successful records since ``since`` that carry a plan input, ascending."""
+        stmt = (
+            select(t.c.id)
+            .where(
+                t.c.created_at >= since,
+                t.c.payload["status"].as_string() == "success",
+                t.c.payload["input"].is_not(None),
+            )
+            .order_by(t.c.id)
+        )
+        with translated():
+            return list(self._conn.execute(stmt).scalars())
+
+    def plan_inputs(self, ids: Sequence[int], chunk_size: int = 1000) -> dict[int, Any]:
+        """``payload.input`` of the given records, by id."""
+        found: dict[int, Any] = {}
+        for start in range(0, len(ids), chunk_size):
+            chunk = list(ids[start : start + chunk_size])
+            stmt = select(t.c.id, t.c.payload["input"]).where(t.c.id.in_(chunk))
+            with translated():
+                found.update({row_id: value for row_id, value in self._conn.execute(stmt)})
+        return found
 
     def drift_stats(self, query: DriftStatsQuery) -> DriftStats:
         """Aggregate ``cost_delta`` over the matching records (see engines/drift.py)."""

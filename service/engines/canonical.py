@@ -46,9 +46,68 @@ def normalize_numbers(value: JsonValue) -> JsonValue:
     return value
 
 
+def _whole_or_float(text: str) -> int | float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("numbers must be finite")
+    if value.is_integer() and abs(value) <= _MAX_EXACT_INT:
+        return int(value)
+    return value
+
+
+def _no_constants(name: str) -> float:
+    raise ValueError(f"numbers must be finite, not {name}")
+
+
+# Whole numbers become ints while the C parser reads them: no second walk over the tree.
+_DECODER = json.JSONDecoder(parse_float=_whole_or_float, parse_constant=_no_constants)
+
+
+def loads(text: str) -> JsonValue:
+    """Parse JSON text straight into normalised form (whole numbers as ints).
+
+    Raises:
+        ValueError: the text is not JSON, or holds NaN or an infinity.
+
+    Example:
+        >>> loads('{"budget_cents": 1000.0, "x": 0.5}')
+        {'budget_cents': 1000, 'x': 0.5}
+    """
+    return _DECODER.decode(text)
+
+
+_PLAIN_DECODER = json.JSONDecoder(parse_constant=_no_constants)
+
+
+def loads_plain(text: str) -> JsonValue:
+    """Parse JSON text as is (floats stay floats), refusing NaN and infinities.
+
+    Raises:
+        ValueError: the text is not JSON, or holds NaN or Infinity.
+    """
+    return _PLAIN_DECODER.decode(text)
+
+
+def dumps_by_key(obj: dict[str, JsonValue]) -> tuple[str, dict[str, str]]:
+    """Serialise an object canonically, and each of its values on its own, in one pass.
+
+    The first result equals ``dumps(obj)``; the second maps each key to ``dumps(obj[key])``,
+    so hashing a part needs no second serialisation.
+    """
+    parts = {key: _encode(value) for key, value in obj.items()}
+    body = ",".join(f"{_encode_key(key)}:{parts[key]}" for key in sorted(parts))
+    return "{" + body + "}", parts
+
+
+# Built once: json.dumps with non-default options constructs a new encoder on every call.
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False)
+_encode = _ENCODER.encode
+_encode_key = json.encoder.encode_basestring_ascii
+
+
 def dumps(value: JsonValue) -> str:
     """Serialise an already normalised value canonically."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return _encode(value)
 
 
 def canonical_json(value: JsonValue) -> str:

@@ -24,7 +24,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from costsim_analytics.engines.canonical import dumps, normalize_numbers, sha256_hex
+from costsim_analytics.engines.canonical import (
+    dumps,
+    dumps_by_key,
+    loads,
+    loads_plain,
+    normalize_numbers,
+    sha256_hex,
+)
 from costsim_analytics.engines.errors import FieldViolation, InvalidArgument
 
 VARIANT_SLUGS = frozenset({"v1", "v2", "canary"})
@@ -65,6 +72,7 @@ class ProvenanceInput:
     v1_cost: float | None = None
     v2_cost: float | None = None
     payload: dict[str, Any] | None = None
+    payload_json: str = ""
     runtime_ms: int = 0
     # Output-only fields a caller must leave unset.
     id_set: bool = False
@@ -245,25 +253,17 @@ def _prepare_one(
         if value and not _HASH.fullmatch(value):
             out.append(FieldViolation(prefix + name, "must be 64 lowercase hex digits"))
 
-    try:
-        payload: dict[str, Any] = normalize_numbers(rec.payload or {})
-        payload_json = dumps(payload)
-    except ValueError:
-        out.append(FieldViolation(prefix + "payload", "numbers must be finite"))
+    parsed = _payload(rec, prefix, out, canonical=not (rec.input_hash and rec.output_hash))
+    if parsed is None:
         return None
-    if len(payload_json) > MAX_PAYLOAD_BYTES:  # ASCII-only JSON: chars == bytes
-        out.append(
-            FieldViolation(
-                prefix + "payload", f"must serialise to at most {MAX_PAYLOAD_BYTES} bytes"
-            )
-        )
+    payload, payload_json, parts = parsed.value, parsed.stored, parsed.parts
     status = payload.get("status")
     if status is not None and status not in PAYLOAD_STATUSES:
         out.append(
             FieldViolation(prefix + "payload.status", f"must be one of {sorted(PAYLOAD_STATUSES)}")
         )
-    input_hash = rec.input_hash or _hash_part(payload, "input", prefix + "input_hash", out)
-    output_hash = rec.output_hash or _hash_part(payload, "output", prefix + "output_hash", out)
+    input_hash = rec.input_hash or _hash_part(parts, "input", prefix + "input_hash", out)
+    output_hash = rec.output_hash or _hash_part(parts, "output", prefix + "output_hash", out)
     if len(out) > start:
         return None
     return NewProvenance(
@@ -286,11 +286,67 @@ def _prepare_one(
     )
 
 
-def _hash_part(payload: dict[str, Any], key: str, path: str, out: list[FieldViolation]) -> str:
-    if key not in payload:
+_LONE_SURROGATE = re.compile(
+    r"\\ud[89ab][0-9a-f]{2}(?!\\ud[c-f])|(?<!\\ud[89ab][0-9a-f]{2})\\ud[c-f][0-9a-f]{2}",
+    re.IGNORECASE,
+)
+
+
+@dataclass(slots=True)
+class _Payload:
+    value: dict[str, Any]  # parsed (normalised when ``parts`` is set)
+    stored: str  # the JSON text to store
+    parts: dict[str, str] | None  # canonical JSON of each top-level value, when computed
+
+
+def _payload(
+    rec: ProvenanceInput, prefix: str, out: list[FieldViolation], *, canonical: bool
+) -> _Payload | None:
+    """Parse and check the payload; serialise it canonically when hashes must be computed.
+
+    A ``payload_json`` whose hashes the caller supplied is stored as sent (the database keeps
+    JSONB, not text, so nothing is lost) and is not re-serialised: that is the fast path.
+    """
+    if rec.payload_json and rec.payload is not None:
+        out.append(FieldViolation(prefix + "payload_json", "set payload or payload_json, not both"))
+        return None
+    text = rec.payload_json
+    field = prefix + ("payload_json" if text else "payload")
+    # Escapes may hide NUL or lone surrogates, which PostgreSQL refuses: re-serialise to see.
+    canonical = canonical or "\\u" in text
+    try:
+        if text:
+            if len(text) > 4 * MAX_PAYLOAD_BYTES:  # don't even parse a huge one
+                raise ValueError(f"must serialise to at most {MAX_PAYLOAD_BYTES} bytes")
+            value = loads(text) if canonical else loads_plain(text)
+            if not isinstance(value, dict):
+                raise ValueError("must be a JSON object")
+        else:
+            value = normalize_numbers(rec.payload or {})
+    except ValueError as exc:
+        out.append(FieldViolation(field, str(exc) if text else "numbers must be finite"))
+        return None
+    parsed = _Payload(value, text, None)
+    if canonical or not text:
+        parsed.stored, parsed.parts = dumps_by_key(value)
+    stored = parsed.stored
+    size = len(stored) if stored.isascii() else len(stored.encode())
+    if size > MAX_PAYLOAD_BYTES:
+        out.append(FieldViolation(field, f"must serialise to at most {MAX_PAYLOAD_BYTES} bytes"))
+    if "\\u0000" in stored:
+        out.append(FieldViolation(field, "must not contain NUL characters"))
+    if ("\\ud" in stored or "\\uD" in stored) and _LONE_SURROGATE.search(stored):
+        out.append(FieldViolation(field, "must not contain unpaired UTF-16 surrogates"))
+    return parsed
+
+
+def _hash_part(parts: dict[str, str] | None, key: str, path: str, out: list[FieldViolation]) -> str:
+    if parts is None:  # only when both hashes were given, so never asked for
+        raise AssertionError("canonical parts were not computed")
+    if key not in parts:
         out.append(FieldViolation(path, f"required when payload.{key} is absent"))
         return ""
-    return sha256_hex(dumps(payload[key]))
+    return sha256_hex(parts[key])
 
 
 def prepare_batch(

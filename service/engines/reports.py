@@ -1,18 +1,80 @@
-"""Canary reports: the stored shape and the query types.
+"""Canary reports: the stored shape, its JSON form, and the query types.
 
-The canary engine (a later issue) produces reports; this module defines what a report is and
+The canary engine produces reports; this module defines what a report is, how it is written to
+and read from JSON (the report artifact and the ``details_json`` column share one form), and
 how queries over reports are validated.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
 from costsim_analytics.engines.errors import InvalidArgument
 
 CANARY_STATUSES = ("pass", "fail", "error", "skipped")
+
+
+@dataclass(frozen=True, slots=True)
+class Interval:
+    """A bootstrap confidence interval."""
+
+    estimate: float
+    low: float
+    high: float
+    level: float
+    resamples: int
+
+
+@dataclass(frozen=True, slots=True)
+class PairedTestSummary:
+    """The paired significance test of candidate against baseline costs."""
+
+    method: str
+    n: int
+    n_nonzero: int
+    statistic: float
+    p_value: float
+    effect_size: float
+    median_difference: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReportStatistics:
+    """Statistics beyond the report's columns (see docs/statistics.md)."""
+
+    js_divergence: float
+    paired_test: PairedTestSummary
+    median_cost_diff_ci: Interval | None
+    p90_cost_diff_ci: Interval | None
+    median_relative_delta_ci: Interval | None
+    kl_bins: int
+    kl_epsilon: float
+    outlier_share: float
+    major_drift_share: float
+
+
+@dataclass(frozen=True, slots=True)
+class FailureReason:
+    """One reason a canary did not pass, as data and as a sentence."""
+
+    code: str
+    metric: str
+    observed: float
+    threshold: float
+    comparator: str
+    message: str
+    interval: Interval | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ArtifactRef:
+    """A stored artifact and its checksum."""
+
+    path: str
+    sha256: str
+    size_bytes: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,9 +96,105 @@ class CanaryReport:
     failure_reasons: tuple[str, ...] = ()
     artifact_paths: tuple[str, ...] = ()
     golden_comparison: dict[str, Any] | None = None
+    reasons: tuple[FailureReason, ...] = ()
+    statistics: ReportStatistics | None = None
+    artifacts: tuple[ArtifactRef, ...] = ()
+    baseline_model: str = ""
+    candidate_model: str = ""
+    invalid_samples: int = 0
+    sample_source: str = ""
+    seed: int = 0
     # Set by storage.
     id: int = 0
     created_at: datetime | None = None
+
+
+DETAIL_FIELDS = ("reasons", "statistics", "artifacts", "invalid_samples", "sample_source", "seed")
+
+
+def details_to_json(report: CanaryReport) -> dict[str, Any]:
+    """The report's structured details (everything without a column of its own)."""
+    return {name: _plain(getattr(report, name)) for name in DETAIL_FIELDS}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(item) for item in value]
+    if hasattr(value, "__dataclass_fields__"):
+        return asdict(value)
+    return value
+
+
+def _interval(data: dict[str, Any] | None) -> Interval | None:
+    return None if data is None else Interval(**data)
+
+
+def details_from_json(data: dict[str, Any] | None) -> dict[str, Any]:
+    """Keyword arguments for :class:`CanaryReport` from :func:`details_to_json` output."""
+    if not data:
+        return {}
+    stats = data.get("statistics")
+    statistics = None
+    if stats is not None:
+        statistics = ReportStatistics(
+            **{
+                **stats,
+                "paired_test": PairedTestSummary(**stats["paired_test"]),
+                "median_cost_diff_ci": _interval(stats["median_cost_diff_ci"]),
+                "p90_cost_diff_ci": _interval(stats["p90_cost_diff_ci"]),
+                "median_relative_delta_ci": _interval(stats["median_relative_delta_ci"]),
+            }
+        )
+    return {
+        "reasons": tuple(
+            FailureReason(**{**r, "interval": _interval(r.get("interval"))})
+            for r in data.get("reasons", [])
+        ),
+        "statistics": statistics,
+        "artifacts": tuple(ArtifactRef(**a) for a in data.get("artifacts", [])),
+        "invalid_samples": int(data.get("invalid_samples", 0)),
+        "sample_source": str(data.get("sample_source", "")),
+        "seed": int(data.get("seed", 0)),
+    }
+
+
+_SCALARS = (
+    "run_id",
+    "status",
+    "total_samples",
+    "matching_samples",
+    "minor_drift_samples",
+    "major_drift_samples",
+    "median_cost_diff",
+    "p90_cost_diff",
+    "kl_divergence",
+    "outlier_count",
+    "passed",
+    "baseline_model",
+    "candidate_model",
+    "golden_comparison",
+)
+
+
+def report_to_json(report: CanaryReport) -> dict[str, Any]:
+    """The whole report as JSON-ready data (the report artifact's form)."""
+    data: dict[str, Any] = {name: getattr(report, name) for name in _SCALARS}
+    data["timestamp"] = report.timestamp.isoformat()
+    data["failure_reasons"] = list(report.failure_reasons)
+    data["artifact_paths"] = list(report.artifact_paths)
+    data.update(details_to_json(report))
+    return data
+
+
+def report_from_json(data: dict[str, Any]) -> CanaryReport:
+    """Inverse of :func:`report_to_json` (id and created_at are left unset)."""
+    return CanaryReport(
+        timestamp=datetime.fromisoformat(data["timestamp"]),
+        failure_reasons=tuple(data.get("failure_reasons", [])),
+        artifact_paths=tuple(data.get("artifact_paths", [])),
+        **{name: data[name] for name in _SCALARS if name in data},
+        **details_from_json(data),
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,12 @@ class ProvenanceStore(Protocol):
     def drift_stats(self, query: DriftStatsQuery) -> DriftStats:
         """Aggregate cost_delta."""
 
+    def sample_candidates(self, since: datetime) -> list[int]:
+        """Ids of successful records with a plan input since ``since``."""
+
+    def plan_inputs(self, ids: Sequence[int], chunk_size: int = ...) -> dict[int, Any]:
+        """Plan inputs by record id."""
+
 
 class CanaryReportStore(Protocol):
     """Canary report rows."""
@@ -51,6 +57,9 @@ class IdempotencyStore(Protocol):
         self, operation: str, request_id: str, request_hash: str, now: datetime
     ) -> StoredRequest | None:
         """Claim a key or return the earlier request."""
+
+    def get(self, operation: str, request_id: str) -> StoredRequest | None:
+        """The stored request for a key, or None."""
 
     def complete(self, operation: str, request_id: str, response: dict[str, Any]) -> None:
         """Store the answer of a claimed key."""

@@ -20,6 +20,8 @@ OP_PROVENANCE_QUERY = "analytics.provenance_query"
 OP_DRIFT_STATS = "analytics.drift_stats"
 OP_CANARY_REPORTS = "analytics.canary_reports"
 OP_CANARY_REPORT = "analytics.canary_report"
+OP_CANARY_RUN = "analytics.canary_run"
+OP_CANARY_RECONCILE = "analytics.canary_reconcile"
 
 
 class OperationRegistry:

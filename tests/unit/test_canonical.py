@@ -61,3 +61,21 @@ def test_huge_whole_doubles_stay_floats():
 def test_non_finite_numbers_are_rejected(bad):
     with pytest.raises(ValueError, match="finite"):
         canonical_json({"x": [bad]})
+
+
+@given(st.dictionaries(st.text(max_size=6), json_values, max_size=5))
+def test_dumps_by_key_equals_dumps_and_its_parts(value):
+    from costsim_analytics.engines.canonical import dumps, dumps_by_key
+
+    normal = normalize_numbers(value)
+    whole, parts = dumps_by_key(normal)
+    assert whole == dumps(normal)
+    assert parts == {key: dumps(item) for key, item in normal.items()}
+
+
+@given(json_values)
+def test_loads_normalises_like_the_struct_path(value):
+    from costsim_analytics.engines.canonical import loads
+
+    text = json.dumps(as_struct_numbers(value))
+    assert canonical_json(loads(text)) == canonical_json(value)

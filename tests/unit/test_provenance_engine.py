@@ -1,3 +1,5 @@
+import json
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -132,3 +134,69 @@ def test_filter_validation():
     with pytest.raises(InvalidArgument) as exc:
         validate_filter(ProvenanceFilter(variant_slug="x", source="y", input_hash="z"))
     assert fields_of(exc) == ["variant_slug", "source", "input_hash"]
+
+
+# --- payload_json, the fast alternative to a Struct payload -------------------------------------
+
+
+def as_json_input(i=0, **overrides):
+    record = provenance_input(i, **overrides)
+    return replace(record, payload=None, payload_json=json.dumps(record.payload, indent=1))
+
+
+def test_payload_json_hashes_like_the_struct_payload():
+    struct_row = prepare(provenance_input(3))[0]
+    json_row = prepare(as_json_input(3))[0]
+    assert (json_row.input_hash, json_row.output_hash) == (
+        struct_row.input_hash,
+        struct_row.output_hash,
+    )
+    assert json_row.payload_json == struct_row.payload_json  # canonical when hashing was needed
+
+
+def test_payload_json_with_given_hashes_is_stored_as_sent():
+    h = "b" * 64
+    record = replace(as_json_input(1), input_hash=h, output_hash=h)
+    [row] = prepare(record)
+    assert row.payload_json == record.payload_json
+    assert row.payload["input"]["budget_cents"] == 1000
+
+
+@pytest.mark.parametrize(
+    ("text", "description"),
+    [
+        ("[1, 2]", "must be a JSON object"),
+        ("{not json", "Expecting"),
+        ('{"input": {}, "output": {}, "x": NaN}', "finite"),
+        ('{"input": {}, "output": {}, "x": "a\\u0000b"}', "NUL"),
+        ('{"input": {}, "output": {}, "x": "\\ud800"}', "surrogates"),
+        ('{"input": {}, "output": {}, "x": "' + "y" * MAX_PAYLOAD_BYTES + '"}', "at most"),
+    ],
+)
+def test_bad_payload_json_names_the_field(text, description):
+    h = "c" * 64
+    for hashes in ({}, {"input_hash": h, "output_hash": h}):
+        record = replace(provenance_input(0, payload=None, payload_json=text), **hashes)
+        with pytest.raises(InvalidArgument) as exc:
+            prepare(record)
+        [violation] = exc.value.violations
+        assert violation.field == "records[0].payload_json"
+        assert description in violation.description
+
+
+def test_surrogate_pairs_and_non_ascii_are_fine():
+    text = json.dumps({"input": {"p": "😀 é"}, "output": {}})
+    [row] = prepare(provenance_input(0, payload=None, payload_json=text))
+    assert row.payload["input"]["p"] == "😀 é"
+
+
+def test_payload_and_payload_json_together_are_refused():
+    with pytest.raises(InvalidArgument) as exc:
+        prepare(provenance_input(0, payload_json="{}"))
+    assert fields_of(exc) == ["records[0].payload_json"]
+
+
+def test_struct_payload_with_nul_is_refused():
+    with pytest.raises(InvalidArgument) as exc:
+        prepare(provenance_input(0, payload={"input": {"p": "a\x00"}, "output": {}}))
+    assert fields_of(exc) == ["records[0].payload"]

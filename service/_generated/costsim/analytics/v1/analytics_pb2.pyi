@@ -72,6 +72,7 @@ class ProvenanceRecord(_message.Message):
     PAYLOAD_FIELD_NUMBER: _builtins.int
     RUNTIME_MS_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    PAYLOAD_JSON_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Output only: the database id."""
     run_id: _builtins.str
@@ -94,6 +95,11 @@ class ProvenanceRecord(_message.Message):
     cost_delta: _builtins.float
     """Output only: v2_cost - v1_cost when both are present."""
     runtime_ms: _builtins.int
+    payload_json: _builtins.str
+    """Input only, an alternative to payload for high-volume writers: the same payload as JSON
+    text, which the server parses several times faster than a Struct. Set payload or
+    payload_json, not both. Query results always carry payload.
+    """
     @_builtins.property
     def payload(self) -> _struct_pb2.Struct:
         """{"input": {"plan": [...], "budget_cents": n}, "output": {...}, "status": "success"|"error"|"timeout"|"schema_error"}"""
@@ -121,10 +127,11 @@ class ProvenanceRecord(_message.Message):
         payload: _struct_pb2.Struct | None = ...,
         runtime_ms: _builtins.int = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        payload_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_cost_delta", b"_cost_delta", "_v1_cost", b"_v1_cost", "_v2_cost", b"_v2_cost", "cost_delta", b"cost_delta", "created_at", b"created_at", "payload", b"payload", "v1_cost", b"v1_cost", "v2_cost", b"v2_cost"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_delta", b"_cost_delta", "_v1_cost", b"_v1_cost", "_v2_cost", b"_v2_cost", "adapter_version", b"adapter_version", "commit_sha", b"commit_sha", "cost_delta", b"cost_delta", "created_at", b"created_at", "id", b"id", "input_hash", b"input_hash", "model_version", b"model_version", "output_hash", b"output_hash", "payload", b"payload", "run_id", b"run_id", "runtime_ms", b"runtime_ms", "source", b"source", "tenant_id", b"tenant_id", "v1_cost", b"v1_cost", "v2_cost", b"v2_cost", "variant_slug", b"variant_slug"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_delta", b"_cost_delta", "_v1_cost", b"_v1_cost", "_v2_cost", b"_v2_cost", "adapter_version", b"adapter_version", "commit_sha", b"commit_sha", "cost_delta", b"cost_delta", "created_at", b"created_at", "id", b"id", "input_hash", b"input_hash", "model_version", b"model_version", "output_hash", b"output_hash", "payload", b"payload", "payload_json", b"payload_json", "run_id", b"run_id", "runtime_ms", b"runtime_ms", "source", b"source", "tenant_id", b"tenant_id", "v1_cost", b"v1_cost", "v2_cost", b"v2_cost", "variant_slug", b"variant_slug"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cost_delta: _TypeAlias = _typing.Literal["cost_delta"]  # noqa: Y015
     _WhichOneofArgType__cost_delta: _TypeAlias = _typing.Literal["_cost_delta", b"_cost_delta"]  # noqa: Y015
@@ -163,6 +170,14 @@ class CanaryReport(_message.Message):
     FAILURE_REASONS_FIELD_NUMBER: _builtins.int
     ARTIFACT_PATHS_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    REASONS_FIELD_NUMBER: _builtins.int
+    STATISTICS_FIELD_NUMBER: _builtins.int
+    ARTIFACTS_FIELD_NUMBER: _builtins.int
+    BASELINE_MODEL_FIELD_NUMBER: _builtins.int
+    CANDIDATE_MODEL_FIELD_NUMBER: _builtins.int
+    INVALID_SAMPLES_FIELD_NUMBER: _builtins.int
+    SAMPLE_SOURCE_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     run_id: _builtins.str
     status: Global___CanaryStatus.ValueType
@@ -176,6 +191,13 @@ class CanaryReport(_message.Message):
     kl_divergence: _builtins.float
     outlier_count: _builtins.int
     passed: _builtins.bool
+    baseline_model: _builtins.str
+    candidate_model: _builtins.str
+    invalid_samples: _builtins.int
+    """Samples that could not be estimated (malformed plans); not part of total_samples."""
+    sample_source: _builtins.str
+    """Where the samples came from: "explicit", "provenance" or "synthetic"."""
+    seed: _builtins.int
     @_builtins.property
     def timestamp(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -186,6 +208,16 @@ class CanaryReport(_message.Message):
     def artifact_paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def reasons(self) -> _containers.RepeatedCompositeFieldContainer[Global___FailureReason]:
+        """Each failure reason as data; failure_reasons holds the same reasons as sentences."""
+
+    @_builtins.property
+    def statistics(self) -> Global___CanaryStatistics: ...
+    @_builtins.property
+    def artifacts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Artifact]:
+        """The artifacts with their checksums (artifact_paths lists the same paths)."""
+
     def __init__(
         self,
         *,
@@ -205,10 +237,18 @@ class CanaryReport(_message.Message):
         failure_reasons: _abc.Iterable[_builtins.str] | None = ...,
         artifact_paths: _abc.Iterable[_builtins.str] | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        reasons: _abc.Iterable[Global___FailureReason] | None = ...,
+        statistics: Global___CanaryStatistics | None = ...,
+        artifacts: _abc.Iterable[Global___Artifact] | None = ...,
+        baseline_model: _builtins.str = ...,
+        candidate_model: _builtins.str = ...,
+        invalid_samples: _builtins.int = ...,
+        sample_source: _builtins.str = ...,
+        seed: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_kl_divergence", b"_kl_divergence", "_median_cost_diff", b"_median_cost_diff", "_p90_cost_diff", b"_p90_cost_diff", "created_at", b"created_at", "kl_divergence", b"kl_divergence", "median_cost_diff", b"median_cost_diff", "p90_cost_diff", b"p90_cost_diff", "timestamp", b"timestamp"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_kl_divergence", b"_kl_divergence", "_median_cost_diff", b"_median_cost_diff", "_p90_cost_diff", b"_p90_cost_diff", "created_at", b"created_at", "kl_divergence", b"kl_divergence", "median_cost_diff", b"median_cost_diff", "p90_cost_diff", b"p90_cost_diff", "statistics", b"statistics", "timestamp", b"timestamp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_kl_divergence", b"_kl_divergence", "_median_cost_diff", b"_median_cost_diff", "_p90_cost_diff", b"_p90_cost_diff", "artifact_paths", b"artifact_paths", "created_at", b"created_at", "failure_reasons", b"failure_reasons", "id", b"id", "kl_divergence", b"kl_divergence", "major_drift_samples", b"major_drift_samples", "matching_samples", b"matching_samples", "median_cost_diff", b"median_cost_diff", "minor_drift_samples", b"minor_drift_samples", "outlier_count", b"outlier_count", "p90_cost_diff", b"p90_cost_diff", "passed", b"passed", "run_id", b"run_id", "status", b"status", "timestamp", b"timestamp", "total_samples", b"total_samples"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_kl_divergence", b"_kl_divergence", "_median_cost_diff", b"_median_cost_diff", "_p90_cost_diff", b"_p90_cost_diff", "artifact_paths", b"artifact_paths", "artifacts", b"artifacts", "baseline_model", b"baseline_model", "candidate_model", b"candidate_model", "created_at", b"created_at", "failure_reasons", b"failure_reasons", "id", b"id", "invalid_samples", b"invalid_samples", "kl_divergence", b"kl_divergence", "major_drift_samples", b"major_drift_samples", "matching_samples", b"matching_samples", "median_cost_diff", b"median_cost_diff", "minor_drift_samples", b"minor_drift_samples", "outlier_count", b"outlier_count", "p90_cost_diff", b"p90_cost_diff", "passed", b"passed", "reasons", b"reasons", "run_id", b"run_id", "sample_source", b"sample_source", "seed", b"seed", "statistics", b"statistics", "status", b"status", "timestamp", b"timestamp", "total_samples", b"total_samples"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__kl_divergence: _TypeAlias = _typing.Literal["kl_divergence"]  # noqa: Y015
     _WhichOneofArgType__kl_divergence: _TypeAlias = _typing.Literal["_kl_divergence", b"_kl_divergence"]  # noqa: Y015
@@ -224,6 +264,207 @@ class CanaryReport(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__p90_cost_diff) -> _WhichOneofReturnType__p90_cost_diff | None: ...
 
 Global___CanaryReport: _TypeAlias = CanaryReport  # noqa: Y015
+
+@_typing.final
+class FailureReason(_message.Message):
+    """Why a canary did not pass, as data."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    METRIC_FIELD_NUMBER: _builtins.int
+    OBSERVED_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    COMPARATOR_FIELD_NUMBER: _builtins.int
+    INTERVAL_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    """Stable code such as KL_DIVERGENCE_HIGH, OUTLIERS_HIGH, MAJOR_DRIFT_HIGH."""
+    metric: _builtins.str
+    """The metric judged, such as "kl_divergence" or "major_drift_share"."""
+    observed: _builtins.float
+    threshold: _builtins.float
+    comparator: _builtins.str
+    """How observed was compared with threshold: ">", ">=", "<" or "<="."""
+    message: _builtins.str
+    """The same reason as a sentence."""
+    @_builtins.property
+    def interval(self) -> Global___ConfidenceInterval:
+        """The confidence interval behind the judgement, where there is one."""
+
+    def __init__(
+        self,
+        *,
+        code: _builtins.str = ...,
+        metric: _builtins.str = ...,
+        observed: _builtins.float = ...,
+        threshold: _builtins.float = ...,
+        comparator: _builtins.str = ...,
+        interval: Global___ConfidenceInterval | None = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["interval", b"interval"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "comparator", b"comparator", "interval", b"interval", "message", b"message", "metric", b"metric", "observed", b"observed", "threshold", b"threshold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FailureReason: _TypeAlias = FailureReason  # noqa: Y015
+
+@_typing.final
+class ConfidenceInterval(_message.Message):
+    """A bootstrap confidence interval."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ESTIMATE_FIELD_NUMBER: _builtins.int
+    LOW_FIELD_NUMBER: _builtins.int
+    HIGH_FIELD_NUMBER: _builtins.int
+    LEVEL_FIELD_NUMBER: _builtins.int
+    RESAMPLES_FIELD_NUMBER: _builtins.int
+    estimate: _builtins.float
+    low: _builtins.float
+    high: _builtins.float
+    level: _builtins.float
+    resamples: _builtins.int
+    def __init__(
+        self,
+        *,
+        estimate: _builtins.float = ...,
+        low: _builtins.float = ...,
+        high: _builtins.float = ...,
+        level: _builtins.float = ...,
+        resamples: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["estimate", b"estimate", "high", b"high", "level", b"level", "low", b"low", "resamples", b"resamples"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfidenceInterval: _TypeAlias = ConfidenceInterval  # noqa: Y015
+
+@_typing.final
+class PairedTest(_message.Message):
+    """The paired significance test of candidate against baseline costs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METHOD_FIELD_NUMBER: _builtins.int
+    N_FIELD_NUMBER: _builtins.int
+    N_NONZERO_FIELD_NUMBER: _builtins.int
+    STATISTIC_FIELD_NUMBER: _builtins.int
+    P_VALUE_FIELD_NUMBER: _builtins.int
+    EFFECT_SIZE_FIELD_NUMBER: _builtins.int
+    MEDIAN_DIFFERENCE_FIELD_NUMBER: _builtins.int
+    method: _builtins.str
+    """"wilcoxon", "sign", or "none" when every pair is equal."""
+    n: _builtins.int
+    n_nonzero: _builtins.int
+    statistic: _builtins.float
+    p_value: _builtins.float
+    effect_size: _builtins.float
+    """Matched-pairs rank-biserial correlation (wilcoxon) or (n+ - n-) / n_nonzero (sign)."""
+    median_difference: _builtins.float
+    """Median of candidate - baseline, in cents."""
+    def __init__(
+        self,
+        *,
+        method: _builtins.str = ...,
+        n: _builtins.int = ...,
+        n_nonzero: _builtins.int = ...,
+        statistic: _builtins.float = ...,
+        p_value: _builtins.float = ...,
+        effect_size: _builtins.float = ...,
+        median_difference: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["effect_size", b"effect_size", "median_difference", b"median_difference", "method", b"method", "n", b"n", "n_nonzero", b"n_nonzero", "p_value", b"p_value", "statistic", b"statistic"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PairedTest: _TypeAlias = PairedTest  # noqa: Y015
+
+@_typing.final
+class CanaryStatistics(_message.Message):
+    """Statistics beyond the report's columns."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JS_DIVERGENCE_FIELD_NUMBER: _builtins.int
+    PAIRED_TEST_FIELD_NUMBER: _builtins.int
+    MEDIAN_COST_DIFF_CI_FIELD_NUMBER: _builtins.int
+    P90_COST_DIFF_CI_FIELD_NUMBER: _builtins.int
+    MEDIAN_RELATIVE_DELTA_CI_FIELD_NUMBER: _builtins.int
+    KL_BINS_FIELD_NUMBER: _builtins.int
+    KL_EPSILON_FIELD_NUMBER: _builtins.int
+    OUTLIER_SHARE_FIELD_NUMBER: _builtins.int
+    MAJOR_DRIFT_SHARE_FIELD_NUMBER: _builtins.int
+    js_divergence: _builtins.float
+    kl_bins: _builtins.int
+    kl_epsilon: _builtins.float
+    outlier_share: _builtins.float
+    major_drift_share: _builtins.float
+    @_builtins.property
+    def paired_test(self) -> Global___PairedTest: ...
+    @_builtins.property
+    def median_cost_diff_ci(self) -> Global___ConfidenceInterval:
+        """Of |candidate - baseline| cents."""
+
+    @_builtins.property
+    def p90_cost_diff_ci(self) -> Global___ConfidenceInterval: ...
+    @_builtins.property
+    def median_relative_delta_ci(self) -> Global___ConfidenceInterval:
+        """Of (candidate - baseline) / max(baseline, 1)."""
+
+    def __init__(
+        self,
+        *,
+        js_divergence: _builtins.float = ...,
+        paired_test: Global___PairedTest | None = ...,
+        median_cost_diff_ci: Global___ConfidenceInterval | None = ...,
+        p90_cost_diff_ci: Global___ConfidenceInterval | None = ...,
+        median_relative_delta_ci: Global___ConfidenceInterval | None = ...,
+        kl_bins: _builtins.int = ...,
+        kl_epsilon: _builtins.float = ...,
+        outlier_share: _builtins.float = ...,
+        major_drift_share: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["median_cost_diff_ci", b"median_cost_diff_ci", "median_relative_delta_ci", b"median_relative_delta_ci", "p90_cost_diff_ci", b"p90_cost_diff_ci", "paired_test", b"paired_test"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["js_divergence", b"js_divergence", "kl_bins", b"kl_bins", "kl_epsilon", b"kl_epsilon", "major_drift_share", b"major_drift_share", "median_cost_diff_ci", b"median_cost_diff_ci", "median_relative_delta_ci", b"median_relative_delta_ci", "outlier_share", b"outlier_share", "p90_cost_diff_ci", b"p90_cost_diff_ci", "paired_test", b"paired_test"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CanaryStatistics: _TypeAlias = CanaryStatistics  # noqa: Y015
+
+@_typing.final
+class Artifact(_message.Message):
+    """One stored artifact."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    sha256: _builtins.str
+    size_bytes: _builtins.int
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        sha256: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path", "sha256", b"sha256", "size_bytes", b"size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Artifact: _TypeAlias = Artifact  # noqa: Y015
 
 @_typing.final
 class WriteProvenanceBatchRequest(_message.Message):
@@ -528,3 +769,148 @@ class GetCanaryReportResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetCanaryReportResponse: _TypeAlias = GetCanaryReportResponse  # noqa: Y015
+
+@_typing.final
+class CanarySample(_message.Message):
+    """A plan to replay through both cost models."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    PLAN_INPUT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    @_builtins.property
+    def plan_input(self) -> _struct_pb2.Struct:
+        """{"plan": [{"skill": ..., "params": {...}, "iterations": n}], "budget_cents": n}"""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        plan_input: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["plan_input", b"plan_input"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "plan_input", b"plan_input"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CanarySample: _TypeAlias = CanarySample  # noqa: Y015
+
+@_typing.final
+class RunCanaryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SAMPLE_COUNT_FIELD_NUMBER: _builtins.int
+    LOOKBACK_DAYS_FIELD_NUMBER: _builtins.int
+    DRIFT_THRESHOLD_FIELD_NUMBER: _builtins.int
+    OUTLIER_THRESHOLD_FIELD_NUMBER: _builtins.int
+    OUTLIER_MAX_PCT_FIELD_NUMBER: _builtins.int
+    MAJOR_DRIFT_MAX_PCT_FIELD_NUMBER: _builtins.int
+    BASELINE_MODEL_FIELD_NUMBER: _builtins.int
+    CANDIDATE_MODEL_FIELD_NUMBER: _builtins.int
+    SAMPLES_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    MIN_SAMPLES_FIELD_NUMBER: _builtins.int
+    MEDIAN_DELTA_TOLERANCE_FIELD_NUMBER: _builtins.int
+    sample_count: _builtins.int
+    """Samples to load from recent provenance: default 100, at most 100,000."""
+    lookback_days: _builtins.int
+    """How far back to look for provenance samples: default 7 days."""
+    drift_threshold: _builtins.float
+    """KL divergence above which the canary fails (default 0.2)."""
+    outlier_threshold: _builtins.float
+    """drift_score above which a sample is an outlier (default 0.5)."""
+    outlier_max_pct: _builtins.float
+    """Share of outliers above which the canary fails (default 0.05)."""
+    major_drift_max_pct: _builtins.float
+    """Share of MAJOR_DRIFT + MISMATCH samples above which the canary fails (default 0.10)."""
+    baseline_model: _builtins.str
+    """Cost model names (defaults "v1" and "v2")."""
+    candidate_model: _builtins.str
+    seed: _builtins.int
+    """Seeds sampling and the bootstrap: same seed and data, same report."""
+    request_id: _builtins.str
+    """Optional idempotency key: a retry returns the first run's report."""
+    min_samples: _builtins.int
+    """Fewer valid samples than this is an error, never a pass (default 30)."""
+    median_delta_tolerance: _builtins.float
+    """Enables the significance rule: fail when the confidence interval of the median relative
+    delta lies wholly outside [-tolerance, +tolerance]. Off when unset.
+    """
+    @_builtins.property
+    def samples(self) -> _containers.RepeatedCompositeFieldContainer[Global___CanarySample]:
+        """Explicit samples instead of loading them."""
+
+    def __init__(
+        self,
+        *,
+        sample_count: _builtins.int = ...,
+        lookback_days: _builtins.int = ...,
+        drift_threshold: _builtins.float | None = ...,
+        outlier_threshold: _builtins.float | None = ...,
+        outlier_max_pct: _builtins.float | None = ...,
+        major_drift_max_pct: _builtins.float | None = ...,
+        baseline_model: _builtins.str = ...,
+        candidate_model: _builtins.str = ...,
+        samples: _abc.Iterable[Global___CanarySample] | None = ...,
+        seed: _builtins.int = ...,
+        request_id: _builtins.str = ...,
+        min_samples: _builtins.int | None = ...,
+        median_delta_tolerance: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_drift_threshold", b"_drift_threshold", "_major_drift_max_pct", b"_major_drift_max_pct", "_median_delta_tolerance", b"_median_delta_tolerance", "_min_samples", b"_min_samples", "_outlier_max_pct", b"_outlier_max_pct", "_outlier_threshold", b"_outlier_threshold", "drift_threshold", b"drift_threshold", "major_drift_max_pct", b"major_drift_max_pct", "median_delta_tolerance", b"median_delta_tolerance", "min_samples", b"min_samples", "outlier_max_pct", b"outlier_max_pct", "outlier_threshold", b"outlier_threshold"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_drift_threshold", b"_drift_threshold", "_major_drift_max_pct", b"_major_drift_max_pct", "_median_delta_tolerance", b"_median_delta_tolerance", "_min_samples", b"_min_samples", "_outlier_max_pct", b"_outlier_max_pct", "_outlier_threshold", b"_outlier_threshold", "baseline_model", b"baseline_model", "candidate_model", b"candidate_model", "drift_threshold", b"drift_threshold", "lookback_days", b"lookback_days", "major_drift_max_pct", b"major_drift_max_pct", "median_delta_tolerance", b"median_delta_tolerance", "min_samples", b"min_samples", "outlier_max_pct", b"outlier_max_pct", "outlier_threshold", b"outlier_threshold", "request_id", b"request_id", "sample_count", b"sample_count", "samples", b"samples", "seed", b"seed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__drift_threshold: _TypeAlias = _typing.Literal["drift_threshold"]  # noqa: Y015
+    _WhichOneofArgType__drift_threshold: _TypeAlias = _typing.Literal["_drift_threshold", b"_drift_threshold"]  # noqa: Y015
+    _WhichOneofReturnType__major_drift_max_pct: _TypeAlias = _typing.Literal["major_drift_max_pct"]  # noqa: Y015
+    _WhichOneofArgType__major_drift_max_pct: _TypeAlias = _typing.Literal["_major_drift_max_pct", b"_major_drift_max_pct"]  # noqa: Y015
+    _WhichOneofReturnType__median_delta_tolerance: _TypeAlias = _typing.Literal["median_delta_tolerance"]  # noqa: Y015
+    _WhichOneofArgType__median_delta_tolerance: _TypeAlias = _typing.Literal["_median_delta_tolerance", b"_median_delta_tolerance"]  # noqa: Y015
+    _WhichOneofReturnType__min_samples: _TypeAlias = _typing.Literal["min_samples"]  # noqa: Y015
+    _WhichOneofArgType__min_samples: _TypeAlias = _typing.Literal["_min_samples", b"_min_samples"]  # noqa: Y015
+    _WhichOneofReturnType__outlier_max_pct: _TypeAlias = _typing.Literal["outlier_max_pct"]  # noqa: Y015
+    _WhichOneofArgType__outlier_max_pct: _TypeAlias = _typing.Literal["_outlier_max_pct", b"_outlier_max_pct"]  # noqa: Y015
+    _WhichOneofReturnType__outlier_threshold: _TypeAlias = _typing.Literal["outlier_threshold"]  # noqa: Y015
+    _WhichOneofArgType__outlier_threshold: _TypeAlias = _typing.Literal["_outlier_threshold", b"_outlier_threshold"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__drift_threshold) -> _WhichOneofReturnType__drift_threshold | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__major_drift_max_pct) -> _WhichOneofReturnType__major_drift_max_pct | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__median_delta_tolerance) -> _WhichOneofReturnType__median_delta_tolerance | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_samples) -> _WhichOneofReturnType__min_samples | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__outlier_max_pct) -> _WhichOneofReturnType__outlier_max_pct | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__outlier_threshold) -> _WhichOneofReturnType__outlier_threshold | None: ...
+
+Global___RunCanaryRequest: _TypeAlias = RunCanaryRequest  # noqa: Y015
+
+@_typing.final
+class RunCanaryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPORT_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
+    replayed: _builtins.bool
+    """True when this answer replays an earlier call with the same request_id."""
+    @_builtins.property
+    def report(self) -> Global___CanaryReport: ...
+    def __init__(
+        self,
+        *,
+        report: Global___CanaryReport | None = ...,
+        replayed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["report", b"report"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["replayed", b"replayed", "report", b"report"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunCanaryResponse: _TypeAlias = RunCanaryResponse  # noqa: Y015

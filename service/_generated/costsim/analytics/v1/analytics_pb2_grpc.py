@@ -60,6 +60,11 @@ class AnalyticsServiceStub:
                 request_serializer=costsim_dot_analytics_dot_v1_dot_analytics__pb2.GetCanaryReportRequest.SerializeToString,
                 response_deserializer=costsim_dot_analytics_dot_v1_dot_analytics__pb2.GetCanaryReportResponse.FromString,
                 _registered_method=True)
+        self.RunCanary = channel.unary_unary(
+                '/costsim.analytics.v1.AnalyticsService/RunCanary',
+                request_serializer=costsim_dot_analytics_dot_v1_dot_analytics__pb2.RunCanaryRequest.SerializeToString,
+                response_deserializer=costsim_dot_analytics_dot_v1_dot_analytics__pb2.RunCanaryResponse.FromString,
+                _registered_method=True)
 
 
 class AnalyticsServiceServicer:
@@ -102,6 +107,14 @@ class AnalyticsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RunCanary(self, request, context):
+        """Replays samples through the baseline and candidate cost models, judges the drift, writes
+        the artifacts and then the report. One run at a time across replicas; the others skip.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AnalyticsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +142,11 @@ def add_AnalyticsServiceServicer_to_server(servicer, server):
                     servicer.GetCanaryReport,
                     request_deserializer=costsim_dot_analytics_dot_v1_dot_analytics__pb2.GetCanaryReportRequest.FromString,
                     response_serializer=costsim_dot_analytics_dot_v1_dot_analytics__pb2.GetCanaryReportResponse.SerializeToString,
+            ),
+            'RunCanary': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunCanary,
+                    request_deserializer=costsim_dot_analytics_dot_v1_dot_analytics__pb2.RunCanaryRequest.FromString,
+                    response_serializer=costsim_dot_analytics_dot_v1_dot_analytics__pb2.RunCanaryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -267,6 +285,33 @@ class AnalyticsService:
             '/costsim.analytics.v1.AnalyticsService/GetCanaryReport',
             costsim_dot_analytics_dot_v1_dot_analytics__pb2.GetCanaryReportRequest.SerializeToString,
             costsim_dot_analytics_dot_v1_dot_analytics__pb2.GetCanaryReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunCanary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/costsim.analytics.v1.AnalyticsService/RunCanary',
+            costsim_dot_analytics_dot_v1_dot_analytics__pb2.RunCanaryRequest.SerializeToString,
+            costsim_dot_analytics_dot_v1_dot_analytics__pb2.RunCanaryResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -52,6 +52,10 @@ class AnalyticsServiceStub:
     """Streams canary reports, newest first, one report per message."""
     GetCanaryReport: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.GetCanaryReportRequest, _analytics_pb2.GetCanaryReportResponse]
     """Returns one canary report by its run id."""
+    RunCanary: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.RunCanaryRequest, _analytics_pb2.RunCanaryResponse]
+    """Replays samples through the baseline and candidate cost models, judges the drift, writes
+    the artifacts and then the report. One run at a time across replicas; the others skip.
+    """
 
 @_typing.type_check_only
 class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
@@ -70,6 +74,10 @@ class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
     """Streams canary reports, newest first, one report per message."""
     GetCanaryReport: _aio.UnaryUnaryMultiCallable[_analytics_pb2.GetCanaryReportRequest, _analytics_pb2.GetCanaryReportResponse]  # type: ignore[assignment]
     """Returns one canary report by its run id."""
+    RunCanary: _aio.UnaryUnaryMultiCallable[_analytics_pb2.RunCanaryRequest, _analytics_pb2.RunCanaryResponse]  # type: ignore[assignment]
+    """Replays samples through the baseline and candidate cost models, judges the drift, writes
+    the artifacts and then the report. One run at a time across replicas; the others skip.
+    """
 
 class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
     """AnalyticsService stores cost-simulation provenance and serves canary reports."""
@@ -115,5 +123,15 @@ class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_analytics_pb2.GetCanaryReportResponse, _abc.Awaitable[_analytics_pb2.GetCanaryReportResponse]]:
         """Returns one canary report by its run id."""
+
+    @_abc_1.abstractmethod
+    def RunCanary(
+        self,
+        request: _analytics_pb2.RunCanaryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_analytics_pb2.RunCanaryResponse, _abc.Awaitable[_analytics_pb2.RunCanaryResponse]]:
+        """Replays samples through the baseline and candidate cost models, judges the drift, writes
+        the artifacts and then the report. One run at a time across replicas; the others skip.
+        """
 
 def add_AnalyticsServiceServicer_to_server(servicer: AnalyticsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

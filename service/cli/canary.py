@@ -1,0 +1,205 @@
+"""``costsim-analytics canary run|reconcile``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from google.protobuf import json_format
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from costsim_analytics.api import convert
+from costsim_analytics.api.client import AnalyticsClient, JsonDict
+from costsim_analytics.bootstrap import build_canary_handler, build_engine, build_registry
+from costsim_analytics.cli.common import (
+    AsJson,
+    DatabaseUrl,
+    Target,
+    default_target,
+    err,
+    out,
+    rpc,
+    settings_with,
+    table,
+)
+from costsim_analytics.engines.errors import CostsimError
+from costsim_analytics.handlers.registry import OP_CANARY_RECONCILE
+
+app = typer.Typer(help="Run canary comparisons and reconcile their artifacts.")
+
+EXIT_FAIL = 1
+EXIT_ERROR = 3
+
+
+def _request(**fields: Any) -> JsonDict:
+    return {key: value for key, value in fields.items() if value not in (None, "", 0)}
+
+
+def _load_samples(path: Path) -> list[JsonDict]:
+    samples = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                err.print(f"[red]{path}:{number}[/red]: not JSON ({exc.msg})")
+                raise typer.Exit(2) from None
+            samples.append(
+                {
+                    "id": str(row.get("id", f"sample-{number}")),
+                    "plan_input": row.get("plan_input", row),
+                }
+            )
+    return samples
+
+
+def _print(report: JsonDict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report))
+        return
+    status = report.get("status", "").removeprefix("CANARY_STATUS_").lower()
+    colour = {"pass": "green", "fail": "red", "error": "red", "skipped": "yellow"}.get(status, "")
+    out.print(f"canary {report.get('run_id')}: [{colour}]{status}[/{colour}]")
+    keys = (
+        "total_samples",
+        "invalid_samples",
+        "matching_samples",
+        "minor_drift_samples",
+        "major_drift_samples",
+        "median_cost_diff",
+        "p90_cost_diff",
+        "kl_divergence",
+        "outlier_count",
+        "sample_source",
+        "baseline_model",
+        "candidate_model",
+    )
+    stats = report.get("statistics", {})
+    rows = [[k, report.get(k, 0)] for k in keys]
+    rows.append(["js_divergence", stats.get("js_divergence")])
+    test = stats.get("paired_test", {})
+    rows.append(
+        ["paired test", f"{test.get('method')} p={test.get('p_value')} r={test.get('effect_size')}"]
+    )
+    table("metrics", ["metric", "value"], rows)
+    for reason in report.get("reasons", []):
+        out.print(f"  [red]{reason.get('code')}[/red]: {reason.get('message')}")
+    for artifact in report.get("artifacts", []):
+        out.print(f"  artifact {artifact['path']} sha256={artifact['sha256']}")
+
+
+def _exit_code(report: JsonDict) -> int:
+    status = report.get("status", "")
+    if status.endswith("FAIL"):
+        return EXIT_FAIL
+    if status.endswith("ERROR") or not status:
+        return EXIT_ERROR
+    return 0
+
+
+@app.command("run")
+def run(
+    target: Target = "",
+    local: Annotated[
+        bool, typer.Option("--local", help="Run in this process, not on a server.")
+    ] = False,
+    database_url: DatabaseUrl = None,
+    artifacts_dir: Annotated[Path | None, typer.Option(help="With --local: artifact root.")] = None,
+    sample_count: Annotated[int, typer.Option(help="Samples from provenance (default 100).")] = 0,
+    lookback_days: Annotated[int, typer.Option(help="Provenance window (default 7).")] = 0,
+    samples: Annotated[Path | None, typer.Option(help="JSONL of {id, plan_input} samples.")] = None,
+    seed: int = 0,
+    request_id: str = "",
+    baseline: Annotated[str, typer.Option(help="Baseline cost model (default v1).")] = "",
+    candidate: Annotated[str, typer.Option(help="Candidate cost model (default v2).")] = "",
+    drift_threshold: float | None = None,
+    outlier_threshold: float | None = None,
+    outlier_max_pct: float | None = None,
+    major_drift_max_pct: float | None = None,
+    min_samples: int | None = None,
+    median_delta_tolerance: float | None = None,
+    as_json: AsJson = False,
+) -> None:
+    """Run a canary; exit 1 when it fails, 3 when it errors, 0 when it passes or skips."""
+    request = _request(
+        sample_count=sample_count,
+        lookback_days=lookback_days,
+        seed=seed,
+        request_id=request_id,
+        baseline_model=baseline,
+        candidate_model=candidate,
+        drift_threshold=drift_threshold,
+        outlier_threshold=outlier_threshold,
+        outlier_max_pct=outlier_max_pct,
+        major_drift_max_pct=major_drift_max_pct,
+        min_samples=min_samples,
+        median_delta_tolerance=median_delta_tolerance,
+        samples=_load_samples(samples) if samples else None,
+    )
+    if not local:
+        with AnalyticsClient(target or default_target()) as client:
+            response = rpc(lambda: client.run_canary(request))
+        report = response.get("report", {})
+    else:
+        report = _run_local(request, database_url, artifacts_dir)
+    _print(report, as_json)
+    raise typer.Exit(_exit_code(report))
+
+
+def _run_local(request: JsonDict, database_url: str | None, artifacts_dir: Path | None) -> JsonDict:
+    settings = settings_with(database_url=database_url, artifacts_dir=artifacts_dir)
+    engine = build_engine(settings)
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    try:
+        with Progress(*columns, console=err, transient=True) as bar:
+            task = bar.add_task("loading samples", total=None)
+            handler = build_canary_handler(
+                engine, settings, progress=lambda stage: bar.update(task, description=stage)
+            )
+            result = handler(convert.run_canary_from_json(request))
+    except CostsimError as exc:
+        err.print(f"[red]{exc.reason}[/red]: {exc.message}")
+        raise typer.Exit(EXIT_ERROR) from None
+    finally:
+        engine.dispose()
+    return json_format.MessageToDict(
+        convert.canary_report(result.report), preserving_proto_field_name=True
+    )
+
+
+@app.command("reconcile")
+def reconcile(
+    database_url: DatabaseUrl = None,
+    artifacts_dir: Annotated[Path | None, typer.Option(help="Artifact root to scan.")] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Import every complete report in the artifact store that the database lacks."""
+    settings = settings_with(database_url=database_url, artifacts_dir=artifacts_dir)
+    engine = build_engine(settings)
+    try:
+        result = build_registry(engine, settings).get(OP_CANARY_RECONCILE)(None)
+    except CostsimError as exc:
+        err.print(f"[red]{exc.reason}[/red]: {exc.message}")
+        raise typer.Exit(1) from None
+    finally:
+        engine.dispose()
+    summary = {
+        "imported": list(result.imported),
+        "present": result.present,
+        "corrupt": list(result.corrupt),
+    }
+    if as_json:
+        print(json.dumps(summary))
+        return
+    out.print(
+        f"imported {len(result.imported)}, already present {result.present}, "
+        f"corrupt {len(result.corrupt)}"
+    )
+    for run_id in result.imported:
+        out.print(f"  imported {run_id}")
+    for run_id in result.corrupt:
+        err.print(f"  [red]corrupt[/red] {run_id}")
+    if result.corrupt:
+        raise typer.Exit(1)

@@ -1,0 +1,99 @@
+"""Pieces shared by the CLI's command modules: consoles, options, error printing."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
+from typing import Annotated, Any, TypeVar
+
+import grpc
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from costsim_analytics.settings import Settings
+
+out = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+
+DatabaseUrl = Annotated[
+    str | None, typer.Option("--database-url", help="Overrides COSTSIM_DATABASE_URL.")
+]
+Target = Annotated[
+    str,
+    typer.Option(
+        "--target",
+        envvar="COSTSIM_TARGET",
+        help="Server address (default: COSTSIM_LISTEN or 127.0.0.1:50051).",
+    ),
+]
+AsJson = Annotated[bool, typer.Option("--json", help="One JSON object per line.")]
+Start = Annotated[datetime | None, typer.Option("--start", help="Inclusive lower bound, UTC.")]
+End = Annotated[datetime | None, typer.Option("--end", help="Exclusive upper bound, UTC.")]
+Limit = Annotated[int, typer.Option("--limit", help="Messages to fetch (0: server default).")]
+PageToken = Annotated[str, typer.Option("--page-token", help="Resume after this token.")]
+
+
+def default_target() -> str:
+    """The server address when --target is not given."""
+    return os.environ.get("COSTSIM_LISTEN", "127.0.0.1:50051")
+
+
+def settings_with(**overrides: Any) -> Settings:
+    """Settings from the environment, with the flags that were given on top."""
+    return Settings(**{key: value for key, value in overrides.items() if value is not None})
+
+
+def utc(value: datetime | None) -> datetime | None:
+    """A naive command-line datetime taken as UTC."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def rpc(call: Callable[[], T]) -> T:
+    """Run a client call; print a gRPC error readably and exit 1."""
+    try:
+        return call()
+    except grpc.RpcError as exc:
+        print_rpc_error(exc)
+        raise typer.Exit(1) from None
+
+
+def print_rpc_error(exc: grpc.RpcError) -> None:
+    """Code, message and every field violation of a failed call."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    code = exc.code() if isinstance(exc, grpc.Call) else None
+    details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+    err.print(f"[red]error[/red] {code.name if code else 'UNKNOWN'}: {details}")
+    status = rpc_status.from_call(exc) if isinstance(exc, grpc.Call) else None
+    details_list: list[Any] = list(status.details) if status else []
+    for detail in details_list:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            for violation in bad.field_violations:
+                err.print(f"  {violation.field}: {violation.description}")
+
+
+def stream(items: Iterator[T]) -> Iterator[T]:
+    """Iterate a server stream; print a gRPC error readably and exit 1."""
+    try:
+        yield from items
+    except grpc.RpcError as exc:
+        print_rpc_error(exc)
+        raise typer.Exit(1) from None
+
+
+def table(title: str, columns: list[str], rows: Iterable[list[Any]]) -> None:
+    """Print a table for people."""
+    view = Table(title=title)
+    for column in columns:
+        view.add_column(column)
+    for row in rows:
+        view.add_row(*("" if v is None else str(v) for v in row))
+    out.print(view)

@@ -1,0 +1,408 @@
+"""The canary: replay samples through two cost models, measure the drift, judge it.
+
+Pure domain: it takes samples and models and returns an :class:`Evaluation` (the report and
+everything behind it) and the artifact bytes. Loading samples, the run lock, writing artifacts
+and the report row are the handler's business (``handlers/canary.py``).
+
+Verdict (DOMAIN.md defaults, each overridable): fail when KL(baseline ‖ candidate) > 0.2, when
+more than 5 % of samples are outliers (drift_score > 0.5), or when more than 10 % are major
+drift (MAJOR_DRIFT + MISMATCH). Optionally (off by default) fail when the bootstrap confidence
+interval of the median relative delta lies wholly outside ±tolerance. Fail closed: no samples,
+mostly malformed samples, or fewer valid samples than ``min_samples`` give status ``error``,
+never ``pass``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from costsim_analytics.engines import statistics as st
+from costsim_analytics.engines.cost_models import BatchEstimates, CostModel
+from costsim_analytics.engines.reports import (
+    CanaryReport,
+    FailureReason,
+    Interval,
+    PairedTestSummary,
+    ReportStatistics,
+    report_to_json,
+)
+
+Progress = Callable[[str], None]
+
+COMPARISONS_FILE = "comparisons.jsonl"
+DIFFS_FILE = "diffs.jsonl"
+REPORT_FILE = "report.json"
+
+
+@dataclass(frozen=True, slots=True)
+class CanaryConfig:
+    """Verdict thresholds and statistics settings."""
+
+    drift_threshold: float = 0.2
+    outlier_threshold: float = 0.5
+    outlier_max_pct: float = 0.05
+    major_drift_max_pct: float = 0.10
+    min_samples: int = 30
+    max_invalid_share: float = 0.5
+    median_delta_tolerance: float | None = None
+    bootstrap_resamples: int = 2000
+    confidence_level: float = 0.95
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One plan input to replay, with an id to find it again in the artifacts."""
+
+    id: str
+    plan_input: Any
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A judged run: the report plus the per-sample data behind it."""
+
+    report: CanaryReport
+    config: CanaryConfig
+    samples: Sequence[Sample]
+    baseline: BatchEstimates | None
+    candidate: BatchEstimates | None
+    drift: st.Drift | None
+    divergence: st.Divergence | None
+
+
+def choose(ids: Sequence[int], k: int, seed: int) -> list[int]:
+    """Up to ``k`` of ``ids``, deterministic for a seed and the same ids, in ascending order."""
+    if len(ids) <= k:
+        return list(ids)
+    return sorted(random.Random(seed).sample(list(ids), k))
+
+
+def _interval(ci: st.ConfidenceInterval) -> Interval | None:
+    if not np.isfinite(ci.estimate):
+        return None
+    return Interval(ci.estimate, ci.low, ci.high, ci.level, ci.resamples)
+
+
+def _reason(
+    code: str, metric: str, observed: float, comparator: str, threshold: float, message: str
+) -> FailureReason:
+    return FailureReason(code, metric, float(observed), float(threshold), comparator, message)
+
+
+def _closed_reasons(total: int, valid: int, config: CanaryConfig) -> list[FailureReason]:
+    """Why a run cannot be judged at all (fail closed), if it cannot."""
+    if total == 0:
+        return [_reason("NO_SAMPLES", "total_samples", 0, "<", 1, "no samples")]
+    invalid_share = (total - valid) / total
+    if invalid_share > config.max_invalid_share:
+        return [
+            _reason(
+                "MOSTLY_INVALID_SAMPLES",
+                "invalid_share",
+                invalid_share,
+                ">",
+                config.max_invalid_share,
+                f"{total - valid} of {total} samples could not be estimated "
+                f"({invalid_share:.0%} > {config.max_invalid_share:.0%})",
+            )
+        ]
+    if valid < config.min_samples:
+        return [
+            _reason(
+                "INSUFFICIENT_SAMPLES",
+                "total_samples",
+                valid,
+                "<",
+                config.min_samples,
+                f"only {valid} valid samples, fewer than the minimum of {config.min_samples}",
+            )
+        ]
+    return []
+
+
+def _verdict_reasons(
+    kl: float,
+    outlier_share: float,
+    major_share: float,
+    rel_ci: st.ConfidenceInterval,
+    config: CanaryConfig,
+) -> list[FailureReason]:
+    reasons = []
+    if kl > config.drift_threshold:
+        reasons.append(
+            _reason(
+                "KL_DIVERGENCE_HIGH",
+                "kl_divergence",
+                kl,
+                ">",
+                config.drift_threshold,
+                f"KL divergence {kl:.4f} > {config.drift_threshold}",
+            )
+        )
+    if outlier_share > config.outlier_max_pct:
+        reasons.append(
+            _reason(
+                "OUTLIERS_HIGH",
+                "outlier_share",
+                outlier_share,
+                ">",
+                config.outlier_max_pct,
+                f"outliers {outlier_share:.1%} of samples > {config.outlier_max_pct:.1%}",
+            )
+        )
+    if major_share > config.major_drift_max_pct:
+        reasons.append(
+            _reason(
+                "MAJOR_DRIFT_HIGH",
+                "major_drift_share",
+                major_share,
+                ">",
+                config.major_drift_max_pct,
+                f"major drift {major_share:.1%} of samples > {config.major_drift_max_pct:.1%}",
+            )
+        )
+    tol = config.median_delta_tolerance
+    if (
+        tol is not None
+        and np.isfinite(rel_ci.estimate)
+        and (rel_ci.low > tol or rel_ci.high < -tol)
+    ):
+        side = "above +" if rel_ci.low > tol else "below -"
+        reasons.append(
+            replace(
+                _reason(
+                    "MEDIAN_DELTA_SIGNIFICANT",
+                    "median_relative_delta",
+                    rel_ci.estimate,
+                    "outside",
+                    tol,
+                    f"median relative cost delta {rel_ci.estimate:+.2%} with "
+                    f"{rel_ci.level:.0%} CI [{rel_ci.low:+.2%}, {rel_ci.high:+.2%}] lies wholly "
+                    f"{side}{tol:.2%}",
+                ),
+                interval=_interval(rel_ci),
+            )
+        )
+    return reasons
+
+
+def evaluate(
+    samples: Sequence[Sample],
+    baseline_model: CostModel,
+    candidate_model: CostModel,
+    config: CanaryConfig,
+    *,
+    run_id: str,
+    timestamp: datetime,
+    seed: int,
+    sample_source: str,
+    progress: Progress | None = None,
+) -> Evaluation:
+    """Run both models over the samples and judge the drift."""
+    say = progress or (lambda _stage: None)
+    base_report = CanaryReport(
+        run_id=run_id,
+        timestamp=timestamp,
+        status="error",
+        total_samples=0,
+        matching_samples=0,
+        minor_drift_samples=0,
+        major_drift_samples=0,
+        median_cost_diff=None,
+        p90_cost_diff=None,
+        kl_divergence=None,
+        outlier_count=0,
+        passed=False,
+        baseline_model=baseline_model.name,
+        candidate_model=candidate_model.name,
+        sample_source=sample_source,
+        seed=seed,
+    )
+    if not samples:
+        reasons = _closed_reasons(0, 0, config)
+        report = replace(
+            base_report, reasons=tuple(reasons), failure_reasons=tuple(r.message for r in reasons)
+        )
+        return Evaluation(report, config, samples, None, None, None, None)
+
+    inputs = [s.plan_input for s in samples]
+    say("baseline model")
+    baseline = baseline_model.estimate_batch(inputs)
+    say("candidate model")
+    candidate = candidate_model.estimate_batch(inputs)
+    say("statistics")
+    valid = baseline.valid & candidate.valid
+    n_valid = int(valid.sum())
+    closed = _closed_reasons(len(samples), n_valid, config)
+    report = replace(base_report, invalid_samples=len(samples) - n_valid, total_samples=n_valid)
+    if n_valid == 0:
+        report = replace(
+            report, reasons=tuple(closed), failure_reasons=tuple(r.message for r in closed)
+        )
+        return Evaluation(report, config, samples, baseline, candidate, None, None)
+
+    v1 = baseline.cost_cents[valid]
+    v2 = candidate.cost_cents[valid]
+    d = st.drift(v1, v2, baseline.feasible[valid], candidate.feasible[valid])
+    counts = np.bincount(d.verdict, minlength=4)
+    abs_delta = np.abs(d.cost_delta)
+    relative = d.cost_delta / np.maximum(v1, 1.0)
+    outlier_count = int(st.outliers(d.drift_score, config.outlier_threshold).sum())
+    major = int(counts[st.MAJOR_DRIFT] + counts[st.MISMATCH])
+    div = st.divergence(v1, v2)
+    paired = st.paired_test(v1, v2)
+    resamples, level = config.bootstrap_resamples, config.confidence_level
+    median_ci = st.bootstrap_ci(abs_delta, "median", level=level, resamples=resamples, seed=seed)
+    p90_ci = st.bootstrap_ci(abs_delta, "p90", level=level, resamples=resamples, seed=seed + 1)
+    rel_ci = st.bootstrap_ci(relative, "median", level=level, resamples=resamples, seed=seed + 2)
+    statistics = ReportStatistics(
+        js_divergence=div.js,
+        paired_test=PairedTestSummary(
+            paired.method,
+            paired.n,
+            paired.n_nonzero,
+            paired.statistic,
+            paired.p_value,
+            paired.effect_size,
+            paired.median_difference,
+        ),
+        median_cost_diff_ci=_interval(median_ci),
+        p90_cost_diff_ci=_interval(p90_ci),
+        median_relative_delta_ci=_interval(rel_ci),
+        kl_bins=div.bins,
+        kl_epsilon=div.epsilon,
+        outlier_share=outlier_count / n_valid,
+        major_drift_share=major / n_valid,
+    )
+    reasons = closed or _verdict_reasons(
+        div.kl, outlier_count / n_valid, major / n_valid, rel_ci, config
+    )
+    status = "error" if closed else ("fail" if reasons else "pass")
+    report = replace(
+        report,
+        status=status,
+        passed=status == "pass",
+        matching_samples=int(counts[st.MATCH]),
+        minor_drift_samples=int(counts[st.MINOR_DRIFT]),
+        major_drift_samples=major,
+        median_cost_diff=st.percentile(abs_delta, 50),
+        p90_cost_diff=st.percentile(abs_delta, 90),
+        kl_divergence=div.kl,
+        outlier_count=outlier_count,
+        statistics=statistics,
+        reasons=tuple(reasons),
+        failure_reasons=tuple(r.message for r in reasons),
+    )
+    return Evaluation(report, config, samples, baseline, candidate, d, div)
+
+
+def skipped(run_id: str, timestamp: datetime, baseline: str, candidate: str) -> CanaryReport:
+    """The answer of a replica that found another run in progress: skipped, passed."""
+    message = "another canary run is in progress (run lock held); this request was skipped"
+    return CanaryReport(
+        run_id=run_id,
+        timestamp=timestamp,
+        status="skipped",
+        total_samples=0,
+        matching_samples=0,
+        minor_drift_samples=0,
+        major_drift_samples=0,
+        median_cost_diff=None,
+        p90_cost_diff=None,
+        kl_divergence=None,
+        outlier_count=0,
+        passed=True,
+        failure_reasons=(message,),
+        reasons=(_reason("RUN_IN_PROGRESS", "run_lock", 1, "==", 1, message),),
+        baseline_model=baseline,
+        candidate_model=candidate,
+    )
+
+
+# --- artifacts ---------------------------------------------------------------------------------
+
+
+def _estimates(batch: BatchEstimates, i: int) -> dict[str, Any]:
+    return {
+        "cost_cents": _num(batch.cost_cents[i]),
+        "duration_ms": _num(batch.duration_ms[i]),
+        "feasible": bool(batch.feasible[i]),
+        "valid": bool(batch.valid[i]),
+        "error": batch.errors[i],
+    }
+
+
+def _num(value: float) -> float | None:
+    return None if np.isnan(value) else float(value)
+
+
+def _jsonl(rows: Sequence[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows).encode()
+
+
+def _per_sample(ev: Evaluation) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Comparison rows for every sample and diff rows for the drifting ones."""
+    if ev.baseline is None or ev.candidate is None:
+        return [], []
+    valid: npt.NDArray[np.bool_] = ev.baseline.valid & ev.candidate.valid
+    position = np.cumsum(valid) - 1  # index into the drift arrays, for valid samples
+    comparisons, diffs = [], []
+    for i, sample in enumerate(ev.samples):
+        row: dict[str, Any] = {
+            "id": sample.id,
+            "baseline": _estimates(ev.baseline, i),
+            "candidate": _estimates(ev.candidate, i),
+        }
+        if valid[i] and ev.drift is not None:
+            j = int(position[i])
+            row.update(
+                cost_delta=float(ev.drift.cost_delta[j]),
+                cost_delta_pct=float(ev.drift.cost_delta_pct[j]),
+                drift_score=float(ev.drift.drift_score[j]),
+                verdict=st.VERDICT_NAMES[int(ev.drift.verdict[j])],
+            )
+            if ev.drift.verdict[j] != st.MATCH:
+                diffs.append({**row, "plan_input": sample.plan_input})
+        comparisons.append(row)
+    return comparisons, diffs
+
+
+def sample_artifacts(ev: Evaluation) -> dict[str, bytes]:
+    """The per-sample artifacts (comparisons for all, diffs for drifting samples)."""
+    comparisons, diffs = _per_sample(ev)
+    return {COMPARISONS_FILE: _jsonl(comparisons), DIFFS_FILE: _jsonl(diffs)}
+
+
+def report_artifact(ev: Evaluation, report: CanaryReport, request: dict[str, Any]) -> bytes:
+    """The report JSON: the report, its thresholds, the binning behind KL, the request."""
+    data = report_to_json(report)
+    data["config"] = {
+        "drift_threshold": ev.config.drift_threshold,
+        "outlier_threshold": ev.config.outlier_threshold,
+        "outlier_max_pct": ev.config.outlier_max_pct,
+        "major_drift_max_pct": ev.config.major_drift_max_pct,
+        "min_samples": ev.config.min_samples,
+        "max_invalid_share": ev.config.max_invalid_share,
+        "median_delta_tolerance": ev.config.median_delta_tolerance,
+        "bootstrap_resamples": ev.config.bootstrap_resamples,
+        "confidence_level": ev.config.confidence_level,
+    }
+    if ev.divergence is not None:
+        data["kl_binning"] = {
+            "edges": list(ev.divergence.edges),
+            "baseline_counts": list(ev.divergence.baseline_counts),
+            "candidate_counts": list(ev.divergence.candidate_counts),
+            "epsilon": ev.divergence.epsilon,
+            "bins": ev.divergence.bins,
+            "log_base": "e",
+        }
+    data["request"] = request
+    return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()

@@ -1,0 +1,110 @@
+"""The RunCanary command, its validation, and the thresholds it resolves to."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from costsim_analytics.engines.canary import CanaryConfig, Sample
+from costsim_analytics.engines.canonical import content_hash
+from costsim_analytics.engines.errors import FieldViolation, InvalidArgument
+from costsim_analytics.engines.reports import CanaryReport
+
+MAX_SAMPLES = 100_000
+DEFAULT_SAMPLE_COUNT = 100
+DEFAULT_LOOKBACK_DAYS = 7
+
+
+@dataclass(frozen=True, slots=True)
+class RunCanary:
+    """What a caller asks of one canary run; None means "the configured default"."""
+
+    sample_count: int = 0
+    lookback_days: int = 0
+    drift_threshold: float | None = None
+    outlier_threshold: float | None = None
+    outlier_max_pct: float | None = None
+    major_drift_max_pct: float | None = None
+    min_samples: int | None = None
+    median_delta_tolerance: float | None = None
+    baseline_model: str = ""
+    candidate_model: str = ""
+    samples: tuple[Sample, ...] = ()
+    seed: int = 0
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RunCanaryResult:
+    """The report, and whether it replays an earlier call with the same request_id."""
+
+    report: CanaryReport
+    replayed: bool = False
+
+
+def validate(cmd: RunCanary) -> None:
+    """Reject out-of-range numbers, oversized sample lists and long request ids."""
+    bad: list[FieldViolation] = []
+    if cmd.sample_count < 0 or cmd.sample_count > MAX_SAMPLES:
+        bad.append(FieldViolation("sample_count", f"must be between 0 and {MAX_SAMPLES}"))
+    if cmd.lookback_days < 0 or cmd.lookback_days > 3650:
+        bad.append(FieldViolation("lookback_days", "must be between 0 and 3650"))
+    for name in ("drift_threshold", "outlier_threshold", "median_delta_tolerance"):
+        value = getattr(cmd, name)
+        if value is not None and (not math.isfinite(value) or value < 0):
+            bad.append(FieldViolation(name, "must be a finite number >= 0"))
+    for name in ("outlier_max_pct", "major_drift_max_pct"):
+        value = getattr(cmd, name)
+        if value is not None and not (math.isfinite(value) and 0 <= value <= 1):
+            bad.append(FieldViolation(name, "must be a share between 0 and 1"))
+    if cmd.min_samples is not None and not 1 <= cmd.min_samples <= MAX_SAMPLES:
+        bad.append(FieldViolation("min_samples", f"must be between 1 and {MAX_SAMPLES}"))
+    if len(cmd.samples) > MAX_SAMPLES:
+        bad.append(FieldViolation("samples", f"must hold at most {MAX_SAMPLES} samples"))
+    for i, sample in enumerate(cmd.samples):
+        if not sample.id or len(sample.id) > 256:
+            bad.append(FieldViolation(f"samples[{i}].id", "must be 1 to 256 characters"))
+        if len(bad) >= 100:
+            break
+    if len(cmd.request_id) > 128:
+        bad.append(FieldViolation("request_id", "must be at most 128 characters"))
+    if bad:
+        first = bad[0]
+        raise InvalidArgument(f"{first.field}: {first.description}", bad)
+
+
+def resolve_config(cmd: RunCanary, defaults: CanaryConfig) -> CanaryConfig:
+    """The configured thresholds with the request's overrides applied."""
+    overrides = {
+        name: getattr(cmd, name)
+        for name in (
+            "drift_threshold",
+            "outlier_threshold",
+            "outlier_max_pct",
+            "major_drift_max_pct",
+            "min_samples",
+            "median_delta_tolerance",
+        )
+        if getattr(cmd, name) is not None
+    }
+    return replace(defaults, **overrides)
+
+
+def fingerprint(cmd: RunCanary) -> str:
+    """Digest of everything in the request except its request_id."""
+    return content_hash(
+        {
+            "sample_count": cmd.sample_count,
+            "lookback_days": cmd.lookback_days,
+            "drift_threshold": cmd.drift_threshold,
+            "outlier_threshold": cmd.outlier_threshold,
+            "outlier_max_pct": cmd.outlier_max_pct,
+            "major_drift_max_pct": cmd.major_drift_max_pct,
+            "min_samples": cmd.min_samples,
+            "median_delta_tolerance": cmd.median_delta_tolerance,
+            "baseline_model": cmd.baseline_model,
+            "candidate_model": cmd.candidate_model,
+            "samples": [[s.id, s.plan_input] for s in cmd.samples],
+            "seed": cmd.seed,
+        }
+    )

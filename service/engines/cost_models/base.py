@@ -1,0 +1,115 @@
+"""The types every cost model shares: its results, its error and the ``CostModel`` protocol."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+RISK_THRESHOLD = 0.5  # both models: feasible only when cumulative risk <= this
+
+
+class InvalidPlan(ValueError):
+    """A malformed plan input; the message names the offending field (``plan[2].skill ...``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StepEstimate:
+    """One step of a plan as a model sees it.
+
+    ``cost_cents`` and ``latency_ms`` cover all the step's iterations under V1 (V2 ignores
+    iterations); ``risk`` is the step's failure probability and ``confidence`` the model's
+    confidence in the step's estimate.
+    """
+
+    skill: str
+    cost_cents: float
+    latency_ms: float
+    risk: float
+    risk_type: str
+    confidence: float
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """One plan under one model.
+
+    ``cost_cents`` is a whole number of cents: V1 sums whole cents, V2 sums floats and rounds
+    the total with Python's ``round`` (half to even). ``infeasible_reasons`` is empty exactly
+    when ``feasible`` is true; its sentences are ``"empty plan"``, ``"over budget"``,
+    ``"permission: <skill>"`` (V1 only) and ``"risk 0.62 > 0.5"``, in that order.
+    """
+
+    cost_cents: float
+    duration_ms: float
+    feasible: bool
+    cumulative_risk: float
+    confidence: float
+    steps: tuple[StepEstimate, ...]
+    infeasible_reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchEstimates:
+    """N plans under one model; index ``i`` of every array is sample ``i``.
+
+    A malformed sample has ``valid[i]`` false, NaN in the float arrays, ``feasible[i]`` false
+    and its ``InvalidPlan`` message in ``errors[i]`` (``None`` for valid samples).
+    """
+
+    cost_cents: npt.NDArray[np.float64]
+    duration_ms: npt.NDArray[np.float64]
+    feasible: npt.NDArray[np.bool_]
+    cumulative_risk: npt.NDArray[np.float64]
+    valid: npt.NDArray[np.bool_]
+    errors: tuple[str | None, ...]
+
+    def __len__(self) -> int:
+        return len(self.errors)
+
+
+def risk_reason(risk: float) -> str:
+    """``"risk 0.62 > 0.5"``, with as many digits as it takes to show the risk is above 0.5.
+
+    Example:
+        >>> risk_reason(0.6234), risk_reason(0.5000001)
+        ('risk 0.62 > 0.5', 'risk 0.5000001 > 0.5')
+
+    """
+    for digits in range(2, 18):
+        text = f"{risk:.{digits}f}"
+        if float(text) > RISK_THRESHOLD:
+            return f"risk {text} > {RISK_THRESHOLD}"
+    return f"risk {risk!r} > {RISK_THRESHOLD}"
+
+
+@runtime_checkable
+class CostModel(Protocol):
+    """A cost model: estimates plans one at a time or in bulk.
+
+    Example:
+        >>> from costsim_analytics.engines.cost_models import load_cost_model
+        >>> model = load_cost_model("v1")
+        >>> model.estimate({"plan": [{"skill": "llm_invoke"}], "budget_cents": 10}).cost_cents
+        5.0
+
+    """
+
+    name: str
+    version: str
+
+    def estimate(self, plan_input: Mapping[str, Any]) -> Estimate:
+        """Estimate one plan.
+
+        Raises:
+            InvalidPlan: if the plan input is malformed.
+
+        """
+        ...
+
+    def estimate_batch(self, plan_inputs: Sequence[Mapping[str, Any]]) -> BatchEstimates:
+        """Estimate many plans; a malformed plan is marked invalid, never raised."""
+        ...

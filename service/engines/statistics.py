@@ -1,0 +1,443 @@
+"""Canary statistics: per-sample drift, percentiles, divergence, paired test, bootstrap.
+
+Pure and vectorised (numpy/scipy): no grpc, no SQL, no Python loop over samples. Every
+definition, default and reference is in ``docs/statistics.md``; the docstrings here say what
+each function returns. Inputs are 1-D array-likes of finite numbers (costs in cents); anything
+else raises ``ValueError``, because a NaN cost is a caller's bug and not a statistic.
+
+Example:
+    >>> d = drift([100.0, 100.0, 0.0], [104.0, 130.0, 50.0], [True, True, True],
+    ...           [True, True, False])
+    >>> [VERDICT_NAMES[v] for v in d.verdict]
+    ['MATCH', 'MAJOR_DRIFT', 'MISMATCH']
+    >>> percentile([1.0, 2.0, 3.0, 4.0], 90)
+    3.7
+
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from scipy import special, stats
+
+MATCH, MINOR_DRIFT, MAJOR_DRIFT, MISMATCH = 0, 1, 2, 3
+VERDICT_NAMES = ("MATCH", "MINOR_DRIFT", "MAJOR_DRIFT", "MISMATCH")
+# Upper (inclusive) edge of MATCH, MINOR_DRIFT and MAJOR_DRIFT; above the last is MISMATCH.
+VERDICT_EDGES = (0.05, 0.15, 0.30)
+
+# Default binning for ``divergence``: never more bins than this, nor than sqrt(smaller sample).
+MAX_BINS = 100
+# Paired test: below this many non-zero differences the sign test replaces Wilcoxon.
+MIN_WILCOXON_PAIRS = 10
+# Wilcoxon's exact null distribution is used up to this many non-zero differences (no ties).
+MAX_EXACT_PAIRS = 50
+# Bootstrap: resample indices at most this many at a time (int64 indices plus gathered
+# float64 values plus np.quantile's working copy: about 48 MB).
+CHUNK_ELEMENTS = 2_000_000
+BOOTSTRAP_STATISTICS = {"median": 50.0, "p90": 90.0, "mean": None}
+
+FloatArray = npt.NDArray[np.float64]
+
+
+def _vector(values: npt.ArrayLike, name: str) -> FloatArray:
+    """``values`` as a 1-D float64 array, or ``ValueError`` naming ``name``."""
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} must contain only finite numbers")
+    return array
+
+
+def _flags(values: npt.ArrayLike, name: str) -> npt.NDArray[np.bool_]:
+    """``values`` as a 1-D bool array."""
+    array = np.asarray(values, dtype=np.bool_)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {array.shape}")
+    return array
+
+
+# --- Per-sample drift --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Drift:
+    """Per-sample drift of the candidate (V2) from the baseline (V1); arrays of equal length."""
+
+    cost_delta: FloatArray
+    """``v2 - v1`` in cents."""
+    cost_delta_pct: FloatArray
+    """``|v2 - v1| / max(v1, 1)``, and 0 where ``v1 == 0``."""
+    drift_score: FloatArray
+    """``0.6 * min(cost_delta_pct, 1) + 0.4 * (feasibility differs)``."""
+    verdict: npt.NDArray[np.int8]
+    """``classify(drift_score)``: MATCH, MINOR_DRIFT, MAJOR_DRIFT or MISMATCH."""
+
+
+def drift(
+    v1_cost: npt.ArrayLike,
+    v2_cost: npt.ArrayLike,
+    v1_feasible: npt.ArrayLike,
+    v2_feasible: npt.ArrayLike,
+) -> Drift:
+    """Drift of every sample, by DOMAIN.md's rule.
+
+    The operations run in the predecessor's order, so every score is bit-identical to its
+    per-sample Python and a score on a band edge lands in the same band.
+
+    Raises:
+        ValueError: the four inputs are not 1-D of one length, or a cost is not finite.
+    """
+    v1 = _vector(v1_cost, "v1_cost")
+    v2 = _vector(v2_cost, "v2_cost")
+    f1 = _flags(v1_feasible, "v1_feasible")
+    f2 = _flags(v2_feasible, "v2_feasible")
+    if not v1.size == v2.size == f1.size == f2.size:
+        raise ValueError(
+            "v1_cost, v2_cost, v1_feasible and v2_feasible must have one length, got "
+            f"{v1.size}, {v2.size}, {f1.size}, {f2.size}"
+        )
+    cost_delta = v2 - v1
+    pct = np.where(v1 == 0.0, 0.0, np.abs(cost_delta) / np.maximum(v1, 1.0))
+    score = 0.6 * np.minimum(pct, 1.0) + 0.4 * (f1 != f2).astype(np.float64)
+    return Drift(cost_delta, pct, score, classify(score))
+
+
+def classify(drift_score: npt.ArrayLike) -> npt.NDArray[np.int8]:
+    """Verdict of each score: MATCH <= 0.05 < MINOR_DRIFT <= 0.15 < MAJOR_DRIFT <= 0.30 < MISMATCH.
+
+    Example:
+        >>> classify([0.05, 0.0500001, 0.15, 0.3, 0.4]).tolist()
+        [0, 1, 1, 2, 3]
+
+    """
+    score = _vector(drift_score, "drift_score")
+    # side="left": a score equal to an edge belongs to the band below it.
+    return np.searchsorted(VERDICT_EDGES, score, side="left").astype(np.int8)
+
+
+def outliers(drift_score: npt.ArrayLike, threshold: float) -> npt.NDArray[np.bool_]:
+    """Mask of the samples whose drift score is strictly above ``threshold`` (default rule 0.5)."""
+    return _vector(drift_score, "drift_score") > threshold
+
+
+def percentile(values: npt.ArrayLike, q: float) -> float:
+    """The ``q``-th percentile (``q`` in [0, 100]), Hyndman & Fan type 7; ``nan`` when empty.
+
+    Linear interpolation between closest ranks: numpy's ``linear`` method and PostgreSQL's
+    ``percentile_cont``.
+
+    Example:
+        >>> percentile([0.0, 10.0], 90)
+        9.0
+
+    Raises:
+        ValueError: ``q`` is outside [0, 100] or a value is not finite.
+    """
+    if not 0.0 <= q <= 100.0:
+        raise ValueError(f"q must be in [0, 100], got {q}")
+    array = _vector(values, "values")
+    if array.size == 0:
+        return math.nan
+    return float(np.percentile(array, q, method="linear"))
+
+
+# --- Distribution divergence -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Divergence:
+    """KL and Jensen-Shannon divergence of two histograms on shared edges, in nats."""
+
+    kl: float
+    """KL(baseline || candidate) of the smoothed histograms, natural log (nats)."""
+    js: float
+    """Jensen-Shannon divergence of the unsmoothed histograms, nats, in [0, ln 2]."""
+    edges: tuple[float, ...]
+    baseline_counts: tuple[int, ...]
+    candidate_counts: tuple[int, ...]
+    epsilon: float
+    """Added to each bin's relative frequency before renormalising (KL only)."""
+    bins: int
+
+
+def bin_count(pooled: FloatArray, smaller_sample: int) -> int:
+    """Default number of bins: Freedman-Diaconis on the pooled sample, capped.
+
+    Width ``2 * IQR * N ** (-1/3)``, Sturges (``ceil(log2 N) + 1``) when that width is 0,
+    one bin when the range is 0; at least 1, at most ``min(MAX_BINS, isqrt(smaller_sample))``.
+    """
+    low, high = float(pooled.min()), float(pooled.max())
+    cap = max(1, min(MAX_BINS, math.isqrt(smaller_sample)))
+    if high == low:
+        return 1
+    q75, q25 = np.percentile(pooled, [75.0, 25.0], method="linear")
+    width = 2.0 * float(q75 - q25) * math.pow(pooled.size, -1.0 / 3.0)
+    if width > 0.0:
+        wanted = math.ceil(min((high - low) / width, float(cap)))
+    else:
+        wanted = math.ceil(math.log2(pooled.size)) + 1
+    return max(1, min(wanted, cap))
+
+
+def divergence(
+    baseline: npt.ArrayLike,
+    candidate: npt.ArrayLike,
+    *,
+    bins: int | None = None,
+    epsilon: float = 1e-6,
+) -> Divergence:
+    """KL(baseline || candidate) and JS divergence of the two cost distributions.
+
+    Both samples are binned on the same equal-width edges over the pooled range (``bins``, or
+    ``bin_count`` when ``None``; a zero range becomes ``[v - 0.5, v + 0.5]``). Equal relative
+    frequencies give exactly 0.0 for both. Either sample empty gives ``nan`` and no bins.
+
+    Example:
+        >>> divergence([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]).kl
+        0.0
+
+    Raises:
+        ValueError: ``bins`` < 1, ``epsilon`` <= 0, or a value is not finite.
+    """
+    if bins is not None and bins < 1:
+        raise ValueError(f"bins must be at least 1, got {bins}")
+    if not epsilon > 0.0:
+        raise ValueError(f"epsilon must be positive, got {epsilon}")
+    base = _vector(baseline, "baseline")
+    cand = _vector(candidate, "candidate")
+    if base.size == 0 or cand.size == 0:
+        return Divergence(math.nan, math.nan, (), (), (), epsilon, 0)
+    pooled = np.concatenate([base, cand])
+    k = bins if bins is not None else bin_count(pooled, min(base.size, cand.size))
+    low, high = float(pooled.min()), float(pooled.max())
+    if high == low:
+        low, high = low - 0.5, high + 0.5
+    edges = np.linspace(low, high, k + 1)
+    base_counts, _ = np.histogram(base, bins=edges)
+    cand_counts, _ = np.histogram(cand, bins=edges)
+    p = base_counts / base.size
+    q = cand_counts / cand.size
+    kl = js = 0.0
+    # Short-circuit: identical histograms are exactly 0, never a rounding residue.
+    if not np.array_equal(p, q):
+        p_smooth = (p + epsilon) / (1.0 + k * epsilon)
+        q_smooth = (q + epsilon) / (1.0 + k * epsilon)
+        kl = max(0.0, float(special.rel_entr(p_smooth, q_smooth).sum()))
+        m = 0.5 * (p + q)
+        js_raw = 0.5 * special.rel_entr(p, m).sum() + 0.5 * special.rel_entr(q, m).sum()
+        js = min(math.log(2.0), max(0.0, float(js_raw)))
+    return Divergence(
+        kl=kl,
+        js=js,
+        edges=tuple(float(e) for e in edges),
+        baseline_counts=tuple(int(c) for c in base_counts),
+        candidate_counts=tuple(int(c) for c in cand_counts),
+        epsilon=epsilon,
+        bins=k,
+    )
+
+
+# --- Paired significance test ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PairedTest:
+    """Two-sided paired test of ``candidate - baseline`` (the same inputs through both models)."""
+
+    method: str
+    """``"wilcoxon"``, ``"sign"`` (fallback) or ``"none"`` (no non-zero difference)."""
+    n: int
+    n_nonzero: int
+    statistic: float
+    """Wilcoxon: min(R+, R-). Sign test: the number of positive differences. None: 0."""
+    p_value: float
+    """Two-sided; 1.0 when ``method == "none"``."""
+    effect_size: float
+    """Wilcoxon: rank-biserial (R+ - R-) / (R+ + R-); sign: (n+ - n-) / n_nonzero."""
+    median_difference: float
+    """Median of ``candidate - baseline`` over all pairs (``nan`` when there are none)."""
+    n_positive: int = 0
+    n_negative: int = 0
+    p_value_method: str = ""
+    """``"exact"``, ``"asymptotic"`` (Wilcoxon), ``"binomial exact"`` (sign) or ``""``."""
+
+
+def _sign_test(n: int, n_pos: int, n_neg: int, median: float) -> PairedTest:
+    """Exact two-sided binomial sign test on the non-zero differences."""
+    n_nonzero = n_pos + n_neg
+    p_value = float(stats.binomtest(n_pos, n_nonzero, 0.5, alternative="two-sided").pvalue)
+    effect = (n_pos - n_neg) / n_nonzero
+    return PairedTest(
+        "sign", n, n_nonzero, float(n_pos), p_value, effect, median, n_pos, n_neg, "binomial exact"
+    )
+
+
+def paired_test(baseline: npt.ArrayLike, candidate: npt.ArrayLike) -> PairedTest:
+    """Wilcoxon signed-rank test of ``candidate - baseline``, with the sign test as fallback.
+
+    Zero differences are dropped first (Wilcoxon's ``zero_method="wilcox"``; the sign test
+    drops them too). With fewer than ``MIN_WILCOXON_PAIRS`` non-zero differences, or when
+    scipy raises or returns no p-value, the exact binomial sign test answers instead. The
+    Wilcoxon p-value is exact up to ``MAX_EXACT_PAIRS`` differences without tied magnitudes,
+    otherwise the normal approximation with tie correction and continuity correction.
+
+    Example:
+        >>> paired_test([0.0] * 10, [1.5, -0.5, 2, 3, 4, -2.5, 5, 6, 7, 8]).p_value
+        0.01953125
+
+    Raises:
+        ValueError: the samples differ in length or a value is not finite.
+    """
+    base = _vector(baseline, "baseline")
+    cand = _vector(candidate, "candidate")
+    if base.size != cand.size:
+        raise ValueError(f"paired samples need one length, got {base.size} and {cand.size}")
+    diff = cand - base
+    n = int(diff.size)
+    median = float(np.median(diff)) if n else math.nan
+    nonzero = diff[diff != 0.0]
+    n_pos = int(np.count_nonzero(nonzero > 0.0))
+    n_neg = int(nonzero.size) - n_pos
+    if nonzero.size == 0:
+        return PairedTest("none", n, 0, 0.0, 1.0, 0.0, median, 0, 0, "")
+    if nonzero.size < MIN_WILCOXON_PAIRS:
+        return _sign_test(n, n_pos, n_neg, median)
+    magnitude = np.abs(nonzero)
+    ranks = stats.rankdata(magnitude, method="average")
+    r_plus = float(ranks[nonzero > 0.0].sum())
+    r_minus = float(ranks.sum()) - r_plus
+    tied = np.unique(magnitude).size < magnitude.size
+    exact = nonzero.size <= MAX_EXACT_PAIRS and not tied
+    try:
+        result = stats.wilcoxon(
+            nonzero,
+            zero_method="wilcox",
+            correction=True,
+            alternative="two-sided",
+            method="exact" if exact else "asymptotic",
+        )
+        p_value = float(result.pvalue)
+    except ValueError:
+        return _sign_test(n, n_pos, n_neg, median)
+    if not math.isfinite(p_value):
+        return _sign_test(n, n_pos, n_neg, median)
+    effect = (r_plus - r_minus) / (r_plus + r_minus)
+    return PairedTest(
+        method="wilcoxon",
+        n=n,
+        n_nonzero=int(nonzero.size),
+        statistic=min(r_plus, r_minus),
+        p_value=p_value,
+        effect_size=effect,
+        median_difference=median,
+        n_positive=n_pos,
+        n_negative=n_neg,
+        p_value_method="exact" if exact else "asymptotic",
+    )
+
+
+# --- Bootstrap confidence intervals ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConfidenceInterval:
+    """A seeded percentile-bootstrap confidence interval."""
+
+    estimate: float
+    """The statistic on the sample itself."""
+    low: float
+    high: float
+    level: float
+    resamples: int
+    seed: int
+    method: str
+    statistic: str = ""
+
+
+def _statistic_rows(matrix: FloatArray, statistic: str) -> FloatArray:
+    """The statistic of each row of ``matrix``."""
+    q = BOOTSTRAP_STATISTICS[statistic]
+    rows = matrix.mean(axis=1) if q is None else np.percentile(matrix, q, axis=1, method="linear")
+    return np.asarray(rows, dtype=np.float64)
+
+
+def bootstrap_replicates(
+    values: FloatArray,
+    statistic: str,
+    resamples: int,
+    rng: np.random.Generator,
+    *,
+    chunk_elements: int = CHUNK_ELEMENTS,
+) -> FloatArray:
+    """The statistic on ``resamples`` resamples with replacement, drawn chunk by chunk.
+
+    The generator draws indices in row order whatever the chunk size, so the result depends on
+    the seed alone, not on ``chunk_elements``.
+    """
+    n = values.size
+    rows = max(1, chunk_elements // n)
+    replicates = np.empty(resamples, dtype=np.float64)
+    for start in range(0, resamples, rows):  # over chunks of resamples, not over samples
+        stop = min(start + rows, resamples)
+        indices = rng.integers(0, n, size=(stop - start, n))
+        replicates[start:stop] = _statistic_rows(values[indices], statistic)
+    return replicates
+
+
+def bootstrap_ci(
+    values: npt.ArrayLike,
+    statistic: str,
+    *,
+    level: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> ConfidenceInterval:
+    """Percentile-bootstrap interval of ``statistic`` ("median", "p90" or "mean").
+
+    ``low`` and ``high`` are the ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles (linear,
+    as ``percentile``) of the statistic over ``resamples`` resamples drawn by
+    ``numpy.random.default_rng(seed)``; the same inputs and seed give the same interval. An
+    empty sample gives a ``nan`` interval.
+
+    Example:
+        >>> ci = bootstrap_ci([1.0, 2.0, 3.0, 4.0, 5.0], "median", resamples=500, seed=7)
+        >>> ci.low <= ci.estimate == 3.0 <= ci.high
+        True
+
+    Raises:
+        ValueError: an unknown statistic, ``level`` outside (0, 1), ``resamples`` < 1,
+            ``seed`` < 0, or a value that is not finite.
+    """
+    if statistic not in BOOTSTRAP_STATISTICS:
+        raise ValueError(f"statistic must be one of {sorted(BOOTSTRAP_STATISTICS)}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if resamples < 1:
+        raise ValueError(f"resamples must be at least 1, got {resamples}")
+    if seed < 0:
+        raise ValueError(f"seed must be non-negative, got {seed}")
+    array = _vector(values, "values")
+    if array.size == 0:
+        nan = math.nan
+        return ConfidenceInterval(
+            nan, nan, nan, level, resamples, seed, "percentile bootstrap", statistic
+        )
+    estimate = float(_statistic_rows(array[np.newaxis, :], statistic)[0])
+    replicates = bootstrap_replicates(array, statistic, resamples, np.random.default_rng(seed))
+    tail = 100.0 * (1.0 - level) / 2.0
+    low, high = np.percentile(replicates, [tail, 100.0 - tail], method="linear")
+    return ConfidenceInterval(
+        estimate=estimate,
+        low=float(low),
+        high=float(high),
+        level=level,
+        resamples=resamples,
+        seed=seed,
+        method="percentile bootstrap",
+        statistic=statistic,
+    )

@@ -1,0 +1,246 @@
+"""Canary handlers: run one (artifacts first, then the report row) and reconcile.
+
+The seed's invariant lives in :meth:`ReportPublisher.publish`, the only code that writes a
+canary report row: the artifacts are written (atomically, with checksums) before the row, and
+a failure to write them means no row. A failure to write the row after the artifacts were
+written leaves them for ``costsim-analytics canary reconcile``, which imports every complete
+report in the artifact store that the database lacks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+
+from costsim_analytics.drivers.artifacts import REPORT_FILE, LocalArtifactStore
+from costsim_analytics.drivers.locks import RunLock
+from costsim_analytics.engines import canary as engine
+from costsim_analytics.engines.canary import CanaryConfig, Progress, Sample
+from costsim_analytics.engines.canary_command import (
+    DEFAULT_LOOKBACK_DAYS,
+    DEFAULT_SAMPLE_COUNT,
+    RunCanary,
+    RunCanaryResult,
+    fingerprint,
+    resolve_config,
+    validate,
+)
+from costsim_analytics.engines.cost_models import CostModel, load_cost_model
+from costsim_analytics.engines.errors import (
+    DatabaseUnavailable,
+    FailedPrecondition,
+    RequestIdReused,
+    Unavailable,
+)
+from costsim_analytics.engines.reports import CanaryReport, report_from_json
+from costsim_analytics.engines.synthetic import synthetic_samples
+from costsim_analytics.handlers.ports import UnitOfWorkFactory
+from costsim_analytics.handlers.provenance import Clock, utc_now
+from costsim_analytics.handlers.registry import OP_CANARY_RUN
+
+log = logging.getLogger(__name__)
+
+
+class ArtifactsUnwritable(FailedPrecondition):
+    """The artifact store refused the artifacts; no report row was written."""
+
+    reason = "ARTIFACTS_UNWRITABLE"
+
+
+class ReportNotPersisted(Unavailable):
+    """The artifacts are saved but the report row could not be written."""
+
+    reason = "REPORT_NOT_PERSISTED"
+
+
+def new_run_id(now: datetime) -> str:
+    """``canary-20261126T110000Z-1a2b3c4d``: sortable, unique, safe as a directory name."""
+    return f"canary-{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+
+
+class ReportPublisher:
+    """Artifacts first, then the report row: the one place that writes canary reports."""
+
+    def __init__(self, uow_factory: UnitOfWorkFactory, artifacts: LocalArtifactStore) -> None:
+        self._uow_factory = uow_factory
+        self._artifacts = artifacts
+
+    def publish(
+        self, evaluation: engine.Evaluation, request_id: str = "", request_hash: str = ""
+    ) -> CanaryReport:
+        """Write the artifacts, then the row; return the stored report.
+
+        Raises:
+            ArtifactsUnwritable: no artifact store write, so no row either.
+            ReportNotPersisted: artifacts written, row not: run ``canary reconcile``.
+        """
+        report = evaluation.report
+        run_dir = self._artifacts.run_dir(report.run_id)
+        paths = tuple(
+            str(run_dir / name)
+            for name in (engine.COMPARISONS_FILE, engine.DIFFS_FILE, REPORT_FILE)
+        )
+        request = {"request_id": request_id, "request_hash": request_hash}
+        try:
+            refs = self._artifacts.save(report.run_id, engine.sample_artifacts(evaluation))
+            report = replace(report, artifacts=refs, artifact_paths=paths)
+            body = engine.report_artifact(evaluation, report, request)
+            refs += self._artifacts.save(report.run_id, {REPORT_FILE: body})
+        except OSError as exc:
+            raise ArtifactsUnwritable(
+                f"canary {report.run_id}: artifacts could not be written under "
+                f"{self._artifacts.root} ({exc.strerror or exc}); no report was stored"
+            ) from exc
+        report = replace(report, artifacts=refs)
+        try:
+            return self.store(report, request_id, request_hash)
+        except DatabaseUnavailable as exc:
+            raise ReportNotPersisted(
+                f"canary {report.run_id}: artifacts saved under {run_dir} but the report row "
+                "could not be written; run `costsim-analytics canary reconcile` once the "
+                "database is back"
+            ) from exc
+
+    def store(self, report: CanaryReport, request_id: str, request_hash: str) -> CanaryReport:
+        """Insert the row (and the request's idempotency key) in one transaction."""
+        report = replace(report, created_at=utc_now())
+        with self._uow_factory() as uow:
+            row_id = uow.reports.add(report, now=report.created_at)
+            if request_id:
+                earlier = uow.idempotency.claim(
+                    OP_CANARY_RUN, request_id, request_hash, report.timestamp
+                )
+                if earlier is not None:
+                    raise RequestIdReused(f"request_id {request_id!r} was used by another run")
+                uow.idempotency.complete(OP_CANARY_RUN, request_id, {"run_id": report.run_id})
+            uow.commit()
+        return replace(report, id=row_id)
+
+
+@dataclass
+class CanaryRunHandler:
+    """RunCanary: resolve, lock, sample, evaluate, publish."""
+
+    uow_factory: UnitOfWorkFactory
+    artifacts: LocalArtifactStore
+    lock_factory: Callable[[], RunLock]
+    defaults: CanaryConfig = field(default_factory=CanaryConfig)
+    lock_timeout_s: float = 2.0
+    synthetic_fallback: bool = True
+    clock: Clock = utc_now
+    models: Callable[..., CostModel] = load_cost_model
+    progress: Progress | None = None
+
+    def __call__(self, cmd: RunCanary) -> RunCanaryResult:
+        """Run the canary (or replay / skip) and return its report."""
+        validate(cmd)
+        config = resolve_config(cmd, self.defaults)
+        baseline = self.models(cmd.baseline_model or "v1", field="baseline_model")
+        candidate = self.models(cmd.candidate_model or "v2", field="candidate_model")
+        digest = fingerprint(cmd)
+        if cmd.request_id and (earlier := self._replay(cmd.request_id, digest)) is not None:
+            return RunCanaryResult(earlier, replayed=True)
+        now = self.clock()
+        lock = self.lock_factory()
+        if not lock.acquire(self.lock_timeout_s):
+            log.info("canary skipped: run lock held elsewhere")
+            return RunCanaryResult(
+                engine.skipped(new_run_id(now), now, baseline.name, candidate.name)
+            )
+        try:
+            # Another replica may have finished this very request while we waited.
+            if cmd.request_id and (earlier := self._replay(cmd.request_id, digest)) is not None:
+                return RunCanaryResult(earlier, replayed=True)
+            samples, source = self._samples(cmd, now)
+            evaluation = engine.evaluate(
+                samples,
+                baseline,
+                candidate,
+                config,
+                run_id=new_run_id(now),
+                timestamp=now,
+                seed=cmd.seed,
+                sample_source=source,
+                progress=self.progress,
+            )
+            if self.progress:
+                self.progress("artifacts and report")
+            publisher = ReportPublisher(self.uow_factory, self.artifacts)
+            return RunCanaryResult(publisher.publish(evaluation, cmd.request_id, digest))
+        finally:
+            lock.release()
+
+    def _replay(self, request_id: str, digest: str) -> CanaryReport | None:
+        with self.uow_factory(read_only=True) as uow:
+            earlier = uow.idempotency.get(OP_CANARY_RUN, request_id)
+            if earlier is None:
+                return None
+            if earlier.request_hash != digest or earlier.response is None:
+                raise RequestIdReused(
+                    f"request_id {request_id!r} was used for a different canary request"
+                )
+            return uow.reports.get_by_run_id(earlier.response["run_id"])
+
+    def _samples(self, cmd: RunCanary, now: datetime) -> tuple[list[Sample], str]:
+        if cmd.samples:
+            return list(cmd.samples), "explicit"
+        since = now - timedelta(days=cmd.lookback_days or DEFAULT_LOOKBACK_DAYS)
+        with self.uow_factory(read_only=True) as uow:
+            ids = engine.choose(
+                uow.provenance.sample_candidates(since),
+                cmd.sample_count or DEFAULT_SAMPLE_COUNT,
+                cmd.seed,
+            )
+            inputs = uow.provenance.plan_inputs(ids)
+        if ids:
+            return [Sample(f"provenance-{i}", inputs[i]) for i in ids], "provenance"
+        if self.synthetic_fallback:
+            return [Sample(i, plan) for i, plan in synthetic_samples()], "synthetic"
+        return [], "none"
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileResult:
+    """What a reconcile pass found in the artifact store."""
+
+    imported: tuple[str, ...]
+    present: int
+    corrupt: tuple[str, ...]
+
+
+@dataclass
+class ReconcileHandler:
+    """Import every complete report in the artifact store that the database lacks."""
+
+    uow_factory: UnitOfWorkFactory
+    artifacts: LocalArtifactStore
+
+    def __call__(self, _command: object = None) -> ReconcileResult:
+        """One idempotent pass over the store."""
+        publisher = ReportPublisher(self.uow_factory, self.artifacts)
+        imported, corrupt, present = [], [], 0
+        for run_id in self.artifacts.runs():
+            with self.uow_factory(read_only=True) as uow:
+                if uow.reports.get_by_run_id(run_id) is not None:
+                    present += 1
+                    continue
+            body = self.artifacts.read(run_id, REPORT_FILE)
+            data = json.loads(body)
+            report = report_from_json(data)
+            if report.run_id != run_id or not all(map(self.artifacts.verify, report.artifacts)):
+                log.warning("reconcile: %s has missing or altered artifacts; skipped", run_id)
+                corrupt.append(run_id)
+                continue
+            refs = (*report.artifacts, self.artifacts.ref(run_id, REPORT_FILE))
+            request = data.get("request") or {}
+            publisher.store(
+                replace(report, artifacts=refs),
+                request.get("request_id", ""),
+                request.get("request_hash", ""),
+            )
+            imported.append(run_id)
+        return ReconcileResult(tuple(imported), present, tuple(corrupt))
