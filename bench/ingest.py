@@ -105,7 +105,7 @@ def request_bytes(batch: list[dict[str, Any]], request_id: str, encoding: str) -
 
     ``encoding`` "struct" sends the payload as google.protobuf.Struct, "json" as the
     ``payload_json`` text field; "json+hashes" also sends input_hash and output_hash, computed
-    the way DOMAIN.md tells a caller to (what a high-volume writer would do).
+    the way docs/domain.md tells a caller to (what a high-volume writer would do).
     """
     req = pb.WriteProvenanceBatchRequest(request_id=request_id)
     for rec in batch:

@@ -2,7 +2,7 @@
 
 On PostgreSQL a batch takes its ids from the table's sequence in one round trip
 (``nextval`` over ``generate_series``) and then goes in with ``COPY``: the ids are real,
-assigned by the database, in request order, and COPY is the fastest way in (see MEASURED
+assigned by the database, in request order, and COPY is the fastest way in (see the measured
 numbers in docs/architecture.md). Other backends use a multi-row INSERT ... RETURNING with
 SQLAlchemy's ``sort_by_parameter_order`` so ids still come back in request order.
 """

@@ -4,7 +4,7 @@ Pure domain: it takes samples and models and returns an :class:`Evaluation` (the
 everything behind it) and the artifact bytes. Loading samples, the run lock, writing artifacts
 and the report row are the handler's business (``handlers/canary.py``).
 
-Verdict (DOMAIN.md defaults, each overridable): fail when KL(baseline ‖ candidate) > 0.2, when
+Verdict (docs/domain.md defaults, each overridable): fail when KL(baseline ‖ candidate) > 0.2, when
 more than 5 % of samples are outliers (drift_score > 0.5), or when more than 10 % are major
 drift (MAJOR_DRIFT + MISMATCH). Optionally (off by default) fail when the bootstrap confidence
 interval of the median relative delta lies wholly outside ±tolerance. Fail closed: no samples,
@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from costsim_analytics.engines import statistics as st
-from costsim_analytics.engines.cost_models import BatchEstimates, CostModel
+from costsim_analytics.engines.cost_models import BatchEstimates, CostModel, PlanBatch
 from costsim_analytics.engines.reports import (
     CanaryReport,
     FailureReason,
@@ -233,7 +233,8 @@ def evaluate(
         )
         return Evaluation(report, config, samples, None, None, None, None)
 
-    inputs = [s.plan_input for s in samples]
+    # Read once, shared by both models (built-in models reuse the parsed columns).
+    inputs = PlanBatch([s.plan_input for s in samples])
     say("baseline model")
     baseline = baseline_model.estimate_batch(inputs)
     say("candidate model")

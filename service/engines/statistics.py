@@ -84,7 +84,7 @@ def drift(
     v1_feasible: npt.ArrayLike,
     v2_feasible: npt.ArrayLike,
 ) -> Drift:
-    """Drift of every sample, by DOMAIN.md's rule.
+    """Drift of every sample, by the domain rule (docs/domain.md).
 
     The operations run in the predecessor's order, so every score is bit-identical to its
     per-sample Python and a score on a band edge lands in the same band.

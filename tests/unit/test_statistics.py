@@ -31,7 +31,7 @@ scores = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
 
 
 def reference_drift(v1, v2, f1, f2):
-    """The predecessor's per-sample Python, as DOMAIN.md states it."""
+    """The predecessor's per-sample Python, as docs/domain.md states it."""
     pct = abs(v2 - v1) / max(v1, 1) if v1 != 0 else 0.0
     score = 0.6 * min(pct, 1.0) + 0.4 * (1 if f1 != f2 else 0)
     if score <= 0.05:
@@ -82,7 +82,7 @@ def test_drift_hand_checked_samples():
     f2 = [True] * 7 + [False, False, True]
     d = drift(v1, v2, f1, f2)
     assert d.cost_delta.tolist() == [5.0, 25.0, 50.0, 51.0, 200.0, 50.0, 0.5, 0.0, 200.0, 0.0]
-    # v1 == 0: the percentage is 0 by DOMAIN's rule; v1 = 0.5 divides by max(0.5, 1) = 1.
+    # v1 == 0: the percentage is 0 by the domain rule; v1 = 0.5 divides by max(0.5, 1) = 1.
     assert d.cost_delta_pct.tolist() == [0.05, 0.25, 0.5, 0.51, 2.0, 0.0, 0.5, 0.0, 2.0, 0.0]
     assert d.drift_score.tolist() == pytest.approx([0.03, 0.15, 0.3, 0.306, 0.6, 0, 0.3, 0.4, 1, 0])
     assert [VERDICT_NAMES[v] for v in d.verdict] == [

@@ -16,7 +16,7 @@ Example:
     >>> [load_cost_model(m).estimate(plan).cost_cents for m in ("v1", "v2")]
     [5.0, 4.0]
 
-Choices where DOMAIN.md leaves room (the numbers themselves are DOMAIN.md's):
+Choices where docs/domain.md leaves room (the numbers themselves are docs/domain.md's):
 
 - **Input.** Malformed (:class:`InvalidPlan`, same for both models): not a mapping; ``plan``
   missing or not a list; a step not a mapping, or its ``skill`` not a string; ``iterations``
@@ -34,7 +34,7 @@ Choices where DOMAIN.md leaves room (the numbers themselves are DOMAIN.md's):
 - **Confidence**: V1 ``1 - risk`` (step and plan); V2 the product of the step confidences,
   as the predecessor's V2 combined them; 0.0 for an empty plan under both.
 - **Risk types**: V2 uses V1's names per skill (``timeout``, ``rate_limit``, ...).
-- **Permissions** count under V1 only; V2 feasibility is cost and risk (DOMAIN.md).
+- **Permissions** count under V1 only; V2 feasibility is cost and risk (docs/domain.md).
 - **Reasons** in ``Estimate.infeasible_reasons``, in this order: ``"empty plan"``,
   ``"over budget"``, ``"permission: <skill>"`` per distinct skill, ``"risk 0.62 > 0.5"``.
 - **Durations** are not rounded (V1 sums whole milliseconds unless a timeout is fractional).

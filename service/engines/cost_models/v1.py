@@ -1,4 +1,4 @@
-"""V1, the baseline: a static table per skill (DOMAIN.md, "The two cost models").
+"""V1, the baseline: a static table per skill (docs/domain.md, "The two cost models").
 
 Per step: the table's cost and latency times ``iterations`` (``llm_invoke`` costs
 ``max(5, prompt chars // 1000)``, ``http_call`` takes ``min(500, timeout_s * 1000)`` ms), risk

@@ -1,4 +1,4 @@
-"""V2, the candidate: a coefficient model (DOMAIN.md, "The two cost models").
+"""V2, the candidate: a coefficient model (docs/domain.md, "The two cost models").
 
 Per step, from the table below, then the modifiers:
 
