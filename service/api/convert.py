@@ -77,11 +77,15 @@ def optional_timestamp(msg: Any, field: str) -> datetime | None:
     return timestamp(getattr(msg, field)) if msg.HasField(field) else None
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def to_timestamp(dt: datetime) -> timestamp_pb2.Timestamp:
-    """An aware datetime as a Timestamp."""
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(dt)
-    return ts
+    """An aware datetime as a Timestamp (plain arithmetic: ``FromDatetime`` is slower)."""
+    delta = dt - _EPOCH
+    return timestamp_pb2.Timestamp(
+        seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1000
+    )
 
 
 # --- provenance ---------------------------------------------------------------------------------

@@ -41,9 +41,12 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         return await asyncio.get_running_loop().run_in_executor(self._executor, handler, command)
 
     async def _drain(self, stream: ResultStream[T]) -> AsyncIterator[tuple[T, str]]:
+        """Yield a stream's items, fetching the next chunk while this one is being sent."""
         loop = asyncio.get_running_loop()
+        pending = loop.run_in_executor(self._executor, stream.next_chunk)
         try:
-            while chunk := await loop.run_in_executor(self._executor, stream.next_chunk):
+            while chunk := await pending:
+                pending = loop.run_in_executor(self._executor, stream.next_chunk)
                 for pair in chunk:
                     yield pair
         finally:

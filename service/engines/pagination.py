@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from costsim_analytics.engines.canonical import canonical_json, sha256_hex
 from costsim_analytics.engines.errors import FieldViolation, InvalidArgument
 
-TOKEN_VERSION = 1
+TOKEN_VERSION = 2
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 10_000
 
@@ -48,17 +48,19 @@ def filter_fingerprint(kind: str, filters: Mapping[str, object]) -> str:
     return sha256_hex(canonical_json({"kind": kind, "filters": normal}))[:16]
 
 
+def _micros(ts: datetime) -> int:
+    delta = ts - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
 def encode_token(kind: str, fingerprint: str, cursor: Cursor) -> str:
-    """Encode an opaque, URL-safe page token."""
-    body = {
-        "v": TOKEN_VERSION,
-        "k": kind,
-        "f": fingerprint,
-        "t": cursor.timestamp.astimezone(UTC).isoformat(),
-        "i": cursor.id,
-    }
-    raw = json.dumps(body, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    """Encode an opaque, URL-safe page token.
+
+    The body is ``version|kind|fingerprint|microseconds since the epoch|id``: plain string
+    formatting, because a stream makes one token per message.
+    """
+    raw = f"{TOKEN_VERSION}|{kind}|{fingerprint}|{_micros(cursor.timestamp)}|{cursor.id}"
+    return base64.urlsafe_b64encode(raw.encode()).rstrip(b"=").decode()
 
 
 def _bad_token(description: str) -> InvalidArgument:
@@ -74,24 +76,19 @@ def decode_token(token: str, kind: str, fingerprint: str) -> Cursor:
 
     Raises:
         InvalidArgument: the token is malformed, or was issued for other filters.
-
     """
     try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        body = json.loads(raw)
-        if not isinstance(body, dict) or body.get("v") != TOKEN_VERSION:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        version, kind_, fp, micros, row_id = raw.split("|")
+        if version != str(TOKEN_VERSION):
             raise ValueError("unknown token version")
-        kind_, fp, ts, row_id = body["k"], body["f"], body["t"], body["i"]
-        if not (isinstance(row_id, int) and isinstance(ts, str)):
-            raise ValueError("bad token fields")
-        timestamp = datetime.fromisoformat(ts)
-        if timestamp.tzinfo is None:
-            raise ValueError("naive timestamp")
-    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError) as exc:
+        timestamp = _EPOCH + timedelta(microseconds=int(micros))
+        cursor = Cursor(timestamp, int(row_id))
+    except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError) as exc:
         raise _bad_token("malformed page token") from exc
     if kind_ != kind or fp != fingerprint:
         raise _bad_token("page token was issued for a different query; resend the same filters")
-    return Cursor(timestamp.astimezone(UTC), row_id)
+    return cursor
 
 
 def resolve_page_size(

@@ -131,7 +131,7 @@ def test_cancelled_stream_stops_its_database_work(postgres_migrated_url, tmp_pat
         uow.commit()
     in_stream = text(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-        "AND pid <> pg_backend_pid() AND state = 'idle in transaction' "
+        "AND pid <> pg_backend_pid() AND state IN ('active', 'idle in transaction') "
         "AND (query LIKE '%costsim_provenance%' OR query LIKE 'FETCH%')"
     )
     server = ServerProcess(postgres_migrated_url, tmp_path / "server.log").start()
