@@ -35,10 +35,15 @@ MAX_BINS = 100
 MIN_WILCOXON_PAIRS = 10
 # Wilcoxon's exact null distribution is used up to this many non-zero differences (no ties).
 MAX_EXACT_PAIRS = 50
-# Bootstrap: resample indices at most this many at a time (int64 indices plus gathered
-# float64 values plus np.quantile's working copy: about 48 MB).
+# Bootstrap of the mean: resample indices at most this many at a time (int64 indices plus
+# gathered float64 values plus the row means' working copy: about 48 MB). The median and p90
+# draw no resamples (``order_statistic_replicates``).
 CHUNK_ELEMENTS = 2_000_000
+# Statistic name -> percentile q, or None for the mean.
 BOOTSTRAP_STATISTICS = {"median": 50.0, "p90": 90.0, "mean": None}
+# ``ConfidenceInterval.method`` for percentiles (order statistics drawn directly) and the mean.
+ORDER_STATISTICS_METHOD = "percentile bootstrap (order statistics)"
+RESAMPLING_METHOD = "percentile bootstrap"
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -366,6 +371,50 @@ def _statistic_rows(matrix: FloatArray, statistic: str) -> FloatArray:
     return np.asarray(rows, dtype=np.float64)
 
 
+def _rank(u: FloatArray, n: int) -> npt.NDArray[np.intp]:
+    """``floor(n * u)`` as an index into ``n`` values, clamped to ``n - 1`` against rounding."""
+    return np.minimum(np.floor(n * u), n - 1).astype(np.intp)
+
+
+def order_statistic_replicates(
+    sorted_values: FloatArray, q: float, resamples: int, rng: np.random.Generator
+) -> FloatArray:
+    """The ``q``-th percentile (type 7) of ``resamples`` bootstrap resamples, in O(resamples).
+
+    ``sorted_values`` must be sorted ascending. A resample's percentile needs only its order
+    statistics k and k + 1, and because the values are sorted those are the values at the
+    order statistics of the n drawn indices. Those are drawn directly: the (k+1)-th smallest
+    of n uniforms is Beta(k + 1, n - k), and the next one above it is
+    ``u + (1 - u) * Beta(1, n - k - 1)``; ``floor(n * u)`` turns them into indices (see
+    ``docs/statistics.md`` §5). The replicates have exactly the distribution of the
+    percentile of resamples drawn index by index, without drawing them: two ``rng.beta``
+    calls of ``resamples`` draws each (one when the percentile lands on a rank).
+
+    Raises:
+        ValueError: ``sorted_values`` is empty or ``q`` is outside [0, 100].
+    """
+    n = sorted_values.size
+    if n == 0:
+        raise ValueError("sorted_values must not be empty")
+    if not 0.0 <= q <= 100.0:
+        raise ValueError(f"q must be in [0, 100], got {q}")
+    h = (n - 1) * (q / 100.0)  # numpy's virtual index for method="linear"
+    k = math.floor(h)
+    w = h - k
+    u = rng.beta(k + 1, n - k, size=resamples)
+    lower = sorted_values[_rank(u, n)]
+    if w == 0.0 or k >= n - 1:
+        return lower
+    u_next = u + (1.0 - u) * rng.beta(1, n - k - 1, size=resamples)
+    upper = sorted_values[_rank(u_next, n)]
+    # numpy's own interpolation (its _lerp), so a resample whose two order statistics are the
+    # sample's gives the estimate bit for bit.
+    diff = upper - lower
+    if w >= 0.5:
+        return upper - diff * (1.0 - w)
+    return lower + diff * w
+
+
 def bootstrap_replicates(
     values: FloatArray,
     statistic: str,
@@ -374,11 +423,17 @@ def bootstrap_replicates(
     *,
     chunk_elements: int = CHUNK_ELEMENTS,
 ) -> FloatArray:
-    """The statistic on ``resamples`` resamples with replacement, drawn chunk by chunk.
+    """The statistic on ``resamples`` bootstrap resamples of ``values`` (with replacement).
 
-    The generator draws indices in row order whatever the chunk size, so the result depends on
-    the seed alone, not on ``chunk_elements``.
+    ``"median"`` and ``"p90"``: ``order_statistic_replicates`` on the sorted values, exact in
+    distribution and O(resamples) after the sort; ``chunk_elements`` is not used. ``"mean"``:
+    resamples drawn index by index, at most ``chunk_elements`` indices at a time; the
+    generator draws them in row order whatever the chunk size, so the result depends on the
+    seed alone, not on ``chunk_elements``.
     """
+    q = BOOTSTRAP_STATISTICS[statistic]
+    if q is not None:
+        return order_statistic_replicates(np.sort(values), q, resamples, rng)
     n = values.size
     rows = max(1, chunk_elements // n)
     replicates = np.empty(resamples, dtype=np.float64)
@@ -400,9 +455,12 @@ def bootstrap_ci(
     """Percentile-bootstrap interval of ``statistic`` ("median", "p90" or "mean").
 
     ``low`` and ``high`` are the ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles (linear,
-    as ``percentile``) of the statistic over ``resamples`` resamples drawn by
-    ``numpy.random.default_rng(seed)``; the same inputs and seed give the same interval. An
-    empty sample gives a ``nan`` interval.
+    as ``percentile``) of ``bootstrap_replicates``: the statistic over ``resamples`` bootstrap
+    resamples, drawn by ``numpy.random.default_rng(seed)``; the same inputs and seed give the
+    same interval. For the median and p90 the resample percentiles are drawn directly from
+    their exact distribution (``order_statistic_replicates``, method
+    ``ORDER_STATISTICS_METHOD``), in O(resamples) after a sort; the mean resamples
+    (``RESAMPLING_METHOD``). An empty sample gives a ``nan`` interval.
 
     Example:
         >>> ci = bootstrap_ci([1.0, 2.0, 3.0, 4.0, 5.0], "median", resamples=500, seed=7)
@@ -422,11 +480,12 @@ def bootstrap_ci(
     if seed < 0:
         raise ValueError(f"seed must be non-negative, got {seed}")
     array = _vector(values, "values")
+    method = (
+        RESAMPLING_METHOD if BOOTSTRAP_STATISTICS[statistic] is None else ORDER_STATISTICS_METHOD
+    )
     if array.size == 0:
         nan = math.nan
-        return ConfidenceInterval(
-            nan, nan, nan, level, resamples, seed, "percentile bootstrap", statistic
-        )
+        return ConfidenceInterval(nan, nan, nan, level, resamples, seed, method, statistic)
     estimate = float(_statistic_rows(array[np.newaxis, :], statistic)[0])
     replicates = bootstrap_replicates(array, statistic, resamples, np.random.default_rng(seed))
     tail = 100.0 * (1.0 - level) / 2.0
@@ -438,6 +497,6 @@ def bootstrap_ci(
         level=level,
         resamples=resamples,
         seed=seed,
-        method="percentile bootstrap",
+        method=method,
         statistic=statistic,
     )

@@ -1,9 +1,11 @@
+import itertools
 import math
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy import stats as scipy_stats
 
 from costsim_analytics.engines import drift as drift_stats
 from costsim_analytics.engines import statistics as stats_module
@@ -12,6 +14,8 @@ from costsim_analytics.engines.statistics import (
     MATCH,
     MINOR_DRIFT,
     MISMATCH,
+    ORDER_STATISTICS_METHOD,
+    RESAMPLING_METHOD,
     VERDICT_NAMES,
     bin_count,
     bootstrap_ci,
@@ -19,6 +23,7 @@ from costsim_analytics.engines.statistics import (
     classify,
     divergence,
     drift,
+    order_statistic_replicates,
     outliers,
     paired_test,
     percentile,
@@ -366,6 +371,128 @@ def test_paired_test_ranges(pairs):
 # --- bootstrap ---------------------------------------------------------------------------------
 
 
+def naive_replicates(values, q, resamples, rng):
+    """The textbook bootstrap: a (resamples x n) index matrix, a percentile per row."""
+    indices = rng.integers(0, values.size, size=(resamples, values.size))
+    return np.percentile(values[indices], q, axis=1, method="linear")
+
+
+def exact_distribution(values, q):
+    """Atoms and probabilities of a resample's percentile, over all n**n equally likely draws."""
+    n = values.size
+    indices = np.array(list(itertools.product(range(n), repeat=n)))
+    atoms, counts = np.unique(
+        rounded(np.percentile(values[indices], q, axis=1, method="linear")), return_counts=True
+    )
+    return atoms, counts / indices.shape[0]
+
+
+def rounded(replicates):
+    # Both methods interpolate with numpy's formula, but an atom one ulp off would look like a
+    # different value to KS; the sample values are far apart on this scale.
+    return np.round(replicates, 9)
+
+
+def exact_support(values, q):
+    """Every percentile a resample of ``values`` can have: lerp of two sorted values, i <= j."""
+    x = np.sort(values)
+    h = (x.size - 1) * q / 100.0
+    w = h - math.floor(h)
+    i, j = np.triu_indices(x.size)
+    return rounded(np.percentile(np.stack([x[i], x[j]], axis=1), w * 100.0, axis=1))
+
+
+def rng(seed):
+    return np.random.default_rng(seed)
+
+
+def sample(n):
+    return np.random.default_rng(100 + n).lognormal(2.0, 1.0, n)
+
+
+class RecordingRng:
+    """A Generator that records the name and size of every draw."""
+
+    def __init__(self, seed):
+        self._rng = np.random.default_rng(seed)
+        self.draws = []
+
+    def __getattr__(self, name):
+        method = getattr(self._rng, name)
+
+        def record(*args, **kwargs):
+            out = method(*args, **kwargs)
+            self.draws.append((name, np.size(out)))
+            return out
+
+        return record
+
+
+@pytest.mark.parametrize("n", [5, 6, 11, 40])
+@pytest.mark.parametrize("statistic", ["median", "p90"])
+def test_order_statistics_match_naive_resampling(n, statistic):
+    # n = 5: the median lands on a rank (w = 0) and p90 between ranks 3 and 4 (w = 0.6);
+    # n = 6: both between ranks; n = 11: both on a rank; n = 40: both between ranks.
+    values = sample(n)
+    q = {"median": 50.0, "p90": 90.0}[statistic]
+    fast = bootstrap_replicates(values, statistic, 20_000, np.random.default_rng(1))
+    naive = naive_replicates(values, q, 20_000, np.random.default_rng(2))
+    assert scipy_stats.ks_2samp(rounded(fast), rounded(naive)).pvalue > 1e-3
+    assert fast.mean() == pytest.approx(naive.mean(), rel=0.02)
+    assert fast.std() == pytest.approx(naive.std(), rel=0.05)
+    # Same support: every value the fast method gives, some resample can give.
+    assert set(rounded(fast)) <= set(exact_support(values, q))
+
+
+@pytest.mark.parametrize(("n", "q"), [(3, 50.0), (4, 50.0), (5, 50.0), (5, 90.0), (6, 90.0)])
+def test_order_statistics_match_the_exact_distribution(n, q):
+    # Enumerate all n**n index draws for the exact law; chi-square goodness of fit of 20,000
+    # replicates, with the cells expected to hold fewer than 5 pooled into one.
+    atoms, probabilities = exact_distribution(sample(n), q)
+    replicates = rounded(order_statistic_replicates(np.sort(sample(n)), q, 20_000, rng(3)))
+    assert set(replicates) <= set(atoms)
+    observed = np.array([np.count_nonzero(replicates == a) for a in atoms])
+    expected = probabilities * replicates.size
+    small = expected < 5.0
+    if small.any():
+        observed = np.append(observed[~small], observed[small].sum())
+        expected = np.append(expected[~small], expected[small].sum())
+    assert scipy_stats.chisquare(observed, expected).pvalue > 1e-3
+
+
+def test_median_of_two_values_by_hand():
+    # Resamples of (x0, x1): (x0, x0), (x0, x1), (x1, x0), (x1, x1), each with probability 1/4,
+    # so the median is x0 w.p. 1/4, (x0 + x1) / 2 w.p. 1/2 and x1 w.p. 1/4.
+    replicates = bootstrap_replicates(np.array([10.0, 30.0]), "median", 100_000, rng(4))
+    assert set(replicates.tolist()) == {10.0, 20.0, 30.0}
+    frequencies = [np.mean(replicates == v) for v in (10.0, 20.0, 30.0)]
+    assert frequencies == pytest.approx([0.25, 0.5, 0.25], abs=0.01)  # 6 standard errors
+
+
+def test_order_statistics_draw_resamples_values_not_resamples_times_n():
+    values = sample(10_001)
+    between = RecordingRng(5)  # p90: h = 9000, on a rank; the median too
+    bootstrap_replicates(values, "p90", 2000, between)
+    assert between.draws == [("beta", 2000)]
+    values = sample(10_000)  # h = 4999.5 and 8999.1: two order statistics
+    for statistic in ("median", "p90"):
+        spy = RecordingRng(5)
+        replicates = bootstrap_replicates(values, statistic, 2000, spy)
+        assert spy.draws == [("beta", 2000), ("beta", 2000)]
+        assert replicates.shape == (2000,)
+
+
+def test_bootstrap_of_a_million_values_is_fast():
+    # The index-matrix bootstrap would draw 2 * 10**9 indices here (about a minute); the order
+    # statistics draw 4000 numbers after one sort.
+    values = np.random.default_rng(6).exponential(100.0, 1_000_000)
+    ci = bootstrap_ci(values, "p90", resamples=2000, seed=1)
+    assert ci.low <= ci.estimate <= ci.high
+    true_p90 = 100.0 * math.log(10.0)
+    assert ci.low < true_p90 < ci.high or abs(ci.estimate - true_p90) < 1.0
+    assert ci.high - ci.low < 2.0
+
+
 def test_bootstrap_is_deterministic_for_a_seed():
     values = np.random.default_rng(3).lognormal(3.0, 1.0, 500)
     first = bootstrap_ci(values, "median", seed=11)
@@ -374,7 +501,9 @@ def test_bootstrap_is_deterministic_for_a_seed():
     assert first.low <= first.estimate <= first.high
     assert first.estimate == percentile(values, 50)
     assert (first.level, first.resamples, first.seed) == (0.95, 2000, 11)
-    assert first.method == "percentile bootstrap"
+    assert first.method == ORDER_STATISTICS_METHOD == "percentile bootstrap (order statistics)"
+    # The order of the input does not matter: the method reads the sorted values.
+    assert bootstrap_ci(values[::-1], "median", seed=11) == first
 
 
 def test_bootstrap_p90_and_mean():
@@ -382,9 +511,22 @@ def test_bootstrap_p90_and_mean():
     p90 = bootstrap_ci(values, "p90", resamples=500)
     assert p90.estimate == percentile(values, 90)
     assert p90.low <= p90.estimate <= p90.high
+    assert p90.method == ORDER_STATISTICS_METHOD
     mean = bootstrap_ci(values, "mean", resamples=500)
     assert mean.estimate == pytest.approx(50.5)
     assert mean.low < 50.5 < mean.high
+    assert mean.method == RESAMPLING_METHOD == "percentile bootstrap"
+
+
+def test_bootstrap_interval_matches_the_naive_interval():
+    values = np.random.default_rng(8).lognormal(3.0, 1.0, 300)
+    for statistic, q in (("median", 50.0), ("p90", 90.0)):
+        ci = bootstrap_ci(values, statistic, resamples=20_000, seed=1)
+        naive = naive_replicates(values, q, 20_000, rng(2))
+        low, high = np.percentile(naive, [2.5, 97.5])
+        width = high - low
+        assert ci.low == pytest.approx(low, abs=0.1 * width)
+        assert ci.high == pytest.approx(high, abs=0.1 * width)
 
 
 def test_bootstrap_is_narrower_with_more_data():
@@ -396,16 +538,16 @@ def test_bootstrap_is_narrower_with_more_data():
 
 def test_bootstrap_chunking_does_not_change_the_draws():
     values = np.random.default_rng(9).normal(size=37)
-    one_go = bootstrap_replicates(values, "p90", 101, np.random.default_rng(1))
+    one_go = bootstrap_replicates(values, "mean", 101, np.random.default_rng(1))
     chunked = bootstrap_replicates(
-        values, "p90", 101, np.random.default_rng(1), chunk_elements=37 * 4
+        values, "mean", 101, np.random.default_rng(1), chunk_elements=37 * 4
     )
     assert np.array_equal(one_go, chunked)
 
 
-def test_bootstrap_handles_a_large_sample_in_chunks():
+def test_bootstrap_of_the_mean_handles_a_large_sample_in_chunks():
     values = np.random.default_rng(2).exponential(100.0, 100_000)
-    ci = bootstrap_ci(values, "median", resamples=50)
+    ci = bootstrap_ci(values, "mean", resamples=50)
     assert ci.low <= ci.estimate <= ci.high
     assert ci.high - ci.low < 3.0
 
@@ -413,8 +555,11 @@ def test_bootstrap_handles_a_large_sample_in_chunks():
 def test_bootstrap_edge_cases():
     empty = bootstrap_ci([], "median")
     assert all(math.isnan(v) for v in (empty.estimate, empty.low, empty.high))
-    single = bootstrap_ci([4.0], "p90")
-    assert (single.estimate, single.low, single.high) == (4.0, 4.0, 4.0)
+    for statistic in ("median", "p90", "mean"):
+        single = bootstrap_ci([4.0], statistic)
+        assert (single.estimate, single.low, single.high) == (4.0, 4.0, 4.0)
+    constant = bootstrap_ci([7.0] * 25, "p90")
+    assert (constant.estimate, constant.low, constant.high) == (7.0, 7.0, 7.0)
     with pytest.raises(ValueError, match="statistic"):
         bootstrap_ci([1.0], "p99")
     with pytest.raises(ValueError, match="level"):
@@ -423,6 +568,11 @@ def test_bootstrap_edge_cases():
         bootstrap_ci([1.0], "median", resamples=0)
     with pytest.raises(ValueError, match="seed"):
         bootstrap_ci([1.0], "median", seed=-1)
+    with pytest.raises(ValueError, match="empty"):
+        order_statistic_replicates(np.array([]), 50.0, 10, rng(0))
+    with pytest.raises(ValueError, match=r"\[0, 100\]"):
+        order_statistic_replicates(np.array([1.0]), 101.0, 10, rng(0))
+    assert order_statistic_replicates(np.array([1.0, 2.0]), 100.0, 3, rng(0)).tolist() == [2.0] * 3
 
 
 @settings(deadline=None)
@@ -430,3 +580,16 @@ def test_bootstrap_edge_cases():
 def test_median_interval_contains_the_estimate(values, seed):
     ci = bootstrap_ci(values, "median", resamples=400, seed=seed)
     assert ci.low <= ci.estimate <= ci.high
+
+
+@settings(deadline=None)
+@given(
+    st.lists(signed, min_size=1, max_size=40),
+    st.sampled_from(["median", "p90"]),
+    st.integers(min_value=0, max_value=2**32),
+)
+def test_replicates_lie_within_the_sample_range(values, statistic, seed):
+    replicates = bootstrap_replicates(np.array(values), statistic, 200, rng(seed))
+    assert replicates.shape == (200,)
+    assert np.all(replicates >= min(values))
+    assert np.all(replicates <= max(values))
