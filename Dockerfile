@@ -32,13 +32,15 @@ COPY --from=builder /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    COSTSIM_LISTEN=0.0.0.0:50051
+    COSTSIM_LISTEN=0.0.0.0:50051 \
+    COSTSIM_HTTP_LISTEN=0.0.0.0:8080
 
 # Relative defaults (sqlite:///var/costsim.db, var/artifacts) resolve under /app/var: mount a
 # volume there to keep the SQLite database, or set COSTSIM_DATABASE_URL to PostgreSQL.
 WORKDIR /app
 USER costsim:costsim
-EXPOSE 50051
+# 50051: gRPC; 8080: the read-only dashboard, /metrics, /healthz and /readyz.
+EXPOSE 50051 8080
 
 # Healthy only while the gRPC health service reports the API as SERVING (database reachable and
 # its schema at head). Any error, including a refused connection, exits 1.

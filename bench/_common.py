@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import selectors
+import queue
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -45,8 +46,11 @@ def libpq_url(url: str) -> str:
 
 
 @contextlib.contextmanager
-def bench_database(base_url: str, name: str) -> Iterator[str]:
-    """Create database ``name`` next to ``base_url``, migrate it, yield its URL, drop it."""
+def bench_database(base_url: str, name: str, *, keep: bool = False) -> Iterator[str]:
+    """Create database ``name`` next to ``base_url``, migrate it, yield its URL, drop it.
+
+    With ``keep`` the database stays afterwards (bench/scale.py --keep, then --reuse).
+    """
     url = make_url(base_url).set(database=name).render_as_string(hide_password=False)
     ident = sql.Identifier(name)
     with psycopg.connect(libpq_url(base_url), autocommit=True) as admin:
@@ -58,8 +62,9 @@ def bench_database(base_url: str, name: str) -> Iterator[str]:
         )
         yield url
     finally:
-        with psycopg.connect(libpq_url(base_url), autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
+        if not keep:
+            with psycopg.connect(libpq_url(base_url), autocommit=True) as admin:
+                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
 
 
 @dataclass(frozen=True)
@@ -87,20 +92,24 @@ def client_cpu_s() -> float:
 @contextlib.contextmanager
 def subprocess_server(argv: Sequence[str], timeout_s: float = 30.0) -> Iterator[Server]:
     """Start a server that prints ``READY + host:port`` when listening; yield it."""
-    env = {**os.environ, "COSTSIM_LOG_LEVEL": "ERROR"}
+    # Port 0 for the dashboard too: two benchmark servers must not fight over its default port.
+    env = {**os.environ, "COSTSIM_LOG_LEVEL": "ERROR", "COSTSIM_HTTP_LISTEN": "127.0.0.1:0"}
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert proc.stdout is not None
+        lines: queue.Queue[str] = queue.Queue()
+        # A thread, not select(): the stream's buffer may already hold the line we wait for.
+        threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
         deadline = time.monotonic() + timeout_s
-        with selectors.DefaultSelector() as selector:
-            selector.register(proc.stdout, selectors.EVENT_READ)
-            line = ""
-            while not line.startswith(READY):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or proc.poll() is not None:
-                    raise RuntimeError(f"server {argv[:2]} did not start (exit {proc.poll()})")
-                if selector.select(remaining):
-                    line = proc.stdout.readline()
+        line = ""
+        while not line.startswith(READY):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or proc.poll() is not None:
+                raise RuntimeError(f"server {argv[:2]} did not start (exit {proc.poll()})")
+            try:
+                line = lines.get(timeout=remaining)
+            except queue.Empty:
+                continue
         yield Server(line[len(READY) :].strip(), proc.pid)
     finally:
         proc.terminate()

@@ -6,7 +6,7 @@ from alembic import context
 from sqlalchemy import Connection
 
 from costsim_analytics.drivers.database import make_engine
-from costsim_analytics.drivers.models import Base
+from costsim_analytics.drivers.models import Base, compared_in_schema_checks
 
 config = context.config
 target_metadata = Base.metadata
@@ -19,6 +19,7 @@ def _configure(connection: Connection) -> None:
         # SQLite cannot ALTER most things in place; batch mode recreates the table.
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        include_object=compared_in_schema_checks,
     )
 
 

@@ -13,9 +13,19 @@ from sqlalchemy import Engine
 from costsim_analytics.drivers.artifacts import LocalArtifactStore
 from costsim_analytics.drivers.database import EngineOptions, make_engine
 from costsim_analytics.drivers.locks import canary_lock
+from costsim_analytics.drivers.partitions import PartitionKeeper
 from costsim_analytics.drivers.schema import check_schema
 from costsim_analytics.engines.canary import CanaryConfig, Progress
+from costsim_analytics.engines.golden import GoldenConfig
 from costsim_analytics.handlers.canary import CanaryRunHandler, ReconcileHandler
+from costsim_analytics.handlers.golden import (
+    ActivateGoldenDatasetHandler,
+    CompareGoldenHandler,
+    CreateGoldenDatasetHandler,
+    GetGoldenDatasetHandler,
+    ListGoldenDatasetsHandler,
+    PromoteCanaryRunHandler,
+)
 from costsim_analytics.handlers.provenance import (
     DriftStatsHandler,
     QueryProvenanceHandler,
@@ -27,11 +37,19 @@ from costsim_analytics.handlers.registry import (
     OP_CANARY_REPORTS,
     OP_CANARY_RUN,
     OP_DRIFT_STATS,
+    OP_GOLDEN_ACTIVATE,
+    OP_GOLDEN_COMPARE,
+    OP_GOLDEN_CREATE,
+    OP_GOLDEN_GET,
+    OP_GOLDEN_LIST,
+    OP_GOLDEN_PROMOTE,
     OP_PROVENANCE_BATCH,
     OP_PROVENANCE_QUERY,
+    OP_RETENTION,
     OperationRegistry,
 )
 from costsim_analytics.handlers.reports import GetCanaryReportHandler, QueryCanaryReportsHandler
+from costsim_analytics.handlers.retention import RetentionHandler
 from costsim_analytics.handlers.uow import SqlAlchemyUnitOfWorkFactory
 from costsim_analytics.settings import Settings
 
@@ -82,6 +100,17 @@ def build_registry(engine: Engine, settings: Settings) -> OperationRegistry:
         OP_CANARY_RECONCILE,
         ReconcileHandler(uow, LocalArtifactStore(settings.artifacts_dir)),
     )
+    registry.register(
+        OP_RETENTION, RetentionHandler(uow, LocalArtifactStore(settings.artifacts_dir))
+    )
+    registry.register(OP_GOLDEN_CREATE, CreateGoldenDatasetHandler(uow))
+    registry.register(
+        OP_GOLDEN_PROMOTE, PromoteCanaryRunHandler(uow, LocalArtifactStore(settings.artifacts_dir))
+    )
+    registry.register(OP_GOLDEN_GET, GetGoldenDatasetHandler(uow))
+    registry.register(OP_GOLDEN_LIST, ListGoldenDatasetsHandler(uow))
+    registry.register(OP_GOLDEN_ACTIVATE, ActivateGoldenDatasetHandler(uow))
+    registry.register(OP_GOLDEN_COMPARE, CompareGoldenHandler(uow, golden_config(settings)))
     return registry
 
 
@@ -98,6 +127,15 @@ def canary_config(settings: Settings) -> CanaryConfig:
     )
 
 
+def golden_config(settings: Settings) -> GoldenConfig:
+    """The configured golden pass/fail thresholds."""
+    return GoldenConfig(
+        tolerance=settings.golden_tolerance,
+        min_share=settings.golden_min_share,
+        max_feasibility_flips=settings.golden_max_feasibility_flips,
+    )
+
+
 def build_canary_handler(
     engine: Engine, settings: Settings, progress: Progress | None = None
 ) -> CanaryRunHandler:
@@ -110,6 +148,8 @@ def build_canary_handler(
         lock_timeout_s=settings.canary_lock_timeout_s,
         synthetic_fallback=settings.canary_synthetic_fallback,
         progress=progress,
+        golden_dataset=settings.canary_golden_dataset,
+        golden_config=golden_config(settings),
     )
 
 
@@ -118,12 +158,19 @@ def build_server(engine: Engine, settings: Settings) -> AnalyticsServer:
     # Imported here so that in-process users of the handlers need not load grpc.
     from costsim_analytics.api.server import AnalyticsServer
 
+    keep_partitions = PartitionKeeper(engine)
+
+    def probe() -> None:
+        check_schema(engine)
+        keep_partitions()
+
     return AnalyticsServer(
         build_registry(engine, settings),
-        probe=lambda: check_schema(engine),
+        probe=probe,
         listen=settings.listen,
         workers=settings.workers,
         max_message_bytes=settings.max_message_mb * 1024 * 1024,
         health_interval_s=settings.health_interval_s,
         grace_period_s=settings.grace_period_s,
+        http_listen=settings.http_listen,
     )

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Values of COSTSIM_HTTP_LISTEN that turn the HTTP side port off.
+HTTP_OFF = ("", "off", "none", "false", "no")
 
 
 class Settings(BaseSettings):
@@ -18,6 +21,23 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL: sqlite:///path or postgresql+psycopg://user@host/db",
     )
     listen: str = Field("127.0.0.1:50051", description="gRPC listen address (port 0: any free)")
+    http_listen: str = Field(
+        "127.0.0.1:8080",
+        description="Dashboard, /metrics and health over HTTP; empty or 'off' turns it off",
+    )
+
+    @field_validator("http_listen")
+    @classmethod
+    def _http_listen(cls, value: str) -> str:
+        """``host:port`` (port 0: any free), or ``""`` when turned off."""
+        value = value.strip()
+        if value.lower() in HTTP_OFF:
+            return ""
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise ValueError("must be host:port (port 0 picks a free one), or 'off'")
+        return value
+
     artifacts_dir: Path = Field(Path("var/artifacts"), description="Canary artifact root")
     max_batch: int = Field(1000, ge=1, le=100_000, description="Records per WriteProvenanceBatch")
     max_page_size: int = Field(10_000, ge=1, le=100_000, description="Messages per stream")
@@ -50,4 +70,16 @@ class Settings(BaseSettings):
     canary_lock_timeout_s: float = Field(2.0, ge=0, description="Wait for the run lock")
     canary_synthetic_fallback: bool = Field(
         True, description="Use the built-in samples when no recent provenance exists"
+    )
+    canary_golden_dataset: str = Field(
+        "", description="Golden dataset of canary runs that name none (empty: no comparison)"
+    )
+    golden_tolerance: float = Field(
+        0.10, ge=0, description="Relative cost error of a golden sample within tolerance"
+    )
+    golden_min_share: float = Field(
+        0.95, ge=0, le=1, description="Share of golden samples within tolerance to pass"
+    )
+    golden_max_feasibility_flips: int = Field(
+        0, ge=0, description="Golden feasibility flips above which a comparison fails"
     )

@@ -38,7 +38,12 @@ class AnalyticsClient:
     """Blocking client over one channel; close it (or use ``with``)."""
 
     def __init__(self, target: str, *, timeout_s: float = 30.0) -> None:
-        self._channel = grpc.insecure_channel(target)
+        # No client-side size limit (gRPC's default is 4 MiB): a golden dataset with its samples
+        # can be larger; the server enforces COSTSIM_MAX_MESSAGE_MB.
+        self._channel = grpc.insecure_channel(
+            target,
+            options=[("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)],
+        )
         self._stub = pb_grpc.AnalyticsServiceStub(self._channel)
         self._timeout_s = timeout_s
 
@@ -134,3 +139,65 @@ class AnalyticsClient:
         """One canary report."""
         request = pb.GetCanaryReportRequest(run_id=run_id)
         return _dict(self._stub.GetCanaryReport(request, timeout=self._timeout_s).report)
+
+    # --- golden datasets ---------------------------------------------------------------------
+
+    def create_golden(
+        self,
+        name: str,
+        samples: Sequence[JsonDict],
+        *,
+        description: str = "",
+        request_id: str = "",
+        timeout_s: float = 300.0,
+    ) -> JsonDict:
+        """Store a new golden version; samples use GoldenSample's JSON field names."""
+        request = pb.CreateGoldenDatasetRequest(
+            name=name, description=description, request_id=request_id
+        )
+        for sample in samples:
+            json_format.ParseDict(sample, request.samples.add())
+        return _dict(self._stub.CreateGoldenDataset(request, timeout=timeout_s))
+
+    def promote_golden(
+        self, run_id: str, name: str, *, description: str = "", request_id: str = ""
+    ) -> JsonDict:
+        """Store a canary run's samples as a new golden version."""
+        request = pb.PromoteCanaryRunRequest(
+            run_id=run_id, name=name, description=description, request_id=request_id
+        )
+        return _dict(self._stub.PromoteCanaryRun(request, timeout=self._timeout_s))
+
+    def get_golden(self, name: str, version: int | None = None) -> JsonDict:
+        """One golden version with its samples (the active one without ``version``)."""
+        request = pb.GetGoldenDatasetRequest(name=name, version=version)
+        dataset = self._stub.GetGoldenDataset(request, timeout=self._timeout_s).dataset
+        return json_format.MessageToDict(
+            dataset, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )
+
+    def list_golden(self, name: str = "") -> list[JsonDict]:
+        """Every golden version (of ``name``), without samples."""
+        request = pb.ListGoldenDatasetsRequest(name=name)
+        response = self._stub.ListGoldenDatasets(request, timeout=self._timeout_s)
+        return [
+            json_format.MessageToDict(
+                d, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+            )
+            for d in response.datasets
+        ]
+
+    def activate_golden(self, name: str, version: int) -> JsonDict:
+        """Make one version the active version of its name."""
+        request = pb.ActivateGoldenDatasetRequest(name=name, version=version)
+        return _dict(self._stub.ActivateGoldenDataset(request, timeout=self._timeout_s).dataset)
+
+    def compare_golden(self, request: JsonDict, timeout_s: float = 300.0) -> JsonDict:
+        """A golden comparison; ``request`` uses CompareGoldenRequest's JSON field names."""
+        message = json_format.ParseDict(request, pb.CompareGoldenRequest())
+        comparison = self._stub.CompareGolden(message, timeout=timeout_s).comparison
+        return json_format.MessageToDict(
+            comparison,
+            preserving_proto_field_name=True,
+            always_print_fields_with_no_presence=True,
+        )

@@ -1,4 +1,8 @@
-"""The gRPC server: servicer, health, reflection, database probe and graceful shutdown."""
+"""The gRPC server: servicer, health, reflection, database probe and graceful shutdown.
+
+Beside it, on the same event loop, the optional HTTP side port (``api/dashboard``): the
+dashboard pages, ``/metrics``, ``/healthz`` and ``/readyz``.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,9 @@ from grpc_reflection.v1alpha import reflection
 
 from costsim.analytics.v1 import analytics_pb2 as pb
 from costsim.analytics.v1 import analytics_pb2_grpc as pb_grpc
+from costsim_analytics.api.dashboard.app import Dashboard
+from costsim_analytics.api.dashboard.httpserver import HttpServer
+from costsim_analytics.api.metrics import MetricsInterceptor, ServiceMetrics
 from costsim_analytics.api.servicer import AnalyticsServicer
 from costsim_analytics.engines.errors import CostsimError
 from costsim_analytics.handlers.registry import OperationRegistry
@@ -46,6 +53,7 @@ class AnalyticsServer:
 
     ``probe`` raises when the database is unreachable or its schema is not at head; the
     server reports SERVING only while it succeeds, and recovers by itself when it does again.
+    ``http_listen`` (empty: none) is the side port of the dashboard, metrics and probes.
     """
 
     def __init__(
@@ -58,18 +66,22 @@ class AnalyticsServer:
         max_message_bytes: int = 80 * 1024 * 1024,
         health_interval_s: float = 1.0,
         grace_period_s: float = 10.0,
+        http_listen: str = "",
     ) -> None:
         self._probe = probe
+        self.metrics = ServiceMetrics()
+        registry = self.metrics.instrument(registry)
         self._health_interval_s = health_interval_s
         self._grace_period_s = grace_period_s
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="handler")
         self._server = grpc.aio.server(
+            interceptors=[MetricsInterceptor(self.metrics)],
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
                 # A leftover server on the same port must not steal this one's connections.
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
         pb_grpc.add_AnalyticsServiceServicer_to_server(
             AnalyticsServicer(registry, self._executor), self._server
@@ -85,16 +97,34 @@ class AnalyticsServer:
         self._listen_host = listen.rsplit(":", 1)[0]
         self._serving: bool | None = None
         self._stopping = asyncio.Event()
+        self._http = (
+            HttpServer(
+                Dashboard(registry, self._executor, self.metrics, lambda: self.serving), http_listen
+            )
+            if http_listen
+            else None
+        )
 
     @property
     def address(self) -> str:
         """host:port actually bound."""
         return f"{self._listen_host}:{self.port}"
 
+    @property
+    def http_address(self) -> str:
+        """host:port of the HTTP side port once started; empty when it is off."""
+        return self._http.address if self._http is not None else ""
+
+    @property
+    def serving(self) -> bool:
+        """Whether the health status is SERVING (the last database probe passed)."""
+        return bool(self._serving)
+
     async def _set_serving(self, serving: bool, why: str = "") -> None:
         if serving == self._serving:
             return
         self._serving = serving
+        self.metrics.serving.set(1 if serving else 0)
         status = SERVING if serving else NOT_SERVING
         for name in ("", SERVICE_NAME):
             await self._health.set(name, status)
@@ -129,6 +159,13 @@ class AnalyticsServer:
             loop.add_signal_handler(sig, self.request_stop)
         # Known to the health service from the first call on; SERVING once the probe passes.
         await self._set_serving(False, "starting")
+        if self._http is not None:
+            try:  # first: a taken port fails before any RPC is served
+                await self._http.start()
+            except OSError:
+                self._executor.shutdown(wait=False)
+                raise
+            log.info("dashboard on http://%s", self._http.address)
         await self._server.start()
         watcher = asyncio.create_task(self._watch_database())
         log.info("listening on %s", self.address)
@@ -140,6 +177,9 @@ class AnalyticsServer:
             log.info("shutting down: NOT_SERVING, draining for up to %ss", self._grace_period_s)
             await self._set_serving(False)
             await self._server.stop(self._grace_period_s)
+            # After the drain, so /readyz answers 503 (not a refused connection) meanwhile.
+            if self._http is not None:
+                await self._http.stop(self._grace_period_s)
             await watcher
             self._executor.shutdown(wait=True, cancel_futures=True)
             log.info("stopped")

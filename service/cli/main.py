@@ -10,6 +10,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -17,7 +18,7 @@ import typer
 
 from costsim_analytics.api.client import AnalyticsClient, JsonDict
 from costsim_analytics.bootstrap import build_engine, build_server, configure_logging
-from costsim_analytics.cli import canary
+from costsim_analytics.cli import canary, golden, retention
 from costsim_analytics.cli.common import (
     AsJson,
     DatabaseUrl,
@@ -35,13 +36,15 @@ from costsim_analytics.cli.common import (
     table,
     utc,
 )
-from costsim_analytics.drivers import schema
+from costsim_analytics.drivers import partitions, schema
 from costsim_analytics.engines.errors import DatabaseUnavailable, SchemaOutOfDate
 
 app = typer.Typer(help="costsim-analytics: provenance, drift and canary reports over gRPC.")
 provenance_app = typer.Typer(help="Write and query provenance records.")
 app.add_typer(provenance_app, name="provenance")
 app.add_typer(canary.app, name="canary")
+app.add_typer(golden.app, name="golden")
+app.command("retention")(retention.retention)
 
 
 # --- operations -------------------------------------------------------------------------------
@@ -54,10 +57,18 @@ def migrate(database_url: DatabaseUrl = None) -> None:
     configure_logging("WARNING")
     try:
         schema.upgrade(settings.database_url)
+        engine = build_engine(settings)
+        try:
+            with engine.begin() as conn:
+                created = partitions.ensure_partitions(conn, datetime.now(UTC))
+        finally:
+            engine.dispose()
     except Exception as exc:
         err.print(f"[red]migration failed[/red]: {type(exc).__name__}: {exc}")
         raise typer.Exit(1) from exc
     out.print(f"database at revision {schema.head_revision()}")
+    if created:
+        out.print(f"created provenance partitions: {', '.join(created)}")
 
 
 @app.command()
@@ -68,10 +79,17 @@ def serve(
         Path | None, typer.Option(help="Overrides COSTSIM_ARTIFACTS_DIR.")
     ] = None,
     max_batch: Annotated[int | None, typer.Option(help="Overrides COSTSIM_MAX_BATCH.")] = None,
+    http_listen: Annotated[
+        str | None, typer.Option(help="Overrides COSTSIM_HTTP_LISTEN; 'off' turns it off.")
+    ] = None,
 ) -> None:
-    """Serve the gRPC API until SIGTERM or SIGINT."""
+    """Serve the gRPC API (and the dashboard on the HTTP side port) until SIGTERM or SIGINT."""
     settings = settings_with(
-        database_url=database_url, listen=listen, artifacts_dir=artifacts_dir, max_batch=max_batch
+        database_url=database_url,
+        listen=listen,
+        artifacts_dir=artifacts_dir,
+        max_batch=max_batch,
+        http_listen=http_listen,
     )
     configure_logging(settings.log_level)
     engine = build_engine(settings)
@@ -85,12 +103,19 @@ def serve(
 
     async def main() -> None:
         server = build_server(engine, settings)
-        await server.run(
-            on_ready=lambda address: print(f"costsim-analytics listening on {address}", flush=True)
-        )
+
+        def ready(address: str) -> None:
+            if server.http_address:
+                print(f"costsim-analytics dashboard on http://{server.http_address}", flush=True)
+            print(f"costsim-analytics listening on {address}", flush=True)
+
+        await server.run(on_ready=ready)
 
     try:
         asyncio.run(main())
+    except OSError as exc:  # an address in use or not available
+        err.print(f"[red]cannot start[/red]: {exc}")
+        raise typer.Exit(2) from None
     finally:
         engine.dispose()
 

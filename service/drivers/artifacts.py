@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -74,6 +75,14 @@ class LocalArtifactStore:
     def read(self, run_id: str, name: str) -> bytes:
         """The bytes of one artifact."""
         return (self.run_dir(run_id) / name).read_bytes()
+
+    def remove(self, run_id: str) -> bool:
+        """Delete a run's artifact folder; False when there was none."""
+        directory = self.run_dir(run_id)
+        if not directory.exists():
+            return False
+        shutil.rmtree(directory)
+        return True
 
     def ref(self, run_id: str, name: str) -> ArtifactRef:
         """The reference (path, checksum, size) of an existing artifact."""

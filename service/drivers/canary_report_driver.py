@@ -6,11 +6,12 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Select, and_, insert, select, tuple_
+from sqlalchemy import ColumnElement, Connection, Select, and_, delete, insert, select, tuple_
 from sqlalchemy import exc as sa_exc
 
 from costsim_analytics.drivers.errors import translated
 from costsim_analytics.drivers.models import reports_table as t
+from costsim_analytics.drivers.streaming import stream_rows
 from costsim_analytics.engines.errors import AlreadyExists
 from costsim_analytics.engines.pagination import Cursor
 from costsim_analytics.engines.reports import (
@@ -18,6 +19,8 @@ from costsim_analytics.engines.reports import (
     ReportFilter,
     details_from_json,
     details_to_json,
+    golden_from_json,
+    golden_to_json,
 )
 
 _COLUMNS = (
@@ -62,7 +65,7 @@ def _report(row: Sequence[Any]) -> CanaryReport:
         passed=row[12],
         failure_reasons=tuple(row[13]),
         artifact_paths=tuple(row[14]),
-        golden_comparison=row[15],
+        golden_comparison=golden_from_json(row[15]),
         created_at=row[16],
         baseline_model=row[17],
         candidate_model=row[18],
@@ -75,12 +78,26 @@ def _where(flt: ReportFilter) -> list[ColumnElement[bool]]:
     if flt.status:
         clauses.append(t.c.status == flt.status)
     if flt.passed is not None:
-        clauses.append(t.c.passed.is_(flt.passed))
+        # "passed = false", not "passed IS false": the partial index is declared on the former.
+        clauses.append(t.c.passed == flt.passed)
     if flt.start_time is not None:
         clauses.append(t.c.timestamp >= flt.start_time)
     if flt.end_time is not None:
         clauses.append(t.c.timestamp < flt.end_time)
     return clauses
+
+
+def stream_statement(flt: ReportFilter, after: Cursor | None, limit: int) -> Select[Any]:
+    """The query behind :meth:`stream` (also run by the plan tests and bench/scale.py)."""
+    clauses = _where(flt)
+    if after is not None:
+        clauses.append(tuple_(t.c.timestamp, t.c.id) < tuple_(after.timestamp, after.id))
+    return (
+        select(*_SELECT_COLUMNS)
+        .where(and_(True, *clauses))
+        .order_by(t.c.timestamp.desc(), t.c.id.desc())
+        .limit(limit)
+    )
 
 
 class SqlCanaryReportDriver:
@@ -111,7 +128,7 @@ class SqlCanaryReportDriver:
             "passed": report.passed,
             "failure_reasons_json": list(report.failure_reasons),
             "artifact_paths_json": list(report.artifact_paths),
-            "golden_comparison_json": report.golden_comparison,
+            "golden_comparison_json": golden_to_json(report.golden_comparison),
             "created_at": now or datetime.now(UTC),
             "baseline_model": report.baseline_model,
             "candidate_model": report.candidate_model,
@@ -129,29 +146,32 @@ class SqlCanaryReportDriver:
             row = self._conn.execute(select(*_SELECT_COLUMNS).where(t.c.run_id == run_id)).first()
         return None if row is None else _report(row)
 
+    def run_ids_before(self, cutoff: datetime, limit: int = 1000) -> list[str]:
+        """Run ids of up to ``limit`` reports whose timestamp is older than ``cutoff``."""
+        stmt = (
+            select(t.c.run_id)
+            .where(t.c.timestamp < cutoff)
+            .order_by(t.c.timestamp, t.c.id)
+            .limit(limit)
+        )
+        with translated():
+            return list(self._conn.execute(stmt).scalars())
+
+    def delete_runs(self, run_ids: Sequence[str]) -> int:
+        """Delete the reports of these run ids; return how many were deleted."""
+        if not run_ids:
+            return 0
+        with translated():
+            return int(self._conn.execute(delete(t).where(t.c.run_id.in_(run_ids))).rowcount)
+
     def stream(
         self, flt: ReportFilter, after: Cursor | None, limit: int, chunk_size: int = 500
     ) -> Iterator[list[CanaryReport]]:
         """Yield matching reports newest first (by timestamp, then id), at most ``limit``."""
-        clauses = _where(flt)
-        if after is not None:
-            clauses.append(tuple_(t.c.timestamp, t.c.id) < tuple_(after.timestamp, after.id))
-        stmt: Select[Any] = (
-            select(*_SELECT_COLUMNS)
-            .where(and_(True, *clauses))
-            .order_by(t.c.timestamp.desc(), t.c.id.desc())
-            .limit(limit)
+        return stream_rows(
+            self._conn,
+            stream_statement(flt, after, limit),
+            limit=limit,
+            chunk_size=chunk_size,
+            convert=_report,
         )
-        with translated():
-            result = self._conn.execution_options(
-                stream_results=True, yield_per=chunk_size
-            ).execute(stmt)
-        try:
-            while True:
-                with translated():
-                    part = result.fetchmany(chunk_size)
-                if not part:
-                    return
-                yield [_report(row) for row in part]
-        finally:
-            result.close()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -79,3 +79,13 @@ class SqlIdempotencyDriver:
                 .where(t.c.operation == operation, t.c.request_id == request_id)
                 .values(response_json=response)
             )
+
+    def delete_before(self, cutoff: datetime, *, dry_run: bool = False) -> int:
+        """Forget keys stored before ``cutoff`` (a retry after that writes again)."""
+        old = t.c.created_at < cutoff
+        with translated():
+            if dry_run:
+                return int(
+                    self._conn.execute(select(func.count()).select_from(t).where(old)).scalar_one()
+                )
+            return int(self._conn.execute(delete(t).where(old)).rowcount)

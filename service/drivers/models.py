@@ -15,10 +15,12 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Float,
+    ForeignKey,
     Index,
     Integer,
     String,
     Table,
+    text,
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
@@ -83,13 +85,16 @@ class Provenance(Base):
     runtime_ms: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
+    # PostgreSQL partitions the table by month (revision 0004, drivers/partitions.py) and its
+    # primary key is (id, created_at), since a partition key must be part of it. SQLAlchemy
+    # keeps id alone as the key here: on SQLite only a one-column INTEGER key auto-increments.
     __table_args__ = (
         Index("idx_costsim_prov_run_id", "run_id"),
-        Index("idx_costsim_prov_variant", "variant_slug"),
         Index("idx_costsim_prov_input_hash", "input_hash"),
-        Index("idx_costsim_prov_tenant_created", "tenant_id", "created_at"),
-        # (created_at, id) rather than created_at alone: the keyset sort key of every query.
+        # (..., id): every query sorts by (created_at, id) for keyset paging.
+        Index("idx_costsim_prov_tenant_created", "tenant_id", "created_at", "id"),
         Index("idx_costsim_prov_created_id", "created_at", "id"),
+        {"postgresql_partition_by": "RANGE (created_at)"},
     )
 
 
@@ -123,10 +128,18 @@ class CanaryReportRow(Base):
 
     __table_args__ = (
         Index("idx_costsim_canary_run_id", "run_id", unique=True),
-        # (timestamp, id): the keyset sort key of QueryCanaryReports.
+        # The indexes follow the queries QueryCanaryReports issues (docs/indexes.md):
+        # (timestamp, id) is its sort key; status filters walk (status, timestamp, id);
+        # failure analysis (passed = false) walks a partial index of the failures only.
         Index("idx_costsim_canary_timestamp", "timestamp", "id"),
-        Index("idx_costsim_canary_status", "status"),
-        Index("idx_costsim_canary_passed", "passed"),
+        Index("idx_costsim_canary_status_ts", "status", "timestamp", "id"),
+        Index(
+            "idx_costsim_canary_failed_ts",
+            "timestamp",
+            "id",
+            postgresql_where=text("passed = false"),
+            sqlite_where=text("passed = 0"),
+        ),
     )
 
 
@@ -145,6 +158,74 @@ class IdempotencyKey(Base):
 
 
 # Core handles on the tables (declarative types __table__ as a plain FromClause).
+def compared_in_schema_checks(
+    obj: object, name: str | None, type_: str, reflected: bool, compare_to: object
+) -> bool:
+    """Alembic ``include_object``: leave out the monthly partitions of ``costsim_provenance``.
+
+    They are created at run time (drivers/partitions.py), not declared as models.
+    """
+    table = getattr(obj, "table", obj) if type_ == "index" else obj
+    table_name = getattr(table, "name", name) or ""
+    return not (reflected and table_name.startswith("costsim_provenance_"))
+
+
 provenance_table = cast(Table, Provenance.__table__)
 reports_table = cast(Table, CanaryReportRow.__table__)
 idempotency_table = cast(Table, IdempotencyKey.__table__)
+
+
+class GoldenDatasetRow(Base):
+    """One immutable version of a golden dataset (``costsim_golden_datasets``, revision 0003)."""
+
+    __tablename__ = "costsim_golden_datasets"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128))
+    version: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(String(1024))
+    # "import", or "promote:<run_id>".
+    source: Mapped[str] = mapped_column(String(300))
+    sample_count: Mapped[int] = mapped_column(Integer)
+    active: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        Index("uq_costsim_golden_name_version", "name", "version", unique=True),
+        Index("uq_costsim_golden_name_sha256", "name", "sha256", unique=True),
+        # At most one active version per name: a partial unique index (both backends have them).
+        Index(
+            "uq_costsim_golden_active_name",
+            "name",
+            unique=True,
+            postgresql_where=text("active"),
+            sqlite_where=text("active"),
+        ),
+    )
+
+
+class GoldenSampleRow(Base):
+    """One sample of a golden dataset version (``costsim_golden_samples``)."""
+
+    __tablename__ = "costsim_golden_samples"
+
+    dataset_id: Mapped[int] = mapped_column(
+        BigId,
+        ForeignKey(
+            "costsim_golden_datasets.id",
+            name="fk_costsim_golden_samples_dataset",
+            ondelete="CASCADE",
+        ),
+        primary_key=True,
+        autoincrement=False,
+    )
+    sample_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    plan_input: Mapped[dict[str, Any]] = mapped_column(Json)
+    expected_cost_cents: Mapped[float] = mapped_column(Float(precision=53))
+    expected_feasible: Mapped[bool] = mapped_column(Boolean)
+    expected_duration_ms: Mapped[float | None] = mapped_column(Float(precision=53))
+
+
+golden_datasets_table = cast(Table, GoldenDatasetRow.__table__)
+golden_samples_table = cast(Table, GoldenSampleRow.__table__)

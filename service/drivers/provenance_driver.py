@@ -14,10 +14,25 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Select, and_, func, insert, select, tuple_
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Select,
+    TableClause,
+    and_,
+    column,
+    delete,
+    func,
+    insert,
+    select,
+    table,
+    tuple_,
+)
 
+from costsim_analytics.drivers import partitions
 from costsim_analytics.drivers.errors import translated
 from costsim_analytics.drivers.models import provenance_table as t
+from costsim_analytics.drivers.streaming import stream_rows
 from costsim_analytics.engines.drift import DriftStats, DriftStatsQuery, interpolate
 from costsim_analytics.engines.drift import percentile_position as _position
 from costsim_analytics.engines.pagination import Cursor
@@ -67,6 +82,19 @@ def _where(flt: ProvenanceFilter) -> list[ColumnElement[bool]]:
 
 def _record(row: Sequence[Any]) -> ProvenanceRecord:
     return ProvenanceRecord(*row)
+
+
+def stream_statement(flt: ProvenanceFilter, after: Cursor | None, limit: int) -> Select[Any]:
+    """The query behind :meth:`stream` (also run by the plan tests and bench/scale.py)."""
+    clauses = _where(flt)
+    if after is not None:
+        clauses.append(tuple_(t.c.created_at, t.c.id) < tuple_(after.timestamp, after.id))
+    return (
+        select(*_SELECT_COLUMNS)
+        .where(and_(True, *clauses))
+        .order_by(t.c.created_at.desc(), t.c.id.desc())
+        .limit(limit)
+    )
 
 
 class SqlProvenanceDriver:
@@ -126,28 +154,13 @@ class SqlProvenanceDriver:
         The result is read through a server-side cursor and closed when the generator is
         closed, so an abandoned stream stops the database work.
         """
-        clauses = _where(flt)
-        if after is not None:
-            clauses.append(tuple_(t.c.created_at, t.c.id) < tuple_(after.timestamp, after.id))
-        stmt: Select[Any] = (
-            select(*_SELECT_COLUMNS)
-            .where(and_(True, *clauses))
-            .order_by(t.c.created_at.desc(), t.c.id.desc())
-            .limit(limit)
+        return stream_rows(
+            self._conn,
+            stream_statement(flt, after, limit),
+            limit=limit,
+            chunk_size=chunk_size,
+            convert=_record,
         )
-        with translated():
-            result = self._conn.execution_options(
-                stream_results=True, yield_per=chunk_size
-            ).execute(stmt)
-        try:
-            while True:
-                with translated():
-                    part = result.fetchmany(chunk_size)
-                if not part:
-                    return
-                yield [_record(row) for row in part]
-        finally:
-            result.close()
 
     def sample_candidates(self, since: datetime) -> list[int]:
         """Ids of successful records since ``since`` that carry a plan input, ascending."""
@@ -172,6 +185,36 @@ class SqlProvenanceDriver:
             with translated():
                 found.update({row_id: value for row_id, value in self._conn.execute(stmt)})
         return found
+
+    def remove_before(
+        self, cutoff: datetime, *, dry_run: bool = False
+    ) -> tuple[list[tuple[str, int]], int]:
+        """Remove provenance older than ``cutoff``: (dropped partitions with rows, rows deleted).
+
+        PostgreSQL drops whole monthly partitions that end at or before the cutoff and deletes
+        old rows from the default partition; other backends delete the rows. A dry run counts.
+        """
+        target: TableClause = t
+        dropped: list[tuple[str, int]] = []
+        if partitions.is_partitioned(self._conn):
+            doomed = [p for p in partitions.list_partitions(self._conn) if p.end <= cutoff]
+            if dry_run:
+                dropped = [(p.name, self._count(table(p.name))) for p in doomed]
+            else:
+                dropped = partitions.drop_partitions_before(self._conn, cutoff)
+            target = table(partitions.DEFAULT_PARTITION, column("created_at"))
+        old = target.c.created_at < cutoff
+        if dry_run:
+            return dropped, self._count(target, old)
+        with translated():
+            return dropped, int(self._conn.execute(delete(target).where(old)).rowcount)
+
+    def _count(self, target: TableClause, where: ColumnElement[bool] | None = None) -> int:
+        stmt = select(func.count()).select_from(target)
+        if where is not None:
+            stmt = stmt.where(where)
+        with translated():
+            return int(self._conn.execute(stmt).scalar_one())
 
     def drift_stats(self, query: DriftStatsQuery) -> DriftStats:
         """Aggregate ``cost_delta`` over the matching records (see engines/drift.py)."""

@@ -9,7 +9,8 @@ more than 5 % of samples are outliers (drift_score > 0.5), or when more than 10 
 drift (MAJOR_DRIFT + MISMATCH). Optionally (off by default) fail when the bootstrap confidence
 interval of the median relative delta lies wholly outside ±tolerance. Fail closed: no samples,
 mostly malformed samples, or fewer valid samples than ``min_samples`` give status ``error``,
-never ``pass``.
+never ``pass``. A golden comparison (``engines/golden.py: judge_report``, applied by the handler)
+adds its ``GOLDEN_COMPARISON_FAILED`` reasons and fails a report that would pass.
 """
 
 from __future__ import annotations
@@ -357,8 +358,10 @@ def _per_sample(ev: Evaluation) -> tuple[list[dict[str, Any]], list[dict[str, An
     position = np.cumsum(valid) - 1  # index into the drift arrays, for valid samples
     comparisons, diffs = [], []
     for i, sample in enumerate(ev.samples):
+        # The plan input rides along so that a run can be promoted to a golden dataset.
         row: dict[str, Any] = {
             "id": sample.id,
+            "plan_input": sample.plan_input,
             "baseline": _estimates(ev.baseline, i),
             "candidate": _estimates(ev.candidate, i),
         }
@@ -371,7 +374,7 @@ def _per_sample(ev: Evaluation) -> tuple[list[dict[str, Any]], list[dict[str, An
                 verdict=st.VERDICT_NAMES[int(ev.drift.verdict[j])],
             )
             if ev.drift.verdict[j] != st.MATCH:
-                diffs.append({**row, "plan_input": sample.plan_input})
+                diffs.append(row)
         comparisons.append(row)
     return comparisons, diffs
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from costsim_analytics.engines.canary import CanaryConfig, Sample
 from costsim_analytics.engines.canonical import content_hash
 from costsim_analytics.engines.errors import FieldViolation, InvalidArgument
+from costsim_analytics.engines.golden_datasets import name_violations
 from costsim_analytics.engines.reports import CanaryReport
 
 MAX_SAMPLES = 100_000
@@ -32,6 +33,7 @@ class RunCanary:
     samples: tuple[Sample, ...] = ()
     seed: int = 0
     request_id: str = ""
+    golden_dataset: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +70,8 @@ def validate(cmd: RunCanary) -> None:
             break
     if len(cmd.request_id) > 128:
         bad.append(FieldViolation("request_id", "must be at most 128 characters"))
+    if cmd.golden_dataset:
+        bad.extend(name_violations(cmd.golden_dataset, "golden_dataset"))
     if bad:
         first = bad[0]
         raise InvalidArgument(f"{first.field}: {first.description}", bad)
@@ -106,5 +110,7 @@ def fingerprint(cmd: RunCanary) -> str:
             "candidate_model": cmd.candidate_model,
             "samples": [[s.id, s.plan_input] for s in cmd.samples],
             "seed": cmd.seed,
+            # Only when set, so that the digests of requests without one did not change.
+            **({"golden_dataset": cmd.golden_dataset} if cmd.golden_dataset else {}),
         }
     )

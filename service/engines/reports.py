@@ -78,6 +78,86 @@ class ArtifactRef:
 
 
 @dataclass(frozen=True, slots=True)
+class FeasibilityConfusion:
+    """Expected against predicted feasibility, in samples (the model's valid samples)."""
+
+    expected_feasible_predicted_feasible: int
+    expected_feasible_predicted_infeasible: int
+    expected_infeasible_predicted_feasible: int
+    expected_infeasible_predicted_infeasible: int
+
+    @property
+    def flips(self) -> int:
+        """Samples whose predicted feasibility differs from the expected one."""
+        return (
+            self.expected_feasible_predicted_infeasible
+            + self.expected_infeasible_predicted_feasible
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class GoldenSummary:
+    """How close one cost model comes to a golden dataset (docs/golden.md).
+
+    The error statistics cover the samples the model could estimate (``None`` without any);
+    ``within_tolerance_share`` divides by every sample, so an invalid one counts against it.
+    """
+
+    model: str
+    samples: int
+    invalid_samples: int
+    within_tolerance: int
+    within_tolerance_share: float
+    mean_relative_error: float | None
+    p90_relative_error: float | None
+    mean_absolute_error: float | None
+    max_absolute_error: float | None
+    feasibility: FeasibilityConfusion
+
+
+@dataclass(frozen=True, slots=True)
+class GoldenSampleResult:
+    """One golden sample under the candidate (and the baseline); ``None``: not estimated."""
+
+    id: str
+    expected_cost_cents: float
+    expected_feasible: bool
+    candidate_cost_cents: float | None
+    candidate_feasible: bool
+    absolute_error: float | None
+    relative_error: float | None
+    within_tolerance: bool
+    baseline_cost_cents: float | None
+    baseline_feasible: bool
+    baseline_relative_error: float | None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GoldenComparison:
+    """The candidate judged against one exact golden dataset version, the baseline beside it."""
+
+    dataset_name: str
+    dataset_version: int
+    dataset_sha256: str
+    candidate_model: str
+    baseline_model: str
+    tolerance: float
+    min_share: float
+    max_feasibility_flips: int
+    passed: bool
+    reasons: tuple[FailureReason, ...]
+    candidate: GoldenSummary
+    baseline: GoldenSummary
+    mean_relative_error_delta: float | None
+    closer_samples: int
+    farther_samples: int
+    tied_samples: int
+    direction: str
+    worst_samples: tuple[GoldenSampleResult, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class CanaryReport:
     """One canary run's verdict and metrics (table ``costsim_canary_reports``)."""
 
@@ -95,7 +175,7 @@ class CanaryReport:
     passed: bool
     failure_reasons: tuple[str, ...] = ()
     artifact_paths: tuple[str, ...] = ()
-    golden_comparison: dict[str, Any] | None = None
+    golden_comparison: GoldenComparison | None = None
     reasons: tuple[FailureReason, ...] = ()
     statistics: ReportStatistics | None = None
     artifacts: tuple[ArtifactRef, ...] = ()
@@ -129,6 +209,39 @@ def _interval(data: dict[str, Any] | None) -> Interval | None:
     return None if data is None else Interval(**data)
 
 
+def _reason(data: dict[str, Any]) -> FailureReason:
+    return FailureReason(**{**data, "interval": _interval(data.get("interval"))})
+
+
+def golden_to_json(comparison: GoldenComparison | None) -> dict[str, Any] | None:
+    """A golden comparison as JSON-ready data (the ``golden_comparison_json`` column's form)."""
+    if comparison is None:
+        return None
+    data = asdict(comparison)
+    data["reasons"] = [asdict(r) for r in comparison.reasons]
+    data["worst_samples"] = [asdict(s) for s in comparison.worst_samples]
+    return data
+
+
+def _summary(data: dict[str, Any]) -> GoldenSummary:
+    return GoldenSummary(**{**data, "feasibility": FeasibilityConfusion(**data["feasibility"])})
+
+
+def golden_from_json(data: dict[str, Any] | None) -> GoldenComparison | None:
+    """Inverse of :func:`golden_to_json`."""
+    if not data:
+        return None
+    return GoldenComparison(
+        **{
+            **data,
+            "reasons": tuple(_reason(r) for r in data["reasons"]),
+            "candidate": _summary(data["candidate"]),
+            "baseline": _summary(data["baseline"]),
+            "worst_samples": tuple(GoldenSampleResult(**s) for s in data["worst_samples"]),
+        }
+    )
+
+
 def details_from_json(data: dict[str, Any] | None) -> dict[str, Any]:
     """Keyword arguments for :class:`CanaryReport` from :func:`details_to_json` output."""
     if not data:
@@ -146,10 +259,7 @@ def details_from_json(data: dict[str, Any] | None) -> dict[str, Any]:
             }
         )
     return {
-        "reasons": tuple(
-            FailureReason(**{**r, "interval": _interval(r.get("interval"))})
-            for r in data.get("reasons", [])
-        ),
+        "reasons": tuple(_reason(r) for r in data.get("reasons", [])),
         "statistics": statistics,
         "artifacts": tuple(ArtifactRef(**a) for a in data.get("artifacts", [])),
         "invalid_samples": int(data.get("invalid_samples", 0)),
@@ -172,7 +282,6 @@ _SCALARS = (
     "passed",
     "baseline_model",
     "candidate_model",
-    "golden_comparison",
 )
 
 
@@ -182,6 +291,7 @@ def report_to_json(report: CanaryReport) -> dict[str, Any]:
     data["timestamp"] = report.timestamp.isoformat()
     data["failure_reasons"] = list(report.failure_reasons)
     data["artifact_paths"] = list(report.artifact_paths)
+    data["golden_comparison"] = golden_to_json(report.golden_comparison)
     data.update(details_to_json(report))
     return data
 
@@ -192,6 +302,7 @@ def report_from_json(data: dict[str, Any]) -> CanaryReport:
         timestamp=datetime.fromisoformat(data["timestamp"]),
         failure_reasons=tuple(data.get("failure_reasons", [])),
         artifact_paths=tuple(data.get("artifact_paths", [])),
+        golden_comparison=golden_from_json(data.get("golden_comparison")),
         **{name: data[name] for name in _SCALARS if name in data},
         **details_from_json(data),
     )

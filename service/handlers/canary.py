@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from costsim_analytics.drivers.artifacts import REPORT_FILE, LocalArtifactStore
 from costsim_analytics.drivers.locks import RunLock
 from costsim_analytics.engines import canary as engine
+from costsim_analytics.engines import golden
 from costsim_analytics.engines.canary import CanaryConfig, Progress, Sample
 from costsim_analytics.engines.canary_command import (
     DEFAULT_LOOKBACK_DAYS,
@@ -36,8 +37,11 @@ from costsim_analytics.engines.errors import (
     RequestIdReused,
     Unavailable,
 )
+from costsim_analytics.engines.golden import GoldenConfig
+from costsim_analytics.engines.golden_datasets import GoldenDataset
 from costsim_analytics.engines.reports import CanaryReport, report_from_json
 from costsim_analytics.engines.synthetic import synthetic_samples
+from costsim_analytics.handlers.golden import load_dataset
 from costsim_analytics.handlers.ports import UnitOfWorkFactory
 from costsim_analytics.handlers.provenance import Clock, utc_now
 from costsim_analytics.handlers.registry import OP_CANARY_RUN
@@ -123,7 +127,7 @@ class ReportPublisher:
 
 @dataclass
 class CanaryRunHandler:
-    """RunCanary: resolve, lock, sample, evaluate, publish."""
+    """RunCanary: resolve, lock, sample, evaluate, judge against the golden version, publish."""
 
     uow_factory: UnitOfWorkFactory
     artifacts: LocalArtifactStore
@@ -134,6 +138,9 @@ class CanaryRunHandler:
     clock: Clock = utc_now
     models: Callable[..., CostModel] = load_cost_model
     progress: Progress | None = None
+    # The golden dataset of requests that name none ("": no golden comparison), and its verdict.
+    golden_dataset: str = ""
+    golden_config: GoldenConfig = field(default_factory=GoldenConfig)
 
     def __call__(self, cmd: RunCanary) -> RunCanaryResult:
         """Run the canary (or replay / skip) and return its report."""
@@ -155,7 +162,7 @@ class CanaryRunHandler:
             # Another replica may have finished this very request while we waited.
             if cmd.request_id and (earlier := self._replay(cmd.request_id, digest)) is not None:
                 return RunCanaryResult(earlier, replayed=True)
-            samples, source = self._samples(cmd, now)
+            samples, source, reference = self._samples(cmd, now)
             evaluation = engine.evaluate(
                 samples,
                 baseline,
@@ -167,6 +174,12 @@ class CanaryRunHandler:
                 sample_source=source,
                 progress=self.progress,
             )
+            if reference is not None:
+                if self.progress:
+                    self.progress("golden comparison")
+                comparison = golden.compare(reference, candidate, baseline, self.golden_config)
+                report = golden.judge_report(evaluation.report, comparison)
+                evaluation = replace(evaluation, report=report)
             if self.progress:
                 self.progress("artifacts and report")
             publisher = ReportPublisher(self.uow_factory, self.artifacts)
@@ -185,11 +198,22 @@ class CanaryRunHandler:
                 )
             return uow.reports.get_by_run_id(earlier.response["run_id"])
 
-    def _samples(self, cmd: RunCanary, now: datetime) -> tuple[list[Sample], str]:
-        if cmd.samples:
-            return list(cmd.samples), "explicit"
+    def _samples(
+        self, cmd: RunCanary, now: datetime
+    ) -> tuple[list[Sample], str, GoldenDataset | None]:
+        """The samples, where they came from, and the golden version to judge against.
+
+        One read-only unit of work: the golden name resolves to its active version in the same
+        snapshot the provenance samples are read from.
+        """
+        golden_name = cmd.golden_dataset or self.golden_dataset
+        if cmd.samples and not golden_name:
+            return list(cmd.samples), "explicit", None
         since = now - timedelta(days=cmd.lookback_days or DEFAULT_LOOKBACK_DAYS)
         with self.uow_factory(read_only=True) as uow:
+            reference = load_dataset(uow, golden_name) if golden_name else None
+            if cmd.samples:
+                return list(cmd.samples), "explicit", reference
             ids = engine.choose(
                 uow.provenance.sample_candidates(since),
                 cmd.sample_count or DEFAULT_SAMPLE_COUNT,
@@ -197,10 +221,11 @@ class CanaryRunHandler:
             )
             inputs = uow.provenance.plan_inputs(ids)
         if ids:
-            return [Sample(f"provenance-{i}", inputs[i]) for i in ids], "provenance"
+            return [Sample(f"provenance-{i}", inputs[i]) for i in ids], "provenance", reference
         if self.synthetic_fallback:
-            return [Sample(i, plan) for i, plan in synthetic_samples()], "synthetic"
-        return [], "none"
+            synthetic = [Sample(i, plan) for i, plan in synthetic_samples()]
+            return synthetic, "synthetic", reference
+        return [], "none", reference
 
 
 @dataclass(frozen=True, slots=True)

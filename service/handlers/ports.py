@@ -9,6 +9,7 @@ from typing import Any, Protocol, Self
 
 from costsim_analytics.drivers.idempotency_driver import StoredRequest
 from costsim_analytics.engines.drift import DriftStats, DriftStatsQuery
+from costsim_analytics.engines.golden_datasets import GoldenDataset, GoldenSample, NewGoldenDataset
 from costsim_analytics.engines.pagination import Cursor
 from costsim_analytics.engines.provenance import NewProvenance, ProvenanceFilter, ProvenanceRecord
 from costsim_analytics.engines.reports import CanaryReport, ReportFilter
@@ -34,6 +35,11 @@ class ProvenanceStore(Protocol):
     def plan_inputs(self, ids: Sequence[int], chunk_size: int = ...) -> dict[int, Any]:
         """Plan inputs by record id."""
 
+    def remove_before(
+        self, cutoff: datetime, *, dry_run: bool = ...
+    ) -> tuple[list[tuple[str, int]], int]:
+        """Drop/delete provenance older than the cutoff."""
+
 
 class CanaryReportStore(Protocol):
     """Canary report rows."""
@@ -43,6 +49,12 @@ class CanaryReportStore(Protocol):
 
     def get_by_run_id(self, run_id: str) -> CanaryReport | None:
         """One report or None."""
+
+    def run_ids_before(self, cutoff: datetime, limit: int = ...) -> list[str]:
+        """Run ids of reports older than the cutoff."""
+
+    def delete_runs(self, run_ids: Sequence[str]) -> int:
+        """Delete these reports."""
 
     def stream(
         self, flt: ReportFilter, after: Cursor | None, limit: int, chunk_size: int = ...
@@ -61,8 +73,30 @@ class IdempotencyStore(Protocol):
     def get(self, operation: str, request_id: str) -> StoredRequest | None:
         """The stored request for a key, or None."""
 
+    def delete_before(self, cutoff: datetime, *, dry_run: bool = ...) -> int:
+        """Forget keys stored before the cutoff."""
+
     def complete(self, operation: str, request_id: str, response: dict[str, Any]) -> None:
         """Store the answer of a claimed key."""
+
+
+class GoldenStore(Protocol):
+    """Golden dataset versions and their samples."""
+
+    def create(self, new: NewGoldenDataset, now: datetime) -> GoldenDataset:
+        """Store the next version of a name; AlreadyExists for the same content."""
+
+    def get(self, name: str, version: int | None = None) -> GoldenDataset | None:
+        """One version (None: the active one), without samples."""
+
+    def samples(self, dataset_id: int) -> tuple[GoldenSample, ...]:
+        """The samples of one version, sorted by id."""
+
+    def list_versions(self, name: str = "") -> list[GoldenDataset]:
+        """Every version, by name then version."""
+
+    def activate(self, name: str, version: int) -> GoldenDataset | None:
+        """Make one version the active one of its name."""
 
 
 class UnitOfWork(Protocol):
@@ -79,6 +113,10 @@ class UnitOfWork(Protocol):
     @property
     def idempotency(self) -> IdempotencyStore:
         """Idempotency keys in this transaction."""
+
+    @property
+    def golden(self) -> GoldenStore:
+        """Golden datasets in this transaction."""
 
     def __enter__(self) -> Self:
         """Begin."""

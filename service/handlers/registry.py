@@ -22,6 +22,13 @@ OP_CANARY_REPORTS = "analytics.canary_reports"
 OP_CANARY_REPORT = "analytics.canary_report"
 OP_CANARY_RUN = "analytics.canary_run"
 OP_CANARY_RECONCILE = "analytics.canary_reconcile"
+OP_GOLDEN_CREATE = "analytics.golden_create"
+OP_GOLDEN_PROMOTE = "analytics.golden_promote"
+OP_GOLDEN_GET = "analytics.golden_get"
+OP_GOLDEN_LIST = "analytics.golden_list"
+OP_GOLDEN_ACTIVATE = "analytics.golden_activate"
+OP_GOLDEN_COMPARE = "analytics.golden_compare"
+OP_RETENTION = "analytics.retention"
 
 
 class OperationRegistry:

@@ -19,6 +19,7 @@ from sqlalchemy import Connection, Engine, RootTransaction
 from costsim_analytics.drivers.canary_report_driver import SqlCanaryReportDriver
 from costsim_analytics.drivers.database import READ_ONLY
 from costsim_analytics.drivers.errors import translated
+from costsim_analytics.drivers.golden_driver import SqlGoldenDriver
 from costsim_analytics.drivers.idempotency_driver import SqlIdempotencyDriver
 from costsim_analytics.drivers.provenance_driver import SqlProvenanceDriver
 
@@ -35,6 +36,7 @@ class SqlAlchemyUnitOfWork:
     provenance: SqlProvenanceDriver
     reports: SqlCanaryReportDriver
     idempotency: SqlIdempotencyDriver
+    golden: SqlGoldenDriver
 
     def __init__(self, engine: Engine, *, read_only: bool = False) -> None:
         self._engine = engine
@@ -57,6 +59,7 @@ class SqlAlchemyUnitOfWork:
         self.provenance = SqlProvenanceDriver(conn)
         self.reports = SqlCanaryReportDriver(conn)
         self.idempotency = SqlIdempotencyDriver(conn)
+        self.golden = SqlGoldenDriver(conn)
         return self
 
     def commit(self) -> None:

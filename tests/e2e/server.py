@@ -25,9 +25,16 @@ class ServerProcess:
     def __init__(self, database_url: str, log_path: Path, **env: str) -> None:
         self.database_url = database_url
         self.log_path = log_path
-        self.env = {**os.environ, "COSTSIM_HEALTH_INTERVAL_S": "0.2", **env}
+        # The HTTP side port on a free port too (its default, 8080, may be taken).
+        self.env = {
+            **os.environ,
+            "COSTSIM_HEALTH_INTERVAL_S": "0.2",
+            "COSTSIM_HTTP_LISTEN": "127.0.0.1:0",
+            **env,
+        }
         self.proc: subprocess.Popen[str] | None = None
         self.address = ""
+        self.http_url = ""  # http://host:port of the dashboard, when it is on
         self._lines: list[str] = []
 
     def start(self, timeout_s: float = 30.0) -> ServerProcess:
@@ -45,6 +52,8 @@ class ServerProcess:
             assert self.proc is not None and self.proc.stdout is not None
             for line in self.proc.stdout:
                 self._lines.append(line)
+                if "dashboard on http://" in line:
+                    self.http_url = line.rsplit(" ", 1)[-1].strip()
                 if "listening on" in line:
                     self.address = line.rsplit(" ", 1)[-1].strip()
                     ready.set()

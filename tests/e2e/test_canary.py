@@ -90,10 +90,29 @@ def test_explicit_samples_and_idempotent_retry(stub):
 
 
 def test_two_replicas_run_the_canary_once(postgres_migrated_url, tmp_path):
+    from datetime import UTC, datetime
+
     from costsim_analytics.drivers.database import make_engine
+    from costsim_analytics.engines.provenance import ProvenanceInput, prepare_batch
+    from costsim_analytics.handlers.uow import SqlAlchemyUnitOfWorkFactory
 
     engine = make_engine(postgres_migrated_url)
     truncate_all(engine)
+    # Samples come from provenance, so the requests are tiny and arrive together; 20,000 of
+    # them make the one run that gets the lock take long enough for the others to find it held.
+    plans = synthetic_samples()
+    records = [
+        ProvenanceInput(
+            run_id=f"r{i}",
+            variant_slug="v2",
+            source="sandbox",
+            payload={"input": plans[i % len(plans)][1], "output": {}, "status": "success"},
+        )
+        for i in range(20_000)
+    ]
+    with SqlAlchemyUnitOfWorkFactory(engine)() as uow:
+        uow.provenance.insert_batch(prepare_batch(records, max_batch=20_000, now=datetime.now(UTC)))
+        uow.commit()
     engine.dispose()
     env = {
         "COSTSIM_ARTIFACTS_DIR": str(tmp_path / "artifacts"),
@@ -106,12 +125,7 @@ def test_two_replicas_run_the_canary_once(postgres_migrated_url, tmp_path):
     try:
         for replica in replicas:
             replica.wait_health(SERVING)
-        # Enough samples that the run takes a while: the other calls arrive while it runs.
-        request = pb.RunCanaryRequest()
-        plans = synthetic_samples()
-        for i in range(20_000):
-            sample = request.samples.add(id=f"s{i}")
-            sample.plan_input.update(plans[i % len(plans)][1])
+        request = pb.RunCanaryRequest(sample_count=20_000)
         barrier = threading.Barrier(6)
         results: list[pb.RunCanaryResponse] = []
 
@@ -129,6 +143,7 @@ def test_two_replicas_run_the_canary_once(postgres_migrated_url, tmp_path):
         statuses = sorted(r.report.status for r in results)
         ran = [r.report for r in results if r.report.status != pb.CANARY_STATUS_SKIPPED]
         assert len(results) == 6 and len(ran) == 1, statuses
+        assert ran[0].total_samples + ran[0].invalid_samples == 20_000
         skipped = [r.report for r in results if r.report.status == pb.CANARY_STATUS_SKIPPED]
         assert all(s.passed and "in progress" in s.failure_reasons[0] for s in skipped)
         with replicas[0].channel() as ch:

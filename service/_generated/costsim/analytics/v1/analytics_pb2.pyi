@@ -178,6 +178,7 @@ class CanaryReport(_message.Message):
     INVALID_SAMPLES_FIELD_NUMBER: _builtins.int
     SAMPLE_SOURCE_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
+    GOLDEN_COMPARISON_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     run_id: _builtins.str
     status: Global___CanaryStatus.ValueType
@@ -218,6 +219,10 @@ class CanaryReport(_message.Message):
     def artifacts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Artifact]:
         """The artifacts with their checksums (artifact_paths lists the same paths)."""
 
+    @_builtins.property
+    def golden_comparison(self) -> Global___GoldenComparison:
+        """The candidate judged against a golden dataset; unset when the run used none."""
+
     def __init__(
         self,
         *,
@@ -245,10 +250,11 @@ class CanaryReport(_message.Message):
         invalid_samples: _builtins.int = ...,
         sample_source: _builtins.str = ...,
         seed: _builtins.int = ...,
+        golden_comparison: Global___GoldenComparison | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_kl_divergence", b"_kl_divergence", "_median_cost_diff", b"_median_cost_diff", "_p90_cost_diff", b"_p90_cost_diff", "created_at", b"created_at", "kl_divergence", b"kl_divergence", "median_cost_diff", b"median_cost_diff", "p90_cost_diff", b"p90_cost_diff", "statistics", b"statistics", "timestamp", b"timestamp"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_kl_divergence", b"_kl_divergence", "_median_cost_diff", b"_median_cost_diff", "_p90_cost_diff", b"_p90_cost_diff", "created_at", b"created_at", "golden_comparison", b"golden_comparison", "kl_divergence", b"kl_divergence", "median_cost_diff", b"median_cost_diff", "p90_cost_diff", b"p90_cost_diff", "statistics", b"statistics", "timestamp", b"timestamp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_kl_divergence", b"_kl_divergence", "_median_cost_diff", b"_median_cost_diff", "_p90_cost_diff", b"_p90_cost_diff", "artifact_paths", b"artifact_paths", "artifacts", b"artifacts", "baseline_model", b"baseline_model", "candidate_model", b"candidate_model", "created_at", b"created_at", "failure_reasons", b"failure_reasons", "id", b"id", "invalid_samples", b"invalid_samples", "kl_divergence", b"kl_divergence", "major_drift_samples", b"major_drift_samples", "matching_samples", b"matching_samples", "median_cost_diff", b"median_cost_diff", "minor_drift_samples", b"minor_drift_samples", "outlier_count", b"outlier_count", "p90_cost_diff", b"p90_cost_diff", "passed", b"passed", "reasons", b"reasons", "run_id", b"run_id", "sample_source", b"sample_source", "seed", b"seed", "statistics", b"statistics", "status", b"status", "timestamp", b"timestamp", "total_samples", b"total_samples"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_kl_divergence", b"_kl_divergence", "_median_cost_diff", b"_median_cost_diff", "_p90_cost_diff", b"_p90_cost_diff", "artifact_paths", b"artifact_paths", "artifacts", b"artifacts", "baseline_model", b"baseline_model", "candidate_model", b"candidate_model", "created_at", b"created_at", "failure_reasons", b"failure_reasons", "golden_comparison", b"golden_comparison", "id", b"id", "invalid_samples", b"invalid_samples", "kl_divergence", b"kl_divergence", "major_drift_samples", b"major_drift_samples", "matching_samples", b"matching_samples", "median_cost_diff", b"median_cost_diff", "minor_drift_samples", b"minor_drift_samples", "outlier_count", b"outlier_count", "p90_cost_diff", b"p90_cost_diff", "passed", b"passed", "reasons", b"reasons", "run_id", b"run_id", "sample_source", b"sample_source", "seed", b"seed", "statistics", b"statistics", "status", b"status", "timestamp", b"timestamp", "total_samples", b"total_samples"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__kl_divergence: _TypeAlias = _typing.Literal["kl_divergence"]  # noqa: Y015
     _WhichOneofArgType__kl_divergence: _TypeAlias = _typing.Literal["_kl_divergence", b"_kl_divergence"]  # noqa: Y015
@@ -814,6 +820,7 @@ class RunCanaryRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     MIN_SAMPLES_FIELD_NUMBER: _builtins.int
     MEDIAN_DELTA_TOLERANCE_FIELD_NUMBER: _builtins.int
+    GOLDEN_DATASET_FIELD_NUMBER: _builtins.int
     sample_count: _builtins.int
     """Samples to load from recent provenance: default 100, at most 100,000."""
     lookback_days: _builtins.int
@@ -839,6 +846,10 @@ class RunCanaryRequest(_message.Message):
     """Enables the significance rule: fail when the confidence interval of the median relative
     delta lies wholly outside [-tolerance, +tolerance]. Off when unset.
     """
+    golden_dataset: _builtins.str
+    """Name of the golden dataset whose active version the candidate is judged against. Empty:
+    the server's COSTSIM_CANARY_GOLDEN_DATASET if set, else no golden comparison.
+    """
     @_builtins.property
     def samples(self) -> _containers.RepeatedCompositeFieldContainer[Global___CanarySample]:
         """Explicit samples instead of loading them."""
@@ -859,10 +870,11 @@ class RunCanaryRequest(_message.Message):
         request_id: _builtins.str = ...,
         min_samples: _builtins.int | None = ...,
         median_delta_tolerance: _builtins.float | None = ...,
+        golden_dataset: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_drift_threshold", b"_drift_threshold", "_major_drift_max_pct", b"_major_drift_max_pct", "_median_delta_tolerance", b"_median_delta_tolerance", "_min_samples", b"_min_samples", "_outlier_max_pct", b"_outlier_max_pct", "_outlier_threshold", b"_outlier_threshold", "drift_threshold", b"drift_threshold", "major_drift_max_pct", b"major_drift_max_pct", "median_delta_tolerance", b"median_delta_tolerance", "min_samples", b"min_samples", "outlier_max_pct", b"outlier_max_pct", "outlier_threshold", b"outlier_threshold"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_drift_threshold", b"_drift_threshold", "_major_drift_max_pct", b"_major_drift_max_pct", "_median_delta_tolerance", b"_median_delta_tolerance", "_min_samples", b"_min_samples", "_outlier_max_pct", b"_outlier_max_pct", "_outlier_threshold", b"_outlier_threshold", "baseline_model", b"baseline_model", "candidate_model", b"candidate_model", "drift_threshold", b"drift_threshold", "lookback_days", b"lookback_days", "major_drift_max_pct", b"major_drift_max_pct", "median_delta_tolerance", b"median_delta_tolerance", "min_samples", b"min_samples", "outlier_max_pct", b"outlier_max_pct", "outlier_threshold", b"outlier_threshold", "request_id", b"request_id", "sample_count", b"sample_count", "samples", b"samples", "seed", b"seed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_drift_threshold", b"_drift_threshold", "_major_drift_max_pct", b"_major_drift_max_pct", "_median_delta_tolerance", b"_median_delta_tolerance", "_min_samples", b"_min_samples", "_outlier_max_pct", b"_outlier_max_pct", "_outlier_threshold", b"_outlier_threshold", "baseline_model", b"baseline_model", "candidate_model", b"candidate_model", "drift_threshold", b"drift_threshold", "golden_dataset", b"golden_dataset", "lookback_days", b"lookback_days", "major_drift_max_pct", b"major_drift_max_pct", "median_delta_tolerance", b"median_delta_tolerance", "min_samples", b"min_samples", "outlier_max_pct", b"outlier_max_pct", "outlier_threshold", b"outlier_threshold", "request_id", b"request_id", "sample_count", b"sample_count", "samples", b"samples", "seed", b"seed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__drift_threshold: _TypeAlias = _typing.Literal["drift_threshold"]  # noqa: Y015
     _WhichOneofArgType__drift_threshold: _TypeAlias = _typing.Literal["_drift_threshold", b"_drift_threshold"]  # noqa: Y015
@@ -914,3 +926,693 @@ class RunCanaryResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RunCanaryResponse: _TypeAlias = RunCanaryResponse  # noqa: Y015
+
+@_typing.final
+class GoldenSample(_message.Message):
+    """One reference sample of a golden dataset: a plan input and what it should cost."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    PLAN_INPUT_FIELD_NUMBER: _builtins.int
+    EXPECTED_COST_CENTS_FIELD_NUMBER: _builtins.int
+    EXPECTED_FEASIBLE_FIELD_NUMBER: _builtins.int
+    EXPECTED_DURATION_MS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Unique within its dataset, 1 to 256 characters."""
+    expected_cost_cents: _builtins.float
+    """Expected cost in cents (finite, >= 0)."""
+    expected_feasible: _builtins.bool
+    expected_duration_ms: _builtins.float
+    """Expected duration in milliseconds, when known (finite, >= 0)."""
+    @_builtins.property
+    def plan_input(self) -> _struct_pb2.Struct:
+        """{"plan": [{"skill": ..., "params": {...}, "iterations": n}], "budget_cents": n}"""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        plan_input: _struct_pb2.Struct | None = ...,
+        expected_cost_cents: _builtins.float = ...,
+        expected_feasible: _builtins.bool = ...,
+        expected_duration_ms: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_duration_ms", b"_expected_duration_ms", "expected_duration_ms", b"expected_duration_ms", "plan_input", b"plan_input"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_duration_ms", b"_expected_duration_ms", "expected_cost_cents", b"expected_cost_cents", "expected_duration_ms", b"expected_duration_ms", "expected_feasible", b"expected_feasible", "id", b"id", "plan_input", b"plan_input"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__expected_duration_ms: _TypeAlias = _typing.Literal["expected_duration_ms"]  # noqa: Y015
+    _WhichOneofArgType__expected_duration_ms: _TypeAlias = _typing.Literal["_expected_duration_ms", b"_expected_duration_ms"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expected_duration_ms) -> _WhichOneofReturnType__expected_duration_ms | None: ...
+
+Global___GoldenSample: _TypeAlias = GoldenSample  # noqa: Y015
+
+@_typing.final
+class GoldenDataset(_message.Message):
+    """One immutable version of a golden dataset."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    SAMPLE_COUNT_FIELD_NUMBER: _builtins.int
+    ACTIVE_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    SAMPLES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    version: _builtins.int
+    """1, 2, 3, ... per name."""
+    sha256: _builtins.str
+    """SHA-256 hex of the canonical JSONL export of the samples, sorted by id."""
+    description: _builtins.str
+    source: _builtins.str
+    """"import", or "promote:<run_id>" for a promoted canary run."""
+    sample_count: _builtins.int
+    active: _builtins.bool
+    """True for the one version of its name that canary runs use."""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def samples(self) -> _containers.RepeatedCompositeFieldContainer[Global___GoldenSample]:
+        """Only in GetGoldenDataset answers; sorted by id."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.int = ...,
+        sha256: _builtins.str = ...,
+        description: _builtins.str = ...,
+        source: _builtins.str = ...,
+        sample_count: _builtins.int = ...,
+        active: _builtins.bool = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        samples: _abc.Iterable[Global___GoldenSample] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "created_at", b"created_at", "description", b"description", "name", b"name", "sample_count", b"sample_count", "samples", b"samples", "sha256", b"sha256", "source", b"source", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GoldenDataset: _TypeAlias = GoldenDataset  # noqa: Y015
+
+@_typing.final
+class FeasibilityConfusion(_message.Message):
+    """Feasibility of the golden samples: expected (rows) against predicted (columns)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPECTED_FEASIBLE_PREDICTED_FEASIBLE_FIELD_NUMBER: _builtins.int
+    EXPECTED_FEASIBLE_PREDICTED_INFEASIBLE_FIELD_NUMBER: _builtins.int
+    EXPECTED_INFEASIBLE_PREDICTED_FEASIBLE_FIELD_NUMBER: _builtins.int
+    EXPECTED_INFEASIBLE_PREDICTED_INFEASIBLE_FIELD_NUMBER: _builtins.int
+    FLIPS_FIELD_NUMBER: _builtins.int
+    expected_feasible_predicted_feasible: _builtins.int
+    expected_feasible_predicted_infeasible: _builtins.int
+    expected_infeasible_predicted_feasible: _builtins.int
+    expected_infeasible_predicted_infeasible: _builtins.int
+    flips: _builtins.int
+    """The two off-diagonal cells together."""
+    def __init__(
+        self,
+        *,
+        expected_feasible_predicted_feasible: _builtins.int = ...,
+        expected_feasible_predicted_infeasible: _builtins.int = ...,
+        expected_infeasible_predicted_feasible: _builtins.int = ...,
+        expected_infeasible_predicted_infeasible: _builtins.int = ...,
+        flips: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_feasible_predicted_feasible", b"expected_feasible_predicted_feasible", "expected_feasible_predicted_infeasible", b"expected_feasible_predicted_infeasible", "expected_infeasible_predicted_feasible", b"expected_infeasible_predicted_feasible", "expected_infeasible_predicted_infeasible", b"expected_infeasible_predicted_infeasible", "flips", b"flips"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeasibilityConfusion: _TypeAlias = FeasibilityConfusion  # noqa: Y015
+
+@_typing.final
+class GoldenSummary(_message.Message):
+    """How close one cost model comes to a golden dataset's expectations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    SAMPLES_FIELD_NUMBER: _builtins.int
+    INVALID_SAMPLES_FIELD_NUMBER: _builtins.int
+    WITHIN_TOLERANCE_FIELD_NUMBER: _builtins.int
+    WITHIN_TOLERANCE_SHARE_FIELD_NUMBER: _builtins.int
+    MEAN_RELATIVE_ERROR_FIELD_NUMBER: _builtins.int
+    P90_RELATIVE_ERROR_FIELD_NUMBER: _builtins.int
+    MEAN_ABSOLUTE_ERROR_FIELD_NUMBER: _builtins.int
+    MAX_ABSOLUTE_ERROR_FIELD_NUMBER: _builtins.int
+    FEASIBILITY_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    samples: _builtins.int
+    invalid_samples: _builtins.int
+    """Samples the model could not estimate: never within tolerance, left out of the errors."""
+    within_tolerance: _builtins.int
+    """Samples whose relative cost error is at most the tolerance."""
+    within_tolerance_share: _builtins.float
+    """within_tolerance / samples."""
+    mean_relative_error: _builtins.float
+    """Relative error: |predicted - expected| / max(expected, 1). Unset without valid samples."""
+    p90_relative_error: _builtins.float
+    """Type-7 (linear) percentile."""
+    mean_absolute_error: _builtins.float
+    """In cents."""
+    max_absolute_error: _builtins.float
+    @_builtins.property
+    def feasibility(self) -> Global___FeasibilityConfusion: ...
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        samples: _builtins.int = ...,
+        invalid_samples: _builtins.int = ...,
+        within_tolerance: _builtins.int = ...,
+        within_tolerance_share: _builtins.float = ...,
+        mean_relative_error: _builtins.float | None = ...,
+        p90_relative_error: _builtins.float | None = ...,
+        mean_absolute_error: _builtins.float | None = ...,
+        max_absolute_error: _builtins.float | None = ...,
+        feasibility: Global___FeasibilityConfusion | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_absolute_error", b"_max_absolute_error", "_mean_absolute_error", b"_mean_absolute_error", "_mean_relative_error", b"_mean_relative_error", "_p90_relative_error", b"_p90_relative_error", "feasibility", b"feasibility", "max_absolute_error", b"max_absolute_error", "mean_absolute_error", b"mean_absolute_error", "mean_relative_error", b"mean_relative_error", "p90_relative_error", b"p90_relative_error"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_absolute_error", b"_max_absolute_error", "_mean_absolute_error", b"_mean_absolute_error", "_mean_relative_error", b"_mean_relative_error", "_p90_relative_error", b"_p90_relative_error", "feasibility", b"feasibility", "invalid_samples", b"invalid_samples", "max_absolute_error", b"max_absolute_error", "mean_absolute_error", b"mean_absolute_error", "mean_relative_error", b"mean_relative_error", "model", b"model", "p90_relative_error", b"p90_relative_error", "samples", b"samples", "within_tolerance", b"within_tolerance", "within_tolerance_share", b"within_tolerance_share"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_absolute_error: _TypeAlias = _typing.Literal["max_absolute_error"]  # noqa: Y015
+    _WhichOneofArgType__max_absolute_error: _TypeAlias = _typing.Literal["_max_absolute_error", b"_max_absolute_error"]  # noqa: Y015
+    _WhichOneofReturnType__mean_absolute_error: _TypeAlias = _typing.Literal["mean_absolute_error"]  # noqa: Y015
+    _WhichOneofArgType__mean_absolute_error: _TypeAlias = _typing.Literal["_mean_absolute_error", b"_mean_absolute_error"]  # noqa: Y015
+    _WhichOneofReturnType__mean_relative_error: _TypeAlias = _typing.Literal["mean_relative_error"]  # noqa: Y015
+    _WhichOneofArgType__mean_relative_error: _TypeAlias = _typing.Literal["_mean_relative_error", b"_mean_relative_error"]  # noqa: Y015
+    _WhichOneofReturnType__p90_relative_error: _TypeAlias = _typing.Literal["p90_relative_error"]  # noqa: Y015
+    _WhichOneofArgType__p90_relative_error: _TypeAlias = _typing.Literal["_p90_relative_error", b"_p90_relative_error"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_absolute_error) -> _WhichOneofReturnType__max_absolute_error | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__mean_absolute_error) -> _WhichOneofReturnType__mean_absolute_error | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__mean_relative_error) -> _WhichOneofReturnType__mean_relative_error | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__p90_relative_error) -> _WhichOneofReturnType__p90_relative_error | None: ...
+
+Global___GoldenSummary: _TypeAlias = GoldenSummary  # noqa: Y015
+
+@_typing.final
+class GoldenSampleResult(_message.Message):
+    """One golden sample as the candidate (and the baseline) saw it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    EXPECTED_COST_CENTS_FIELD_NUMBER: _builtins.int
+    EXPECTED_FEASIBLE_FIELD_NUMBER: _builtins.int
+    CANDIDATE_COST_CENTS_FIELD_NUMBER: _builtins.int
+    CANDIDATE_FEASIBLE_FIELD_NUMBER: _builtins.int
+    ABSOLUTE_ERROR_FIELD_NUMBER: _builtins.int
+    RELATIVE_ERROR_FIELD_NUMBER: _builtins.int
+    WITHIN_TOLERANCE_FIELD_NUMBER: _builtins.int
+    BASELINE_COST_CENTS_FIELD_NUMBER: _builtins.int
+    BASELINE_FEASIBLE_FIELD_NUMBER: _builtins.int
+    BASELINE_RELATIVE_ERROR_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    expected_cost_cents: _builtins.float
+    expected_feasible: _builtins.bool
+    candidate_cost_cents: _builtins.float
+    """Unset when the candidate could not estimate the sample (error says why)."""
+    candidate_feasible: _builtins.bool
+    absolute_error: _builtins.float
+    relative_error: _builtins.float
+    within_tolerance: _builtins.bool
+    baseline_cost_cents: _builtins.float
+    baseline_feasible: _builtins.bool
+    baseline_relative_error: _builtins.float
+    error: _builtins.str
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        expected_cost_cents: _builtins.float = ...,
+        expected_feasible: _builtins.bool = ...,
+        candidate_cost_cents: _builtins.float | None = ...,
+        candidate_feasible: _builtins.bool = ...,
+        absolute_error: _builtins.float | None = ...,
+        relative_error: _builtins.float | None = ...,
+        within_tolerance: _builtins.bool = ...,
+        baseline_cost_cents: _builtins.float | None = ...,
+        baseline_feasible: _builtins.bool = ...,
+        baseline_relative_error: _builtins.float | None = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_absolute_error", b"_absolute_error", "_baseline_cost_cents", b"_baseline_cost_cents", "_baseline_relative_error", b"_baseline_relative_error", "_candidate_cost_cents", b"_candidate_cost_cents", "_relative_error", b"_relative_error", "absolute_error", b"absolute_error", "baseline_cost_cents", b"baseline_cost_cents", "baseline_relative_error", b"baseline_relative_error", "candidate_cost_cents", b"candidate_cost_cents", "relative_error", b"relative_error"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_absolute_error", b"_absolute_error", "_baseline_cost_cents", b"_baseline_cost_cents", "_baseline_relative_error", b"_baseline_relative_error", "_candidate_cost_cents", b"_candidate_cost_cents", "_relative_error", b"_relative_error", "absolute_error", b"absolute_error", "baseline_cost_cents", b"baseline_cost_cents", "baseline_feasible", b"baseline_feasible", "baseline_relative_error", b"baseline_relative_error", "candidate_cost_cents", b"candidate_cost_cents", "candidate_feasible", b"candidate_feasible", "error", b"error", "expected_cost_cents", b"expected_cost_cents", "expected_feasible", b"expected_feasible", "id", b"id", "relative_error", b"relative_error", "within_tolerance", b"within_tolerance"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__absolute_error: _TypeAlias = _typing.Literal["absolute_error"]  # noqa: Y015
+    _WhichOneofArgType__absolute_error: _TypeAlias = _typing.Literal["_absolute_error", b"_absolute_error"]  # noqa: Y015
+    _WhichOneofReturnType__baseline_cost_cents: _TypeAlias = _typing.Literal["baseline_cost_cents"]  # noqa: Y015
+    _WhichOneofArgType__baseline_cost_cents: _TypeAlias = _typing.Literal["_baseline_cost_cents", b"_baseline_cost_cents"]  # noqa: Y015
+    _WhichOneofReturnType__baseline_relative_error: _TypeAlias = _typing.Literal["baseline_relative_error"]  # noqa: Y015
+    _WhichOneofArgType__baseline_relative_error: _TypeAlias = _typing.Literal["_baseline_relative_error", b"_baseline_relative_error"]  # noqa: Y015
+    _WhichOneofReturnType__candidate_cost_cents: _TypeAlias = _typing.Literal["candidate_cost_cents"]  # noqa: Y015
+    _WhichOneofArgType__candidate_cost_cents: _TypeAlias = _typing.Literal["_candidate_cost_cents", b"_candidate_cost_cents"]  # noqa: Y015
+    _WhichOneofReturnType__relative_error: _TypeAlias = _typing.Literal["relative_error"]  # noqa: Y015
+    _WhichOneofArgType__relative_error: _TypeAlias = _typing.Literal["_relative_error", b"_relative_error"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__absolute_error) -> _WhichOneofReturnType__absolute_error | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__baseline_cost_cents) -> _WhichOneofReturnType__baseline_cost_cents | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__baseline_relative_error) -> _WhichOneofReturnType__baseline_relative_error | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__candidate_cost_cents) -> _WhichOneofReturnType__candidate_cost_cents | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__relative_error) -> _WhichOneofReturnType__relative_error | None: ...
+
+Global___GoldenSampleResult: _TypeAlias = GoldenSampleResult  # noqa: Y015
+
+@_typing.final
+class GoldenComparison(_message.Message):
+    """The candidate cost model judged against a golden dataset, with the baseline beside it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_NAME_FIELD_NUMBER: _builtins.int
+    DATASET_VERSION_FIELD_NUMBER: _builtins.int
+    DATASET_SHA256_FIELD_NUMBER: _builtins.int
+    CANDIDATE_MODEL_FIELD_NUMBER: _builtins.int
+    BASELINE_MODEL_FIELD_NUMBER: _builtins.int
+    TOLERANCE_FIELD_NUMBER: _builtins.int
+    MIN_SHARE_FIELD_NUMBER: _builtins.int
+    MAX_FEASIBILITY_FLIPS_FIELD_NUMBER: _builtins.int
+    PASSED_FIELD_NUMBER: _builtins.int
+    REASONS_FIELD_NUMBER: _builtins.int
+    CANDIDATE_FIELD_NUMBER: _builtins.int
+    BASELINE_FIELD_NUMBER: _builtins.int
+    MEAN_RELATIVE_ERROR_DELTA_FIELD_NUMBER: _builtins.int
+    CLOSER_SAMPLES_FIELD_NUMBER: _builtins.int
+    FARTHER_SAMPLES_FIELD_NUMBER: _builtins.int
+    TIED_SAMPLES_FIELD_NUMBER: _builtins.int
+    DIRECTION_FIELD_NUMBER: _builtins.int
+    WORST_SAMPLES_FIELD_NUMBER: _builtins.int
+    dataset_name: _builtins.str
+    """The exact version judged against."""
+    dataset_version: _builtins.int
+    dataset_sha256: _builtins.str
+    candidate_model: _builtins.str
+    baseline_model: _builtins.str
+    tolerance: _builtins.float
+    """Relative cost error at or below which a sample is within tolerance (default 0.10)."""
+    min_share: _builtins.float
+    """Share of samples within tolerance below which the comparison fails (default 0.95)."""
+    max_feasibility_flips: _builtins.int
+    """Feasibility flips above which the comparison fails (default 0)."""
+    passed: _builtins.bool
+    mean_relative_error_delta: _builtins.float
+    """candidate.mean_relative_error - baseline.mean_relative_error: negative when the candidate
+    is closer to the reference than the baseline.
+    """
+    closer_samples: _builtins.int
+    """Samples whose absolute cost error is smaller / larger / equal under the candidate than
+    under the baseline.
+    """
+    farther_samples: _builtins.int
+    tied_samples: _builtins.int
+    direction: _builtins.str
+    """"toward" (delta < 0), "away" (delta > 0) or "unchanged"."""
+    @_builtins.property
+    def reasons(self) -> _containers.RepeatedCompositeFieldContainer[Global___FailureReason]:
+        """Code GOLDEN_COMPARISON_FAILED, one per failed criterion."""
+
+    @_builtins.property
+    def candidate(self) -> Global___GoldenSummary: ...
+    @_builtins.property
+    def baseline(self) -> Global___GoldenSummary: ...
+    @_builtins.property
+    def worst_samples(self) -> _containers.RepeatedCompositeFieldContainer[Global___GoldenSampleResult]:
+        """The worst samples first: feasibility flips, then by relative error."""
+
+    def __init__(
+        self,
+        *,
+        dataset_name: _builtins.str = ...,
+        dataset_version: _builtins.int = ...,
+        dataset_sha256: _builtins.str = ...,
+        candidate_model: _builtins.str = ...,
+        baseline_model: _builtins.str = ...,
+        tolerance: _builtins.float = ...,
+        min_share: _builtins.float = ...,
+        max_feasibility_flips: _builtins.int = ...,
+        passed: _builtins.bool = ...,
+        reasons: _abc.Iterable[Global___FailureReason] | None = ...,
+        candidate: Global___GoldenSummary | None = ...,
+        baseline: Global___GoldenSummary | None = ...,
+        mean_relative_error_delta: _builtins.float | None = ...,
+        closer_samples: _builtins.int = ...,
+        farther_samples: _builtins.int = ...,
+        tied_samples: _builtins.int = ...,
+        direction: _builtins.str = ...,
+        worst_samples: _abc.Iterable[Global___GoldenSampleResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_mean_relative_error_delta", b"_mean_relative_error_delta", "baseline", b"baseline", "candidate", b"candidate", "mean_relative_error_delta", b"mean_relative_error_delta"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_mean_relative_error_delta", b"_mean_relative_error_delta", "baseline", b"baseline", "baseline_model", b"baseline_model", "candidate", b"candidate", "candidate_model", b"candidate_model", "closer_samples", b"closer_samples", "dataset_name", b"dataset_name", "dataset_sha256", b"dataset_sha256", "dataset_version", b"dataset_version", "direction", b"direction", "farther_samples", b"farther_samples", "max_feasibility_flips", b"max_feasibility_flips", "mean_relative_error_delta", b"mean_relative_error_delta", "min_share", b"min_share", "passed", b"passed", "reasons", b"reasons", "tied_samples", b"tied_samples", "tolerance", b"tolerance", "worst_samples", b"worst_samples"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__mean_relative_error_delta: _TypeAlias = _typing.Literal["mean_relative_error_delta"]  # noqa: Y015
+    _WhichOneofArgType__mean_relative_error_delta: _TypeAlias = _typing.Literal["_mean_relative_error_delta", b"_mean_relative_error_delta"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__mean_relative_error_delta) -> _WhichOneofReturnType__mean_relative_error_delta | None: ...
+
+Global___GoldenComparison: _TypeAlias = GoldenComparison  # noqa: Y015
+
+@_typing.final
+class CreateGoldenDatasetRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    SAMPLES_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """1 to 128 characters: letters, digits, ".", "_", "-", starting with a letter or digit."""
+    description: _builtins.str
+    """At most 1,024 characters."""
+    request_id: _builtins.str
+    """Optional idempotency key: a retry with the same key and request returns the same version."""
+    @_builtins.property
+    def samples(self) -> _containers.RepeatedCompositeFieldContainer[Global___GoldenSample]:
+        """1 to 100,000 samples with distinct ids."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        samples: _abc.Iterable[Global___GoldenSample] | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "request_id", b"request_id", "samples", b"samples"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateGoldenDatasetRequest: _TypeAlias = CreateGoldenDatasetRequest  # noqa: Y015
+
+@_typing.final
+class CreateGoldenDatasetResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
+    replayed: _builtins.bool
+    """True when this answer replays an earlier call with the same request_id."""
+    @_builtins.property
+    def dataset(self) -> Global___GoldenDataset:
+        """The stored version, without its samples."""
+
+    def __init__(
+        self,
+        *,
+        dataset: Global___GoldenDataset | None = ...,
+        replayed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "replayed", b"replayed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateGoldenDatasetResponse: _TypeAlias = CreateGoldenDatasetResponse  # noqa: Y015
+
+@_typing.final
+class PromoteCanaryRunRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """The canary run whose samples (and baseline outputs) become the new version."""
+    name: _builtins.str
+    """The golden dataset name to add a version to."""
+    description: _builtins.str
+    request_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "request_id", b"request_id", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PromoteCanaryRunRequest: _TypeAlias = PromoteCanaryRunRequest  # noqa: Y015
+
+@_typing.final
+class PromoteCanaryRunResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
+    replayed: _builtins.bool
+    @_builtins.property
+    def dataset(self) -> Global___GoldenDataset: ...
+    def __init__(
+        self,
+        *,
+        dataset: Global___GoldenDataset | None = ...,
+        replayed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "replayed", b"replayed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PromoteCanaryRunResponse: _TypeAlias = PromoteCanaryRunResponse  # noqa: Y015
+
+@_typing.final
+class GetGoldenDatasetRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    version: _builtins.int
+    """Unset: the active version."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_version", b"_version", "version", b"version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_version", b"_version", "name", b"name", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__version: _TypeAlias = _typing.Literal["version"]  # noqa: Y015
+    _WhichOneofArgType__version: _TypeAlias = _typing.Literal["_version", b"_version"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__version) -> _WhichOneofReturnType__version | None: ...
+
+Global___GetGoldenDatasetRequest: _TypeAlias = GetGoldenDatasetRequest  # noqa: Y015
+
+@_typing.final
+class GetGoldenDatasetResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def dataset(self) -> Global___GoldenDataset: ...
+    def __init__(
+        self,
+        *,
+        dataset: Global___GoldenDataset | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetGoldenDatasetResponse: _TypeAlias = GetGoldenDatasetResponse  # noqa: Y015
+
+@_typing.final
+class ListGoldenDatasetsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Only the versions of this name; empty lists every name."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListGoldenDatasetsRequest: _TypeAlias = ListGoldenDatasetsRequest  # noqa: Y015
+
+@_typing.final
+class ListGoldenDatasetsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASETS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def datasets(self) -> _containers.RepeatedCompositeFieldContainer[Global___GoldenDataset]:
+        """By name, then version."""
+
+    def __init__(
+        self,
+        *,
+        datasets: _abc.Iterable[Global___GoldenDataset] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["datasets", b"datasets"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListGoldenDatasetsResponse: _TypeAlias = ListGoldenDatasetsResponse  # noqa: Y015
+
+@_typing.final
+class ActivateGoldenDatasetRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    version: _builtins.int
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ActivateGoldenDatasetRequest: _TypeAlias = ActivateGoldenDatasetRequest  # noqa: Y015
+
+@_typing.final
+class ActivateGoldenDatasetResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def dataset(self) -> Global___GoldenDataset: ...
+    def __init__(
+        self,
+        *,
+        dataset: Global___GoldenDataset | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ActivateGoldenDatasetResponse: _TypeAlias = ActivateGoldenDatasetResponse  # noqa: Y015
+
+@_typing.final
+class CompareGoldenRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    CANDIDATE_MODEL_FIELD_NUMBER: _builtins.int
+    BASELINE_MODEL_FIELD_NUMBER: _builtins.int
+    TOLERANCE_FIELD_NUMBER: _builtins.int
+    MIN_SHARE_FIELD_NUMBER: _builtins.int
+    MAX_FEASIBILITY_FLIPS_FIELD_NUMBER: _builtins.int
+    WORST_SAMPLES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    version: _builtins.int
+    """Unset: the active version."""
+    candidate_model: _builtins.str
+    """Cost model names (defaults "v2" and "v1")."""
+    baseline_model: _builtins.str
+    tolerance: _builtins.float
+    """Overrides of the configured thresholds (defaults 0.10, 0.95 and 0)."""
+    min_share: _builtins.float
+    max_feasibility_flips: _builtins.int
+    worst_samples: _builtins.int
+    """How many of the worst samples to return (default 10, at most 1,000)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.int | None = ...,
+        candidate_model: _builtins.str = ...,
+        baseline_model: _builtins.str = ...,
+        tolerance: _builtins.float | None = ...,
+        min_share: _builtins.float | None = ...,
+        max_feasibility_flips: _builtins.int | None = ...,
+        worst_samples: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_feasibility_flips", b"_max_feasibility_flips", "_min_share", b"_min_share", "_tolerance", b"_tolerance", "_version", b"_version", "_worst_samples", b"_worst_samples", "max_feasibility_flips", b"max_feasibility_flips", "min_share", b"min_share", "tolerance", b"tolerance", "version", b"version", "worst_samples", b"worst_samples"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_feasibility_flips", b"_max_feasibility_flips", "_min_share", b"_min_share", "_tolerance", b"_tolerance", "_version", b"_version", "_worst_samples", b"_worst_samples", "baseline_model", b"baseline_model", "candidate_model", b"candidate_model", "max_feasibility_flips", b"max_feasibility_flips", "min_share", b"min_share", "name", b"name", "tolerance", b"tolerance", "version", b"version", "worst_samples", b"worst_samples"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_feasibility_flips: _TypeAlias = _typing.Literal["max_feasibility_flips"]  # noqa: Y015
+    _WhichOneofArgType__max_feasibility_flips: _TypeAlias = _typing.Literal["_max_feasibility_flips", b"_max_feasibility_flips"]  # noqa: Y015
+    _WhichOneofReturnType__min_share: _TypeAlias = _typing.Literal["min_share"]  # noqa: Y015
+    _WhichOneofArgType__min_share: _TypeAlias = _typing.Literal["_min_share", b"_min_share"]  # noqa: Y015
+    _WhichOneofReturnType__tolerance: _TypeAlias = _typing.Literal["tolerance"]  # noqa: Y015
+    _WhichOneofArgType__tolerance: _TypeAlias = _typing.Literal["_tolerance", b"_tolerance"]  # noqa: Y015
+    _WhichOneofReturnType__version: _TypeAlias = _typing.Literal["version"]  # noqa: Y015
+    _WhichOneofArgType__version: _TypeAlias = _typing.Literal["_version", b"_version"]  # noqa: Y015
+    _WhichOneofReturnType__worst_samples: _TypeAlias = _typing.Literal["worst_samples"]  # noqa: Y015
+    _WhichOneofArgType__worst_samples: _TypeAlias = _typing.Literal["_worst_samples", b"_worst_samples"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_feasibility_flips) -> _WhichOneofReturnType__max_feasibility_flips | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_share) -> _WhichOneofReturnType__min_share | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tolerance) -> _WhichOneofReturnType__tolerance | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__version) -> _WhichOneofReturnType__version | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__worst_samples) -> _WhichOneofReturnType__worst_samples | None: ...
+
+Global___CompareGoldenRequest: _TypeAlias = CompareGoldenRequest  # noqa: Y015
+
+@_typing.final
+class CompareGoldenResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMPARISON_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def comparison(self) -> Global___GoldenComparison: ...
+    def __init__(
+        self,
+        *,
+        comparison: Global___GoldenComparison | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["comparison", b"comparison"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comparison", b"comparison"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompareGoldenResponse: _TypeAlias = CompareGoldenResponse  # noqa: Y015

@@ -65,6 +65,36 @@ class AnalyticsServiceStub:
                 request_serializer=costsim_dot_analytics_dot_v1_dot_analytics__pb2.RunCanaryRequest.SerializeToString,
                 response_deserializer=costsim_dot_analytics_dot_v1_dot_analytics__pb2.RunCanaryResponse.FromString,
                 _registered_method=True)
+        self.CreateGoldenDataset = channel.unary_unary(
+                '/costsim.analytics.v1.AnalyticsService/CreateGoldenDataset',
+                request_serializer=costsim_dot_analytics_dot_v1_dot_analytics__pb2.CreateGoldenDatasetRequest.SerializeToString,
+                response_deserializer=costsim_dot_analytics_dot_v1_dot_analytics__pb2.CreateGoldenDatasetResponse.FromString,
+                _registered_method=True)
+        self.PromoteCanaryRun = channel.unary_unary(
+                '/costsim.analytics.v1.AnalyticsService/PromoteCanaryRun',
+                request_serializer=costsim_dot_analytics_dot_v1_dot_analytics__pb2.PromoteCanaryRunRequest.SerializeToString,
+                response_deserializer=costsim_dot_analytics_dot_v1_dot_analytics__pb2.PromoteCanaryRunResponse.FromString,
+                _registered_method=True)
+        self.GetGoldenDataset = channel.unary_unary(
+                '/costsim.analytics.v1.AnalyticsService/GetGoldenDataset',
+                request_serializer=costsim_dot_analytics_dot_v1_dot_analytics__pb2.GetGoldenDatasetRequest.SerializeToString,
+                response_deserializer=costsim_dot_analytics_dot_v1_dot_analytics__pb2.GetGoldenDatasetResponse.FromString,
+                _registered_method=True)
+        self.ListGoldenDatasets = channel.unary_unary(
+                '/costsim.analytics.v1.AnalyticsService/ListGoldenDatasets',
+                request_serializer=costsim_dot_analytics_dot_v1_dot_analytics__pb2.ListGoldenDatasetsRequest.SerializeToString,
+                response_deserializer=costsim_dot_analytics_dot_v1_dot_analytics__pb2.ListGoldenDatasetsResponse.FromString,
+                _registered_method=True)
+        self.ActivateGoldenDataset = channel.unary_unary(
+                '/costsim.analytics.v1.AnalyticsService/ActivateGoldenDataset',
+                request_serializer=costsim_dot_analytics_dot_v1_dot_analytics__pb2.ActivateGoldenDatasetRequest.SerializeToString,
+                response_deserializer=costsim_dot_analytics_dot_v1_dot_analytics__pb2.ActivateGoldenDatasetResponse.FromString,
+                _registered_method=True)
+        self.CompareGolden = channel.unary_unary(
+                '/costsim.analytics.v1.AnalyticsService/CompareGolden',
+                request_serializer=costsim_dot_analytics_dot_v1_dot_analytics__pb2.CompareGoldenRequest.SerializeToString,
+                response_deserializer=costsim_dot_analytics_dot_v1_dot_analytics__pb2.CompareGoldenResponse.FromString,
+                _registered_method=True)
 
 
 class AnalyticsServiceServicer:
@@ -115,6 +145,52 @@ class AnalyticsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateGoldenDataset(self, request, context):
+        """Stores a new version of a golden dataset from the given samples. The first version of a
+        name becomes active; later ones wait for ActivateGoldenDataset. Same name and same content
+        as an existing version is ALREADY_EXISTS; safe to retry when request_id is set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PromoteCanaryRun(self, request, context):
+        """Stores a new version of a golden dataset from a canary run's samples, with the baseline
+        model's outputs in that run as the expectations.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetGoldenDataset(self, request, context):
+        """Returns one version of a golden dataset with its samples (the active one by default).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListGoldenDatasets(self, request, context):
+        """Lists every version of every golden dataset (or of one name), without samples.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ActivateGoldenDataset(self, request, context):
+        """Makes one version the active version of its name (the one canary runs use).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompareGolden(self, request, context):
+        """Runs the candidate and baseline cost models over a golden dataset and judges the
+        candidate against the expectations, without a canary run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AnalyticsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -147,6 +223,36 @@ def add_AnalyticsServiceServicer_to_server(servicer, server):
                     servicer.RunCanary,
                     request_deserializer=costsim_dot_analytics_dot_v1_dot_analytics__pb2.RunCanaryRequest.FromString,
                     response_serializer=costsim_dot_analytics_dot_v1_dot_analytics__pb2.RunCanaryResponse.SerializeToString,
+            ),
+            'CreateGoldenDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateGoldenDataset,
+                    request_deserializer=costsim_dot_analytics_dot_v1_dot_analytics__pb2.CreateGoldenDatasetRequest.FromString,
+                    response_serializer=costsim_dot_analytics_dot_v1_dot_analytics__pb2.CreateGoldenDatasetResponse.SerializeToString,
+            ),
+            'PromoteCanaryRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.PromoteCanaryRun,
+                    request_deserializer=costsim_dot_analytics_dot_v1_dot_analytics__pb2.PromoteCanaryRunRequest.FromString,
+                    response_serializer=costsim_dot_analytics_dot_v1_dot_analytics__pb2.PromoteCanaryRunResponse.SerializeToString,
+            ),
+            'GetGoldenDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetGoldenDataset,
+                    request_deserializer=costsim_dot_analytics_dot_v1_dot_analytics__pb2.GetGoldenDatasetRequest.FromString,
+                    response_serializer=costsim_dot_analytics_dot_v1_dot_analytics__pb2.GetGoldenDatasetResponse.SerializeToString,
+            ),
+            'ListGoldenDatasets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGoldenDatasets,
+                    request_deserializer=costsim_dot_analytics_dot_v1_dot_analytics__pb2.ListGoldenDatasetsRequest.FromString,
+                    response_serializer=costsim_dot_analytics_dot_v1_dot_analytics__pb2.ListGoldenDatasetsResponse.SerializeToString,
+            ),
+            'ActivateGoldenDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.ActivateGoldenDataset,
+                    request_deserializer=costsim_dot_analytics_dot_v1_dot_analytics__pb2.ActivateGoldenDatasetRequest.FromString,
+                    response_serializer=costsim_dot_analytics_dot_v1_dot_analytics__pb2.ActivateGoldenDatasetResponse.SerializeToString,
+            ),
+            'CompareGolden': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompareGolden,
+                    request_deserializer=costsim_dot_analytics_dot_v1_dot_analytics__pb2.CompareGoldenRequest.FromString,
+                    response_serializer=costsim_dot_analytics_dot_v1_dot_analytics__pb2.CompareGoldenResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -312,6 +418,168 @@ class AnalyticsService:
             '/costsim.analytics.v1.AnalyticsService/RunCanary',
             costsim_dot_analytics_dot_v1_dot_analytics__pb2.RunCanaryRequest.SerializeToString,
             costsim_dot_analytics_dot_v1_dot_analytics__pb2.RunCanaryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateGoldenDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/costsim.analytics.v1.AnalyticsService/CreateGoldenDataset',
+            costsim_dot_analytics_dot_v1_dot_analytics__pb2.CreateGoldenDatasetRequest.SerializeToString,
+            costsim_dot_analytics_dot_v1_dot_analytics__pb2.CreateGoldenDatasetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PromoteCanaryRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/costsim.analytics.v1.AnalyticsService/PromoteCanaryRun',
+            costsim_dot_analytics_dot_v1_dot_analytics__pb2.PromoteCanaryRunRequest.SerializeToString,
+            costsim_dot_analytics_dot_v1_dot_analytics__pb2.PromoteCanaryRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetGoldenDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/costsim.analytics.v1.AnalyticsService/GetGoldenDataset',
+            costsim_dot_analytics_dot_v1_dot_analytics__pb2.GetGoldenDatasetRequest.SerializeToString,
+            costsim_dot_analytics_dot_v1_dot_analytics__pb2.GetGoldenDatasetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGoldenDatasets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/costsim.analytics.v1.AnalyticsService/ListGoldenDatasets',
+            costsim_dot_analytics_dot_v1_dot_analytics__pb2.ListGoldenDatasetsRequest.SerializeToString,
+            costsim_dot_analytics_dot_v1_dot_analytics__pb2.ListGoldenDatasetsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ActivateGoldenDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/costsim.analytics.v1.AnalyticsService/ActivateGoldenDataset',
+            costsim_dot_analytics_dot_v1_dot_analytics__pb2.ActivateGoldenDatasetRequest.SerializeToString,
+            costsim_dot_analytics_dot_v1_dot_analytics__pb2.ActivateGoldenDatasetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompareGolden(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/costsim.analytics.v1.AnalyticsService/CompareGolden',
+            costsim_dot_analytics_dot_v1_dot_analytics__pb2.CompareGoldenRequest.SerializeToString,
+            costsim_dot_analytics_dot_v1_dot_analytics__pb2.CompareGoldenResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,6 +56,25 @@ class AnalyticsServiceStub:
     """Replays samples through the baseline and candidate cost models, judges the drift, writes
     the artifacts and then the report. One run at a time across replicas; the others skip.
     """
+    CreateGoldenDataset: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.CreateGoldenDatasetRequest, _analytics_pb2.CreateGoldenDatasetResponse]
+    """Stores a new version of a golden dataset from the given samples. The first version of a
+    name becomes active; later ones wait for ActivateGoldenDataset. Same name and same content
+    as an existing version is ALREADY_EXISTS; safe to retry when request_id is set.
+    """
+    PromoteCanaryRun: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.PromoteCanaryRunRequest, _analytics_pb2.PromoteCanaryRunResponse]
+    """Stores a new version of a golden dataset from a canary run's samples, with the baseline
+    model's outputs in that run as the expectations.
+    """
+    GetGoldenDataset: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.GetGoldenDatasetRequest, _analytics_pb2.GetGoldenDatasetResponse]
+    """Returns one version of a golden dataset with its samples (the active one by default)."""
+    ListGoldenDatasets: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.ListGoldenDatasetsRequest, _analytics_pb2.ListGoldenDatasetsResponse]
+    """Lists every version of every golden dataset (or of one name), without samples."""
+    ActivateGoldenDataset: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.ActivateGoldenDatasetRequest, _analytics_pb2.ActivateGoldenDatasetResponse]
+    """Makes one version the active version of its name (the one canary runs use)."""
+    CompareGolden: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.CompareGoldenRequest, _analytics_pb2.CompareGoldenResponse]
+    """Runs the candidate and baseline cost models over a golden dataset and judges the
+    candidate against the expectations, without a canary run.
+    """
 
 @_typing.type_check_only
 class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
@@ -77,6 +96,25 @@ class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
     RunCanary: _aio.UnaryUnaryMultiCallable[_analytics_pb2.RunCanaryRequest, _analytics_pb2.RunCanaryResponse]  # type: ignore[assignment]
     """Replays samples through the baseline and candidate cost models, judges the drift, writes
     the artifacts and then the report. One run at a time across replicas; the others skip.
+    """
+    CreateGoldenDataset: _aio.UnaryUnaryMultiCallable[_analytics_pb2.CreateGoldenDatasetRequest, _analytics_pb2.CreateGoldenDatasetResponse]  # type: ignore[assignment]
+    """Stores a new version of a golden dataset from the given samples. The first version of a
+    name becomes active; later ones wait for ActivateGoldenDataset. Same name and same content
+    as an existing version is ALREADY_EXISTS; safe to retry when request_id is set.
+    """
+    PromoteCanaryRun: _aio.UnaryUnaryMultiCallable[_analytics_pb2.PromoteCanaryRunRequest, _analytics_pb2.PromoteCanaryRunResponse]  # type: ignore[assignment]
+    """Stores a new version of a golden dataset from a canary run's samples, with the baseline
+    model's outputs in that run as the expectations.
+    """
+    GetGoldenDataset: _aio.UnaryUnaryMultiCallable[_analytics_pb2.GetGoldenDatasetRequest, _analytics_pb2.GetGoldenDatasetResponse]  # type: ignore[assignment]
+    """Returns one version of a golden dataset with its samples (the active one by default)."""
+    ListGoldenDatasets: _aio.UnaryUnaryMultiCallable[_analytics_pb2.ListGoldenDatasetsRequest, _analytics_pb2.ListGoldenDatasetsResponse]  # type: ignore[assignment]
+    """Lists every version of every golden dataset (or of one name), without samples."""
+    ActivateGoldenDataset: _aio.UnaryUnaryMultiCallable[_analytics_pb2.ActivateGoldenDatasetRequest, _analytics_pb2.ActivateGoldenDatasetResponse]  # type: ignore[assignment]
+    """Makes one version the active version of its name (the one canary runs use)."""
+    CompareGolden: _aio.UnaryUnaryMultiCallable[_analytics_pb2.CompareGoldenRequest, _analytics_pb2.CompareGoldenResponse]  # type: ignore[assignment]
+    """Runs the candidate and baseline cost models over a golden dataset and judges the
+    candidate against the expectations, without a canary run.
     """
 
 class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -132,6 +170,61 @@ class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_analytics_pb2.RunCanaryResponse, _abc.Awaitable[_analytics_pb2.RunCanaryResponse]]:
         """Replays samples through the baseline and candidate cost models, judges the drift, writes
         the artifacts and then the report. One run at a time across replicas; the others skip.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateGoldenDataset(
+        self,
+        request: _analytics_pb2.CreateGoldenDatasetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_analytics_pb2.CreateGoldenDatasetResponse, _abc.Awaitable[_analytics_pb2.CreateGoldenDatasetResponse]]:
+        """Stores a new version of a golden dataset from the given samples. The first version of a
+        name becomes active; later ones wait for ActivateGoldenDataset. Same name and same content
+        as an existing version is ALREADY_EXISTS; safe to retry when request_id is set.
+        """
+
+    @_abc_1.abstractmethod
+    def PromoteCanaryRun(
+        self,
+        request: _analytics_pb2.PromoteCanaryRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_analytics_pb2.PromoteCanaryRunResponse, _abc.Awaitable[_analytics_pb2.PromoteCanaryRunResponse]]:
+        """Stores a new version of a golden dataset from a canary run's samples, with the baseline
+        model's outputs in that run as the expectations.
+        """
+
+    @_abc_1.abstractmethod
+    def GetGoldenDataset(
+        self,
+        request: _analytics_pb2.GetGoldenDatasetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_analytics_pb2.GetGoldenDatasetResponse, _abc.Awaitable[_analytics_pb2.GetGoldenDatasetResponse]]:
+        """Returns one version of a golden dataset with its samples (the active one by default)."""
+
+    @_abc_1.abstractmethod
+    def ListGoldenDatasets(
+        self,
+        request: _analytics_pb2.ListGoldenDatasetsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_analytics_pb2.ListGoldenDatasetsResponse, _abc.Awaitable[_analytics_pb2.ListGoldenDatasetsResponse]]:
+        """Lists every version of every golden dataset (or of one name), without samples."""
+
+    @_abc_1.abstractmethod
+    def ActivateGoldenDataset(
+        self,
+        request: _analytics_pb2.ActivateGoldenDatasetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_analytics_pb2.ActivateGoldenDatasetResponse, _abc.Awaitable[_analytics_pb2.ActivateGoldenDatasetResponse]]:
+        """Makes one version the active version of its name (the one canary runs use)."""
+
+    @_abc_1.abstractmethod
+    def CompareGolden(
+        self,
+        request: _analytics_pb2.CompareGoldenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_analytics_pb2.CompareGoldenResponse, _abc.Awaitable[_analytics_pb2.CompareGoldenResponse]]:
+        """Runs the candidate and baseline cost models over a golden dataset and judges the
+        candidate against the expectations, without a canary run.
         """
 
 def add_AnalyticsServiceServicer_to_server(servicer: AnalyticsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

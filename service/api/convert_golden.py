@@ -1,0 +1,242 @@
+"""Proto <-> domain conversion of the golden messages and of the canary fields that are golden.
+
+Those fields are ``RunCanaryRequest.golden_dataset`` and ``CanaryReport.golden_comparison``:
+:func:`run_canary` and :func:`canary_report` extend ``convert``'s functions with them. The
+servicer, the client and the CLI are the only callers; domain types know nothing of protobuf.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from costsim.analytics.v1 import analytics_pb2 as pb
+from costsim_analytics.api import convert
+from costsim_analytics.engines.canary_command import RunCanary, RunCanaryResult
+from costsim_analytics.engines.golden import CompareGolden
+from costsim_analytics.engines.golden_datasets import GoldenDataset, GoldenSample
+from costsim_analytics.engines.reports import (
+    CanaryReport,
+    FailureReason,
+    GoldenComparison,
+    GoldenSampleResult,
+    GoldenSummary,
+)
+from costsim_analytics.handlers.golden import (
+    ActivateGoldenDataset,
+    CreateGoldenDataset,
+    GetGoldenDataset,
+    PromoteCanaryRun,
+    StoredVersion,
+)
+
+
+def _optional(msg: Any, name: str) -> Any:
+    return getattr(msg, name) if msg.HasField(name) else None
+
+
+# --- samples and datasets ----------------------------------------------------------------------
+
+
+def sample(s: pb.GoldenSample) -> GoldenSample:
+    """A request sample as the domain's (numbers stay floats; the engine normalises them)."""
+    return GoldenSample(
+        id=s.id,
+        plan_input=convert.struct_to_dict(s.plan_input) if s.HasField("plan_input") else None,
+        expected_cost_cents=s.expected_cost_cents,
+        expected_feasible=s.expected_feasible,
+        expected_duration_ms=_optional(s, "expected_duration_ms"),
+    )
+
+
+def sample_message(s: GoldenSample) -> pb.GoldenSample:
+    """A domain sample as a message."""
+    msg = pb.GoldenSample(
+        id=s.id,
+        expected_cost_cents=s.expected_cost_cents,
+        expected_feasible=s.expected_feasible,
+        expected_duration_ms=s.expected_duration_ms,
+    )
+    if s.plan_input is not None:
+        msg.plan_input.update(s.plan_input)
+    return msg
+
+
+def dataset_message(d: GoldenDataset) -> pb.GoldenDataset:
+    """A stored version as a message (with its samples, if it carries them)."""
+    return pb.GoldenDataset(
+        name=d.name,
+        version=d.version,
+        sha256=d.sha256,
+        description=d.description,
+        source=d.source,
+        sample_count=d.sample_count,
+        active=d.active,
+        created_at=convert.to_timestamp(d.created_at),
+        samples=[sample_message(s) for s in d.samples],
+    )
+
+
+def dataset(msg: pb.GoldenDataset) -> GoldenDataset:
+    """A message as a domain version (for clients: the CLI's export)."""
+    return GoldenDataset(
+        name=msg.name,
+        version=msg.version,
+        sha256=msg.sha256,
+        description=msg.description,
+        source=msg.source,
+        sample_count=msg.sample_count,
+        active=msg.active,
+        created_at=convert.timestamp(msg.created_at),
+        samples=tuple(sample(s) for s in msg.samples),
+    )
+
+
+# --- requests ----------------------------------------------------------------------------------
+
+
+def create(request: pb.CreateGoldenDatasetRequest) -> CreateGoldenDataset:
+    """CreateGoldenDatasetRequest -> command."""
+    return CreateGoldenDataset(
+        name=request.name,
+        description=request.description,
+        samples=tuple(sample(s) for s in request.samples),
+        request_id=request.request_id,
+    )
+
+
+def promote(request: pb.PromoteCanaryRunRequest) -> PromoteCanaryRun:
+    """PromoteCanaryRunRequest -> command."""
+    return PromoteCanaryRun(
+        run_id=request.run_id,
+        name=request.name,
+        description=request.description,
+        request_id=request.request_id,
+    )
+
+
+def stored(result: StoredVersion) -> tuple[pb.GoldenDataset, bool]:
+    """A stored version (without samples) and whether it was replayed."""
+    return dataset_message(result.dataset), result.replayed
+
+
+def get(request: pb.GetGoldenDatasetRequest) -> GetGoldenDataset:
+    """GetGoldenDatasetRequest -> query."""
+    return GetGoldenDataset(name=request.name, version=_optional(request, "version"))
+
+
+def activate(request: pb.ActivateGoldenDatasetRequest) -> ActivateGoldenDataset:
+    """ActivateGoldenDatasetRequest -> command."""
+    return ActivateGoldenDataset(name=request.name, version=request.version)
+
+
+def compare(request: pb.CompareGoldenRequest) -> CompareGolden:
+    """CompareGoldenRequest -> command."""
+    return CompareGolden(
+        name=request.name,
+        version=_optional(request, "version"),
+        candidate_model=request.candidate_model,
+        baseline_model=request.baseline_model,
+        tolerance=_optional(request, "tolerance"),
+        min_share=_optional(request, "min_share"),
+        max_feasibility_flips=_optional(request, "max_feasibility_flips"),
+        worst_samples=_optional(request, "worst_samples"),
+    )
+
+
+# --- comparisons -------------------------------------------------------------------------------
+
+
+def _reason(r: FailureReason) -> pb.FailureReason:
+    return pb.FailureReason(
+        code=r.code,
+        metric=r.metric,
+        observed=r.observed,
+        threshold=r.threshold,
+        comparator=r.comparator,
+        message=r.message,
+    )
+
+
+def _summary(s: GoldenSummary) -> pb.GoldenSummary:
+    f = s.feasibility
+    return pb.GoldenSummary(
+        model=s.model,
+        samples=s.samples,
+        invalid_samples=s.invalid_samples,
+        within_tolerance=s.within_tolerance,
+        within_tolerance_share=s.within_tolerance_share,
+        mean_relative_error=s.mean_relative_error,
+        p90_relative_error=s.p90_relative_error,
+        mean_absolute_error=s.mean_absolute_error,
+        max_absolute_error=s.max_absolute_error,
+        feasibility=pb.FeasibilityConfusion(
+            expected_feasible_predicted_feasible=f.expected_feasible_predicted_feasible,
+            expected_feasible_predicted_infeasible=f.expected_feasible_predicted_infeasible,
+            expected_infeasible_predicted_feasible=f.expected_infeasible_predicted_feasible,
+            expected_infeasible_predicted_infeasible=f.expected_infeasible_predicted_infeasible,
+            flips=f.flips,
+        ),
+    )
+
+
+def _result(r: GoldenSampleResult) -> pb.GoldenSampleResult:
+    return pb.GoldenSampleResult(
+        id=r.id,
+        expected_cost_cents=r.expected_cost_cents,
+        expected_feasible=r.expected_feasible,
+        candidate_cost_cents=r.candidate_cost_cents,
+        candidate_feasible=r.candidate_feasible,
+        absolute_error=r.absolute_error,
+        relative_error=r.relative_error,
+        within_tolerance=r.within_tolerance,
+        baseline_cost_cents=r.baseline_cost_cents,
+        baseline_feasible=r.baseline_feasible,
+        baseline_relative_error=r.baseline_relative_error,
+        error=r.error or "",
+    )
+
+
+def comparison(c: GoldenComparison) -> pb.GoldenComparison:
+    """A golden comparison as a message."""
+    return pb.GoldenComparison(
+        dataset_name=c.dataset_name,
+        dataset_version=c.dataset_version,
+        dataset_sha256=c.dataset_sha256,
+        candidate_model=c.candidate_model,
+        baseline_model=c.baseline_model,
+        tolerance=c.tolerance,
+        min_share=c.min_share,
+        max_feasibility_flips=c.max_feasibility_flips,
+        passed=c.passed,
+        reasons=[_reason(r) for r in c.reasons],
+        candidate=_summary(c.candidate),
+        baseline=_summary(c.baseline),
+        mean_relative_error_delta=c.mean_relative_error_delta,
+        closer_samples=c.closer_samples,
+        farther_samples=c.farther_samples,
+        tied_samples=c.tied_samples,
+        direction=c.direction,
+        worst_samples=[_result(r) for r in c.worst_samples],
+    )
+
+
+# --- the canary messages with golden fields ----------------------------------------------------
+
+
+def canary_report(r: CanaryReport) -> pb.CanaryReport:
+    """:func:`convert.canary_report` plus the golden comparison."""
+    msg = convert.canary_report(r)
+    if r.golden_comparison is not None:
+        msg.golden_comparison.CopyFrom(comparison(r.golden_comparison))
+    return msg
+
+
+def run_canary(request: pb.RunCanaryRequest) -> RunCanary:
+    """:func:`convert.run_canary` plus the golden dataset name."""
+    return replace(convert.run_canary(request), golden_dataset=request.golden_dataset)
+
+
+def run_canary_response(result: RunCanaryResult) -> pb.RunCanaryResponse:
+    """Command result -> RunCanaryResponse, with the golden comparison."""
+    return pb.RunCanaryResponse(report=canary_report(result.report), replayed=result.replayed)

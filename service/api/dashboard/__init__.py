@@ -1,0 +1,1 @@
+"""The HTTP side port: read-only dashboard pages, ``/metrics``, ``/healthz`` and ``/readyz``."""

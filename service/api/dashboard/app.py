@@ -1,0 +1,144 @@
+"""The side port's routes: dashboard pages, ``/metrics``, ``/healthz`` and ``/readyz``.
+
+Every page reads through the registered read-only handlers (the same ones the RPCs use), in
+the server's worker pool, and renders HTML with the pure functions of ``pages`` and
+``report_page``. Domain errors map to HTTP statuses the way ``api/errors.py`` maps them to gRPC.
+
+Routes:
+    ``/``                  recent canary reports and their trends (``?status=fail&limit=50``)
+    ``/reports/<run_id>``  one report (the run id percent-encoded as one path segment)
+    ``/golden``            golden dataset versions
+    ``/metrics``           Prometheus text format
+    ``/healthz``           liveness: 200 while the process answers
+    ``/readyz``            readiness: 200 while the gRPC health status is SERVING, else 503
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import TypeVar
+
+from costsim_analytics.api.dashboard.httpserver import Request, Response, plain
+from costsim_analytics.api.dashboard.pages import error_page, golden_page, reports_page
+from costsim_analytics.api.dashboard.report_page import report_page
+from costsim_analytics.api.metrics import CONTENT_TYPE, ServiceMetrics
+from costsim_analytics.engines.errors import (
+    CostsimError,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
+from costsim_analytics.engines.reports import CanaryReport, ReportFilter, ReportQuery
+from costsim_analytics.handlers.registry import (
+    OP_CANARY_REPORT,
+    OP_CANARY_REPORTS,
+    OP_GOLDEN_LIST,
+    OperationRegistry,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 500
+# The golden page names the latest report that used each version, among this many.
+GOLDEN_REPORT_WINDOW = 200
+REPORT_PREFIX = "/reports/"
+# HTTP status and title for each domain error, most specific first (as in api/errors.py).
+_STATUSES: tuple[tuple[type[CostsimError], int, str], ...] = (
+    (InvalidArgument, 400, "Bad request"),
+    (NotFound, 404, "Not found"),
+    (Unavailable, 503, "Unavailable"),
+)
+
+
+def html_response(status: int, text: str) -> Response:
+    """An HTML page."""
+    return Response(status, text.encode("utf-8"))
+
+
+def _limit(raw: str) -> int:
+    if not raw:
+        return DEFAULT_LIMIT
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise InvalidArgument.field("limit", f"must be a whole number from 1 to {MAX_LIMIT}")
+    return int(raw)
+
+
+class Dashboard:
+    """The app served on the side port (see the module docstring for its routes)."""
+
+    def __init__(
+        self,
+        operations: OperationRegistry,
+        executor: Executor,
+        metrics: ServiceMetrics,
+        ready: Callable[[], bool],
+    ) -> None:
+        self._operations = operations
+        self._executor = executor
+        self._metrics = metrics
+        self._ready = ready
+
+    async def __call__(self, request: Request) -> Response:
+        """Route, answer, count."""
+        route, response = await self._dispatch(request)
+        self._metrics.http_requests.labels(route=route, code=str(response.status)).inc()
+        return response
+
+    async def _dispatch(self, request: Request) -> tuple[str, Response]:
+        path = request.path
+        if path == "/healthz":
+            return path, plain(200, "ok\n")
+        if path == "/readyz":
+            if self._ready():
+                return path, plain(200, "ready\n")
+            return path, plain(503, "not ready: the database probe is failing\n")
+        if path == "/metrics":
+            return path, Response(200, self._metrics.exposition(), CONTENT_TYPE)
+        if path == "/":
+            return path, await self._page(lambda: self._reports(request))
+        if path.startswith(REPORT_PREFIX) and len(path) > len(REPORT_PREFIX):
+            run_id = path.removeprefix(REPORT_PREFIX)
+            return REPORT_PREFIX + "{run_id}", await self._page(lambda: self._report(run_id))
+        if path == "/golden":
+            return path, await self._page(self._golden)
+        return "other", html_response(404, error_page(404, "Not found", f"No page at {path}."))
+
+    async def _page(self, render: Callable[[], str]) -> Response:
+        """Run ``render`` in the worker pool; a domain error becomes its HTTP status."""
+        try:
+            text = await asyncio.get_running_loop().run_in_executor(self._executor, render)
+        except Exception as exc:
+            for cls, status, title in _STATUSES:
+                if isinstance(exc, cls):
+                    return html_response(status, error_page(status, title, exc.message))
+            error_id = uuid.uuid4().hex[:12]
+            log.exception("dashboard page failed: error_id=%s", error_id)
+            message = f"internal error (error id {error_id}); the server log has the details"
+            return html_response(500, error_page(500, "Internal error", message))
+        return html_response(200, text)
+
+    def _recent(self, status: str, limit: int) -> list[CanaryReport]:
+        stream = self._operations.get(OP_CANARY_REPORTS)(
+            ReportQuery(filter=ReportFilter(status=status), page_size=limit)
+        )
+        return [report for report, _token in stream]
+
+    def _reports(self, request: Request) -> str:
+        status, limit = request.arg("status"), _limit(request.arg("limit"))
+        return reports_page(self._recent(status, limit), status=status, limit=limit)
+
+    def _report(self, run_id: str) -> str:
+        report: CanaryReport = self._operations.get(OP_CANARY_REPORT)(run_id)
+        return report_page(report)
+
+    def _golden(self) -> str:
+        if OP_GOLDEN_LIST not in self._operations:
+            return golden_page(None)
+        datasets = self._operations.get(OP_GOLDEN_LIST)("")
+        return golden_page(datasets, self._recent("", GOLDEN_REPORT_WINDOW))

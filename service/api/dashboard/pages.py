@@ -1,0 +1,236 @@
+"""The reports page, the golden datasets page and the error page, as HTML strings.
+
+Pure functions of domain objects: the app fetches, these render (unit-tested without a server).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from costsim_analytics.api.dashboard.charts import Point, Series, line_chart
+from costsim_analytics.api.dashboard.markup import (
+    Markup,
+    html,
+    join,
+    num,
+    page,
+    path_segment,
+    pct,
+    status_badge,
+    table,
+    when,
+)
+from costsim_analytics.engines.golden_datasets import GoldenDataset
+from costsim_analytics.engines.reports import CANARY_STATUSES, CanaryReport
+
+
+def major_drift_share(report: CanaryReport) -> float | None:
+    """``major_drift_samples / total_samples``; None without samples."""
+    if report.total_samples <= 0:
+        return None
+    return report.major_drift_samples / report.total_samples
+
+
+def golden_share(report: CanaryReport) -> float | None:
+    """The candidate's share of golden samples within tolerance; None without a comparison."""
+    comparison = report.golden_comparison
+    return None if comparison is None else comparison.candidate.within_tolerance_share
+
+
+def report_link(run_id: str) -> Markup:
+    """A link to the report page of ``run_id``."""
+    return html('<a class="mono" href="/reports/{}">{}</a>', path_segment(run_id), run_id)
+
+
+def reason_list(report: CanaryReport) -> Markup:
+    """The report's failure reasons as sentences (the structured ones when present)."""
+    messages = [r.message for r in report.reasons] or list(report.failure_reasons)
+    if report.golden_comparison is not None:
+        known = set(messages)
+        messages += [r.message for r in report.golden_comparison.reasons if r.message not in known]
+    if not messages:
+        return html('<span class="muted">-</span>')
+    return html('<ul class="reasons">{}</ul>', join(html("<li>{}</li>", m) for m in messages))
+
+
+def trend_charts(reports: Sequence[CanaryReport]) -> Markup:
+    """KL divergence in one chart, the two shares (0-100 %) in the other."""
+    kl = Series("KL divergence", [Point(r.timestamp, r.kl_divergence, r.run_id) for r in reports])
+    drift = Series(
+        "major-drift share", [Point(r.timestamp, major_drift_share(r), r.run_id) for r in reports]
+    )
+    golden = Series(
+        "golden within tolerance", [Point(r.timestamp, golden_share(r), r.run_id) for r in reports]
+    )
+    return html(
+        '<div class="charts"><figure class="chart">{}</figure>'
+        '<figure class="chart">{}</figure></div>',
+        line_chart("KL divergence over time", [kl]),
+        line_chart("Shares over time", [drift, golden], y_max=1.0, y_format=lambda v: pct(v, 0)),
+    )
+
+
+def _filters(current: str, limit: int) -> Markup:
+    links = [("", "all"), *((s, s) for s in CANARY_STATUSES)]
+    return join(
+        (
+            html(
+                '<a href="/?status={}&amp;limit={}"{}>{}</a>',
+                status,
+                limit,
+                Markup(' aria-current="true" class="current"' if status == current else ""),
+                text,
+            )
+            for status, text in links
+        ),
+        " · ",
+    )
+
+
+def reports_page(reports: Sequence[CanaryReport], *, status: str = "", limit: int = 50) -> str:
+    """``/``: the recent reports, newest first, and their trends (oldest to newest)."""
+    counts = {s: sum(r.status == s for r in reports) for s in CANARY_STATUSES}
+    summary = html(
+        "<p>{} most recent reports{}: {}. Filter: {}</p>",
+        len(reports),
+        f" with status {status}" if status else "",
+        join((html("{} {}", counts[s], s) for s in CANARY_STATUSES), ", "),
+        _filters(status, limit),
+    )
+    rows = [
+        (
+            when(r.timestamp),
+            report_link(r.run_id),
+            status_badge(r.status),
+            num(r.passed),
+            num(r.total_samples),
+            num(r.kl_divergence),
+            pct(major_drift_share(r)),
+            _golden_cell(r),
+            reason_list(r),
+        )
+        for r in reports
+    ]
+    listing = (
+        table(
+            (
+                "Time",
+                "Run",
+                "Status",
+                "Passed",
+                "Samples",
+                "KL divergence",
+                "Major drift",
+                "Golden within tol.",
+                "Failure reasons",
+            ),
+            rows,
+            cls="reports",
+        )
+        if reports
+        else html(
+            '<p class="note">No canary reports yet: run one with <code>{}</code>.</p>',
+            "costsim-analytics canary run",
+        )
+    )
+    body = html(
+        "<h1>Canary reports</h1>{}<h2>Trends</h2>{}<h2>Reports</h2>{}",
+        summary,
+        trend_charts(list(reversed(reports))),
+        listing,
+    )
+    return page("Canary reports", body, nav="reports")
+
+
+def _golden_cell(report: CanaryReport) -> Markup:
+    comparison = report.golden_comparison
+    if comparison is None:
+        return html('<span class="muted">-</span>')
+    return html(
+        '{} {}<br><span class="muted">{} v{}</span>',
+        pct(comparison.candidate.within_tolerance_share),
+        status_badge("pass" if comparison.passed else "fail"),
+        comparison.dataset_name,
+        comparison.dataset_version,
+    )
+
+
+def golden_page(
+    datasets: Sequence[GoldenDataset] | None, reports: Iterable[CanaryReport] = ()
+) -> str:
+    """``/golden``: every version of every golden dataset; None: no golden backend here."""
+    if datasets is None:
+        body = html(
+            '<h1>Golden datasets</h1><p class="note">This server has no golden dataset store.</p>'
+        )
+        return page("Golden datasets", body, nav="golden")
+    latest: dict[tuple[str, int], Markup] = {}
+    for r in reports:  # newest first: the first one seen is the latest
+        c = r.golden_comparison
+        if c is not None and (c.dataset_name, c.dataset_version) not in latest:
+            latest[(c.dataset_name, c.dataset_version)] = html(
+                "{} within tolerance {}<br>{}",
+                pct(c.candidate.within_tolerance_share),
+                status_badge("pass" if c.passed else "fail"),
+                report_link(r.run_id),
+            )
+    rows = [
+        (
+            html('<span class="code" id="{}">{}</span>', f"{d.name}-v{d.version}", d.name),
+            num(d.version),
+            html('<span class="badge pass">active</span>')
+            if d.active
+            else html('<span class="muted">no</span>'),
+            num(d.sample_count),
+            html('<span class="mono">{}</span>', d.sha256),
+            d.source,
+            d.description,
+            when(d.created_at),
+            latest.get((d.name, d.version), html('<span class="muted">-</span>')),
+        )
+        for d in datasets
+    ]
+    names = len({d.name for d in datasets})
+    listing = (
+        table(
+            (
+                "Name",
+                "Version",
+                "Active",
+                "Samples",
+                "sha256",
+                "Source",
+                "Description",
+                "Created",
+                "Latest judged report",
+            ),
+            rows,
+            cls="golden",
+        )
+        if datasets
+        else html(
+            '<p class="note">No golden datasets yet: import one with <code>{}</code>.</p>',
+            "costsim-analytics golden import FILE.jsonl --name NAME",
+        )
+    )
+    body = html(
+        "<h1>Golden datasets</h1><p>{} {}, {} {}. Versions are immutable; one version per name "
+        "is active and judges the canary runs that name the dataset.</p>{}",
+        names,
+        "dataset" if names == 1 else "datasets",
+        len(datasets),
+        "version" if len(datasets) == 1 else "versions",
+        listing,
+    )
+    return page("Golden datasets", body, nav="golden")
+
+
+def error_page(status: int, title: str, message: str) -> str:
+    """A page for a 4xx/5xx answer."""
+    body = html(
+        '<h1>{} {}</h1><p class="note">{}</p><p><a href="/">All reports</a></p>',
+        status,
+        title,
+        message,
+    )
+    return page(title, body)

@@ -1,0 +1,294 @@
+"""``/reports/<run_id>``: one canary report in full, its golden comparison included."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from costsim_analytics.api.dashboard.markup import (
+    Markup,
+    definitions,
+    html,
+    join,
+    num,
+    page,
+    pct,
+    status_badge,
+    table,
+    when,
+)
+from costsim_analytics.api.dashboard.pages import major_drift_share
+from costsim_analytics.engines.reports import (
+    CanaryReport,
+    FailureReason,
+    FeasibilityConfusion,
+    GoldenComparison,
+    GoldenSummary,
+    Interval,
+    ReportStatistics,
+)
+
+NONE = Markup('<span class="muted">-</span>')
+
+
+def _interval(ci: Interval | None) -> str:
+    if ci is None:
+        return "-"
+    return f"{num(ci.estimate)} [{num(ci.low)}, {num(ci.high)}] ({pct(ci.level, 0)})"
+
+
+def reasons_table(reasons: Sequence[FailureReason]) -> Markup:
+    """Structured failure reasons: what was measured against which threshold, and the sentence."""
+    return table(
+        ("Code", "Metric", "Observed", "Rule", "Interval", "Message"),
+        (
+            (
+                html('<span class="code">{}</span>', r.code),
+                r.metric,
+                num(r.observed),
+                f"{r.comparator}\u00a0{num(r.threshold)}",
+                _interval(r.interval),
+                r.message,
+            )
+            for r in reasons
+        ),
+        cls="reasons",
+    )
+
+
+def _reasons_section(report: CanaryReport) -> Markup:
+    if report.reasons:
+        return reasons_table(report.reasons)
+    if report.failure_reasons:  # reports stored before reasons were structured
+        return html(
+            '<ul class="reasons">{}</ul>',
+            join(html("<li>{}</li>", m) for m in report.failure_reasons),
+        )
+    return html(
+        '<p class="muted">{}</p>', "None: the canary passed." if report.passed else "None recorded."
+    )
+
+
+def _statistics(stats: ReportStatistics | None) -> Markup:
+    if stats is None:
+        return html('<p class="muted">No statistics recorded.</p>')
+    t = stats.paired_test
+    overview = definitions(
+        [
+            ("JS divergence", num(stats.js_divergence)),
+            ("KL bins / epsilon", f"{stats.kl_bins} / {num(stats.kl_epsilon)}"),
+            ("Outlier share", pct(stats.outlier_share)),
+            ("Major drift + mismatch share", pct(stats.major_drift_share)),
+            (
+                "Paired test",
+                f"{t.method}: n {t.n} ({t.n_nonzero} non-zero), statistic {num(t.statistic)}, "
+                f"p {num(t.p_value)}, effect size {num(t.effect_size)}, "
+                f"median difference {num(t.median_difference)}",
+            ),
+        ]
+    )
+    intervals = table(
+        ("Confidence interval", "Estimate", "Low", "High", "Level", "Resamples"),
+        (
+            (name, num(ci.estimate), num(ci.low), num(ci.high), pct(ci.level, 0), num(ci.resamples))
+            for name, ci in (
+                ("Median cost difference", stats.median_cost_diff_ci),
+                ("p90 cost difference", stats.p90_cost_diff_ci),
+                ("Median relative delta", stats.median_relative_delta_ci),
+            )
+            if ci is not None
+        ),
+    )
+    return html("{}{}", overview, intervals)
+
+
+def _artifacts(report: CanaryReport) -> Markup:
+    rows: list[tuple[object, ...]] = [
+        (
+            html('<span class="mono">{}</span>', a.path),
+            html('<span class="mono">{}</span>', a.sha256),
+            num(a.size_bytes),
+        )
+        for a in report.artifacts
+    ]
+    listed = {a.path for a in report.artifacts}
+    rows += [
+        (html('<span class="mono">{}</span>', p), NONE, NONE)
+        for p in report.artifact_paths
+        if p not in listed
+    ]
+    if not rows:
+        return html('<p class="muted">No artifacts.</p>')
+    return table(("Path", "sha256", "Bytes"), rows, cls="artifacts")
+
+
+def _confusion(f: FeasibilityConfusion) -> str:
+    return (
+        f"{f.flips} flips (expected feasible → infeasible "
+        f"{f.expected_feasible_predicted_infeasible}, infeasible → feasible "
+        f"{f.expected_infeasible_predicted_feasible}; agreeing "
+        f"{f.expected_feasible_predicted_feasible} + {f.expected_infeasible_predicted_infeasible})"
+    )
+
+
+def _summaries(candidate: GoldenSummary, baseline: GoldenSummary) -> Markup:
+    rows = [
+        ("Model", candidate.model, baseline.model),
+        ("Samples", num(candidate.samples), num(baseline.samples)),
+        ("Not estimated", num(candidate.invalid_samples), num(baseline.invalid_samples)),
+        ("Within tolerance", num(candidate.within_tolerance), num(baseline.within_tolerance)),
+        (
+            "Share within tolerance",
+            pct(candidate.within_tolerance_share),
+            pct(baseline.within_tolerance_share),
+        ),
+        (
+            "Mean relative error",
+            pct(candidate.mean_relative_error),
+            pct(baseline.mean_relative_error),
+        ),
+        ("p90 relative error", pct(candidate.p90_relative_error), pct(baseline.p90_relative_error)),
+        (
+            "Mean absolute error (cents)",
+            num(candidate.mean_absolute_error),
+            num(baseline.mean_absolute_error),
+        ),
+        (
+            "Max absolute error (cents)",
+            num(candidate.max_absolute_error),
+            num(baseline.max_absolute_error),
+        ),
+        ("Feasibility", _confusion(candidate.feasibility), _confusion(baseline.feasibility)),
+    ]
+    return table(("", "Candidate", "Baseline"), rows, cls="summaries")
+
+
+def golden_section(
+    comparison: GoldenComparison | None, shown: frozenset[str] = frozenset()
+) -> Markup:
+    """The golden comparison: dataset, verdict, both models' summaries, the worst samples.
+
+    Its reasons are listed unless their messages are in ``shown`` (the report's own reasons,
+    which a failing golden comparison adds to).
+    """
+    if comparison is None:
+        return html(
+            '<p class="muted">{}</p>',
+            "No golden comparison: this run was not judged against a golden dataset.",
+        )
+    c = comparison
+    head = definitions(
+        [
+            (
+                "Dataset",
+                html(
+                    '<a href="/golden#{}">{} version {}</a>',
+                    f"{c.dataset_name}-v{c.dataset_version}",
+                    c.dataset_name,
+                    c.dataset_version,
+                ),
+            ),
+            ("Dataset sha256", html('<span class="mono">{}</span>', c.dataset_sha256)),
+            ("Verdict", status_badge("pass" if c.passed else "fail")),
+            ("Candidate within tolerance", pct(c.candidate.within_tolerance_share)),
+            (
+                "Rule",
+                f"at least {pct(c.min_share)} of samples within {pct(c.tolerance)} relative error, "
+                f"at most {c.max_feasibility_flips} feasibility flips",
+            ),
+            (
+                "Against the baseline",
+                f"{c.direction}: {c.closer_samples} samples closer, {c.farther_samples} farther, "
+                f"{c.tied_samples} tied; mean relative error delta "
+                f"{pct(c.mean_relative_error_delta, 2)}",
+            ),
+        ]
+    )
+    unshown = [r for r in c.reasons if r.message not in shown]
+    reasons = reasons_table(unshown) if unshown else Markup("")
+    worst = table(
+        (
+            "Sample",
+            "Expected (cents)",
+            "Expected feasible",
+            "Candidate (cents)",
+            "Candidate feasible",
+            "Abs. error",
+            "Rel. error",
+            "Within tol.",
+            "Baseline (cents)",
+            "Baseline rel. error",
+            "Error",
+        ),
+        (
+            (
+                html('<span class="code">{}</span>', s.id),
+                num(s.expected_cost_cents),
+                num(s.expected_feasible),
+                num(s.candidate_cost_cents),
+                num(s.candidate_feasible),
+                num(s.absolute_error),
+                pct(s.relative_error),
+                num(s.within_tolerance),
+                num(s.baseline_cost_cents),
+                pct(s.baseline_relative_error),
+                s.error or "",
+            )
+            for s in c.worst_samples
+        ),
+        cls="worst",
+    )
+    return html(
+        "{}{}<h3>Candidate and baseline</h3>{}<h3>Worst samples ({})</h3>{}",
+        head,
+        reasons,
+        _summaries(c.candidate, c.baseline),
+        len(c.worst_samples),
+        worst,
+    )
+
+
+def report_page(report: CanaryReport) -> str:
+    """Every metric, reason, statistic, artifact and the golden comparison of one report."""
+    r = report
+    overview = definitions(
+        [
+            ("Status", html("{} passed: {}", status_badge(r.status), num(r.passed))),
+            ("Run time", when(r.timestamp)),
+            ("Stored", when(r.created_at)),
+            (
+                "Baseline / candidate model",
+                f"{r.baseline_model or '-'} / {r.candidate_model or '-'}",
+            ),
+            ("Sample source", r.sample_source or "-"),
+            ("Seed", str(r.seed)),
+        ]
+    )
+    metrics = table(
+        ("Metric", "Value"),
+        [
+            ("Total samples", num(r.total_samples)),
+            ("Matching", num(r.matching_samples)),
+            ("Minor drift", num(r.minor_drift_samples)),
+            ("Major drift", num(r.major_drift_samples)),
+            ("Major-drift share", pct(major_drift_share(r))),
+            ("Invalid samples", num(r.invalid_samples)),
+            ("Outliers", num(r.outlier_count)),
+            ("Median cost difference", num(r.median_cost_diff)),
+            ("p90 cost difference", num(r.p90_cost_diff)),
+            ("KL divergence", num(r.kl_divergence)),
+        ],
+        cls="metrics",
+    )
+    body = html(
+        '<h1>Canary report <span class="mono">{}</span></h1>{}'
+        "<h2>Metrics</h2>{}<h2>Failure reasons</h2>{}<h2>Statistics</h2>{}"
+        "<h2>Golden comparison</h2>{}<h2>Artifacts</h2>{}",
+        r.run_id,
+        overview,
+        metrics,
+        _reasons_section(r),
+        _statistics(r.statistics),
+        golden_section(r.golden_comparison, frozenset(x.message for x in r.reasons)),
+        _artifacts(r),
+    )
+    return page(f"Report {r.run_id}", body, nav="reports")

@@ -1,0 +1,248 @@
+"""Prometheus metrics of one server process: RPCs, rows written, canary outcomes, readiness.
+
+RPCs are measured by a grpc.aio server interceptor, so every method of every service on the
+server is covered (the analytics service, health and reflection), unary and streaming alike,
+under the names and labels of go-grpc-prometheus: ``grpc_server_started_total``,
+``grpc_server_handled_total`` and ``grpc_server_handling_seconds`` by ``grpc_service``,
+``grpc_method``, ``grpc_type`` and (when handled) ``grpc_code``. The domain counters observe
+the operation results (domain objects, not protos), wrapped around the registry's handlers.
+
+Example:
+    >>> metrics = ServiceMetrics()
+    >>> metrics.canary_runs.labels(status="pass").inc()
+    >>> b'costsim_canary_runs_total{status="pass"} 1.0' in metrics.exposition()
+    True
+
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from costsim_analytics.engines.canary_command import RunCanaryResult
+from costsim_analytics.engines.provenance import WriteBatchResult
+from costsim_analytics.engines.reports import CANARY_STATUSES
+from costsim_analytics.handlers.registry import (
+    OP_CANARY_RUN,
+    OP_PROVENANCE_BATCH,
+    Handler,
+    OperationRegistry,
+)
+
+# The classic text format, which every Prometheus version scrapes (and generate_latest writes).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Seconds; the long tail is for RunCanary over large sample sets.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120)
+_CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+_RPC_LABELS = ("grpc_service", "grpc_method", "grpc_type")
+
+if TYPE_CHECKING:  # generic in grpc-stubs only
+    _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
+    _Handler = grpc.RpcMethodHandler[Any, Any]
+else:
+    _Interceptor = grpc.aio.ServerInterceptor
+    _Handler = grpc.RpcMethodHandler
+
+
+class ServiceMetrics:
+    """The metrics of one server, in their own registry (nothing global, nothing at import)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        self.rpc_started = Counter(
+            "grpc_server_started",
+            "RPCs started on the server.",
+            _RPC_LABELS,
+            registry=self.registry,
+        )
+        self.rpc_handled = Counter(
+            "grpc_server_handled",
+            "RPCs completed on the server, by status code.",
+            (*_RPC_LABELS, "grpc_code"),
+            registry=self.registry,
+        )
+        self.rpc_seconds = Histogram(
+            "grpc_server_handling_seconds",
+            "Time from the start of an RPC to its status, by status code.",
+            (*_RPC_LABELS, "grpc_code"),
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.provenance_rows = Counter(
+            "costsim_provenance_rows_written",
+            "Provenance rows written by WriteProvenanceBatch (replays write none).",
+            registry=self.registry,
+        )
+        self.canary_runs = Counter(
+            "costsim_canary_runs",
+            "Canary runs completed by this process, by report status (replays not counted).",
+            ("status",),
+            registry=self.registry,
+        )
+        for status in CANARY_STATUSES:
+            self.canary_runs.labels(status=status)
+        self.serving = Gauge(
+            "costsim_serving",
+            "1 while the database probe passes (the gRPC health status is SERVING), else 0.",
+            registry=self.registry,
+        )
+        self.http_requests = Counter(
+            "costsim_http_requests",
+            "Requests to the HTTP side port, by route and status.",
+            ("route", "code"),
+            registry=self.registry,
+        )
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format of every metric."""
+        return generate_latest(self.registry)
+
+    def instrument(self, operations: OperationRegistry) -> OperationRegistry:
+        """``operations`` with the handlers whose results are counted wrapped to count them."""
+        observers: dict[str, Callable[[Any], None]] = {
+            OP_PROVENANCE_BATCH: self._rows_written,
+            OP_CANARY_RUN: self._canary_outcome,
+        }
+        instrumented = OperationRegistry()
+        for name in operations.names():
+            handler = operations.get(name)
+            observe = observers.get(name)
+            instrumented.register(name, handler if observe is None else _observed(handler, observe))
+        return instrumented
+
+    def _rows_written(self, result: Any) -> None:
+        if isinstance(result, WriteBatchResult) and not result.replayed:
+            self.provenance_rows.inc(len(result.ids))
+
+    def _canary_outcome(self, result: Any) -> None:
+        if isinstance(result, RunCanaryResult) and not result.replayed:
+            self.canary_runs.labels(status=result.report.status).inc()
+
+
+def _observed(handler: Handler, observe: Callable[[Any], None]) -> Handler:
+    def run(command: Any) -> Any:
+        result = handler(command)
+        observe(result)
+        return result
+
+    return run
+
+
+def _code_name(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException | None) -> str:
+    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+        return "CANCELLED"  # the client went away, or the deadline passed
+    code: Any = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    if isinstance(code, int):
+        return _CODE_NAMES.get(code, "UNKNOWN")
+    # No code set: a normal return is OK; an exception escaping the handler is UNKNOWN.
+    return "OK" if exc is None else "UNKNOWN"
+
+
+class MetricsInterceptor(_Interceptor):
+    """Counts and times every RPC by method and status code, streams until their last message."""
+
+    def __init__(self, metrics: ServiceMetrics) -> None:
+        self._metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[_Handler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> _Handler:
+        """The next handler, its behaviour wrapped in a measurement."""
+        handler = await continuation(handler_call_details)
+        if handler is None:  # an unknown method: grpc answers UNIMPLEMENTED itself
+            return handler
+        service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
+        kind = {
+            (False, False): ("unary", grpc.unary_unary_rpc_method_handler),
+            (False, True): ("server_stream", grpc.unary_stream_rpc_method_handler),
+            (True, False): ("client_stream", grpc.stream_unary_rpc_method_handler),
+            (True, True): ("bidi_stream", grpc.stream_stream_rpc_method_handler),
+        }
+        grpc_type, make = kind[(handler.request_streaming, handler.response_streaming)]
+        behavior = (
+            handler.unary_unary
+            or handler.unary_stream
+            or handler.stream_unary
+            or handler.stream_stream
+        )
+        labels = {"grpc_service": service, "grpc_method": method, "grpc_type": grpc_type}
+        wrapped = self._measure(behavior, labels)
+        if wrapped is None:
+            return handler
+        return make(
+            wrapped,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _finish(
+        self,
+        labels: dict[str, str],
+        started: float,
+        context: grpc.aio.ServicerContext[Any, Any],
+        exc: BaseException | None,
+    ) -> None:
+        code = _code_name(context, exc)
+        self._metrics.rpc_handled.labels(**labels, grpc_code=code).inc()
+        self._metrics.rpc_seconds.labels(**labels, grpc_code=code).observe(
+            time.perf_counter() - started
+        )
+
+    def _measure(self, behavior: Any, labels: dict[str, str]) -> Any:
+        """``behavior`` measured; None for a kind of behaviour this does not know."""
+        started_total = self._metrics.rpc_started.labels(**labels)
+        finish = self._finish
+
+        if inspect.isasyncgenfunction(behavior):
+            # A streaming method written as an async generator: done after its last message.
+            async def stream(request: Any, context: Any) -> Any:
+                started_total.inc()
+                started = time.perf_counter()
+                try:
+                    async for message in behavior(request, context):
+                        yield message
+                except BaseException as exc:
+                    finish(labels, started, context, exc)
+                    raise
+                finish(labels, started, context, None)
+
+            return stream
+
+        if inspect.iscoroutinefunction(behavior):
+            # Unary methods, and streaming ones that write through context.write().
+            async def call(request: Any, context: Any) -> Any:
+                started_total.inc()
+                started = time.perf_counter()
+                try:
+                    response = await behavior(request, context)
+                except BaseException as exc:
+                    finish(labels, started, context, exc)
+                    raise
+                finish(labels, started, context, None)
+                return response
+
+            return call
+        return None

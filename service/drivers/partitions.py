@@ -1,0 +1,171 @@
+"""Monthly partitions of ``costsim_provenance`` on PostgreSQL.
+
+The table is ``PARTITION BY RANGE (created_at)``, one partition per calendar month (UTC) named
+``costsim_provenance_pYYYYMM``, plus a ``costsim_provenance_default`` partition as a safety net
+so that an insert never fails for want of a partition. Partitions are created ahead of time by
+``costsim-analytics migrate``, at server start and once an hour while it runs; retention drops
+whole partitions, which frees their space at once (no DELETE, no VACUUM).
+
+SQLite keeps a plain table: every function here is a no-op there.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import Connection, Engine, text
+
+from costsim_analytics.drivers.errors import translated
+
+log = logging.getLogger(__name__)
+
+PARENT = "costsim_provenance"
+DEFAULT_PARTITION = f"{PARENT}_default"
+MONTHS_AHEAD = 3
+_NAME = re.compile(rf"^{PARENT}_p(\d{{4}})(\d{{2}})$")
+
+
+@dataclass(frozen=True, slots=True)
+class Partition:
+    """One monthly partition: rows with ``start <= created_at < end``."""
+
+    name: str
+    start: datetime
+    end: datetime
+
+
+def month_start(moment: datetime) -> datetime:
+    """The first instant (UTC) of the month containing ``moment``."""
+    moment = moment.astimezone(UTC)
+    return datetime(moment.year, moment.month, 1, tzinfo=UTC)
+
+
+def add_months(month: datetime, count: int) -> datetime:
+    """The first instant of the month ``count`` months after ``month`` (a month start)."""
+    index = month.year * 12 + month.month - 1 + count
+    return datetime(index // 12, index % 12 + 1, 1, tzinfo=UTC)
+
+
+def partition_for(month: datetime) -> Partition:
+    """The partition that holds ``month``."""
+    start = month_start(month)
+    return Partition(f"{PARENT}_p{start:%Y%m}", start, add_months(start, 1))
+
+
+def is_partitioned(conn: Connection) -> bool:
+    """True when ``costsim_provenance`` is a partitioned table (PostgreSQL after 0004)."""
+    if conn.dialect.name != "postgresql":
+        return False
+    with translated():
+        kind = conn.execute(
+            text("SELECT relkind FROM pg_class WHERE oid = to_regclass(:name)"), {"name": PARENT}
+        ).scalar()
+    return kind == "p"
+
+
+def create_partition(conn: Connection, partition: Partition) -> None:
+    """Create one monthly partition if it does not exist yet (idempotent)."""
+    start, end = partition.start.isoformat(), partition.end.isoformat()
+    with translated():
+        conn.execute(
+            text(
+                f'CREATE TABLE IF NOT EXISTS "{partition.name}" PARTITION OF {PARENT} '
+                f"FOR VALUES FROM ('{start}') TO ('{end}')"
+            )
+        )
+
+
+def ensure_partitions(
+    conn: Connection, now: datetime, months_ahead: int = MONTHS_AHEAD
+) -> list[str]:
+    """Create the partitions of this month and the next ``months_ahead``; return the new ones."""
+    if not is_partitioned(conn):
+        return []
+    existing = {p.name for p in list_partitions(conn)}
+    created = []
+    for offset in range(months_ahead + 1):
+        partition = partition_for(add_months(month_start(now), offset))
+        if partition.name not in existing:
+            create_partition(conn, partition)
+            created.append(partition.name)
+    return created
+
+
+def ensure_range(conn: Connection, start: datetime, end: datetime) -> list[str]:
+    """Create every monthly partition from ``start``'s month to ``end``'s (for backfills)."""
+    if not is_partitioned(conn):
+        return []
+    existing = {p.name for p in list_partitions(conn)}
+    created, month = [], month_start(start)
+    while month <= end:
+        partition = partition_for(month)
+        if partition.name not in existing:
+            create_partition(conn, partition)
+            created.append(partition.name)
+        month = add_months(month, 1)
+    return created
+
+
+def list_partitions(conn: Connection) -> list[Partition]:
+    """The monthly partitions, oldest first (the default partition is not listed)."""
+    if not is_partitioned(conn):
+        return []
+    with translated():
+        names = conn.execute(
+            text(
+                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                "WHERE i.inhparent = to_regclass(:parent)"
+            ),
+            {"parent": PARENT},
+        ).scalars()
+    partitions = []
+    for name in names:
+        match = _NAME.match(name)
+        if match:
+            start = datetime(int(match[1]), int(match[2]), 1, tzinfo=UTC)
+            partitions.append(Partition(name, start, add_months(start, 1)))
+    return sorted(partitions, key=lambda p: p.start)
+
+
+def drop_partitions_before(conn: Connection, cutoff: datetime) -> list[tuple[str, int]]:
+    """Drop every monthly partition that ends at or before ``cutoff``; return (name, rows)."""
+    dropped = []
+    for partition in list_partitions(conn):
+        if partition.end <= cutoff:
+            with translated():
+                rows = conn.execute(text(f'SELECT count(*) FROM "{partition.name}"')).scalar_one()
+                conn.execute(text(f'DROP TABLE "{partition.name}"'))
+            dropped.append((partition.name, int(rows)))
+    return dropped
+
+
+class PartitionKeeper:
+    """Creates the coming months' partitions at most once per ``interval_s`` (for the server).
+
+    Called from the server's periodic database probe. A failure is logged and retried on the
+    next call; inserts never depend on it, since the default partition takes any row.
+    """
+
+    def __init__(self, engine: Engine, interval_s: float = 3600.0) -> None:
+        self._engine = engine
+        self._interval_s = interval_s
+        self._last = -interval_s
+
+    def __call__(self) -> None:
+        """Ensure partitions if the interval has passed since the last success."""
+        now = time.monotonic()
+        if now - self._last < self._interval_s or self._engine.dialect.name != "postgresql":
+            return
+        try:
+            with self._engine.begin() as conn:
+                created = ensure_partitions(conn, datetime.now(UTC))
+        except Exception:
+            log.exception("could not create the coming provenance partitions; will retry")
+            return
+        self._last = now
+        if created:
+            log.info("created provenance partitions: %s", ", ".join(created))

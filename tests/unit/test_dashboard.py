@@ -1,0 +1,333 @@
+"""Dashboard rendering: escaping of user data, empty data, charts; the routes over fakes."""
+
+from __future__ import annotations
+
+import asyncio
+import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from html.parser import HTMLParser
+
+import pytest
+
+from costsim_analytics.api.dashboard.app import Dashboard
+from costsim_analytics.api.dashboard.charts import Point, Series, line_chart, nice_ceiling
+from costsim_analytics.api.dashboard.httpserver import Response, parse_head, render
+from costsim_analytics.api.dashboard.markup import Markup, html, join, num, pct
+from costsim_analytics.api.dashboard.pages import error_page, golden_page, reports_page
+from costsim_analytics.api.dashboard.report_page import report_page
+from costsim_analytics.api.metrics import ServiceMetrics
+from costsim_analytics.engines.canary_command import RunCanaryResult
+from costsim_analytics.engines.errors import NotFound, Unavailable
+from costsim_analytics.engines.golden_datasets import GoldenDataset
+from costsim_analytics.engines.provenance import WriteBatchResult
+from costsim_analytics.engines.reports import (
+    ArtifactRef,
+    FailureReason,
+    FeasibilityConfusion,
+    GoldenComparison,
+    GoldenSampleResult,
+    GoldenSummary,
+)
+from costsim_analytics.handlers.registry import (
+    OP_CANARY_REPORT,
+    OP_CANARY_REPORTS,
+    OP_CANARY_RUN,
+    OP_GOLDEN_LIST,
+    OP_PROVENANCE_BATCH,
+    OperationRegistry,
+)
+from tests.factories import canary_report
+
+EVIL = '<script>alert("x")</script>&'
+T0 = datetime(2026, 11, 26, tzinfo=UTC)
+
+
+class Elements(HTMLParser):
+    """Collects start tags: proves that no user text turned into markup."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+
+
+def summary(model: str, share: float) -> GoldenSummary:
+    return GoldenSummary(
+        model, 10, 0, int(share * 10), share, 0.05, 0.1, 1.0, 4.0, FeasibilityConfusion(6, 1, 0, 3)
+    )
+
+
+def comparison(name: str = "nightly-ref", share: float = 0.7, passed: bool = False):
+    reason = FailureReason(
+        "GOLDEN_COMPARISON_FAILED",
+        "golden_within_tolerance_share",
+        share,
+        0.95,
+        "<",
+        f"golden {name} v3: {share:.0%} of samples within 10% < 95%",
+    )
+    worst = GoldenSampleResult(EVIL, 100.0, True, 150.0, False, 50.0, 0.5, False, 101.0, True, 0.01)
+    return GoldenComparison(
+        dataset_name=name,
+        dataset_version=3,
+        dataset_sha256="ab" * 32,
+        candidate_model="v2",
+        baseline_model="v1",
+        tolerance=0.1,
+        min_share=0.95,
+        max_feasibility_flips=0,
+        passed=passed,
+        reasons=() if passed else (reason,),
+        candidate=summary("v2", share),
+        baseline=summary("v1", 1.0),
+        mean_relative_error_delta=0.04,
+        closer_samples=1,
+        farther_samples=6,
+        tied_samples=3,
+        direction="away",
+        worst_samples=(worst,),
+    )
+
+
+def failing_report(i: int = 1, **overrides):
+    reason = FailureReason("KL_DIVERGENCE", "kl_divergence", 0.31, 0.2, ">", f"KL 0.31 {EVIL}")
+    fields = {
+        "run_id": f"run-{EVIL}",
+        "status": "fail",
+        "passed": False,
+        "reasons": (reason,),
+        "failure_reasons": (reason.message,),
+        "artifacts": (ArtifactRef("/a/report.json", "cd" * 32, 10),),
+    }
+    return canary_report(i, **{**fields, **overrides})
+
+
+# --- markup ----------------------------------------------------------------------------------
+
+
+def test_html_escapes_every_argument_unless_it_is_markup():
+    assert html("<td>{}</td>", EVIL) == (
+        "<td>&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;</td>"
+    )
+    assert html('<a title="{}">', '" onmouseover="x') == '<a title="&quot; onmouseover=&quot;x">'
+    assert html("<p>{}</p>", Markup("<b>ok</b>")) == "<p><b>ok</b></p>"
+    assert join(["<i>", Markup("<b>")]) == "&lt;i&gt;<b>"
+
+
+def test_numbers_for_people():
+    assert (num(None), num(True), num(12345), num(0.123456), num(12345.678)) == (
+        "-",
+        "yes",
+        "12,345",
+        "0.1235",
+        "12,345.7",
+    )
+    assert (pct(None), pct(0.6833)) == ("-", "68.3 %")
+
+
+# --- charts ----------------------------------------------------------------------------------
+
+
+def test_chart_is_well_formed_svg_with_gaps_for_missing_values():
+    points = [
+        Point(T0 + timedelta(hours=i), v, f"run-{i}")
+        for i, v in enumerate([0.1, 0.2, None, 0.4, 0.3])
+    ]
+    svg = line_chart("KL", [Series("KL divergence", points)])
+    root = ET.fromstring(svg)  # XML-well-formed, so every value was escaped
+    ns = "{http://www.w3.org/2000/svg}"
+    assert len(root.findall(f"{ns}polyline")) == 2  # the missing value splits the line
+    assert len(root.findall(f".//{ns}circle")) == 5 - 1 + 1  # 4 points + the legend marker
+    assert "no data yet" not in svg
+
+
+def test_chart_without_data_says_so_and_escapes_labels():
+    svg = line_chart(EVIL, [Series(EVIL, [Point(T0, None, EVIL)])])
+    ET.fromstring(svg)
+    assert "no data yet" in svg and "<script>" not in svg
+    empty = line_chart("nothing", [Series("KL", [])])
+    ET.fromstring(empty)
+    assert "no data yet" in empty and "KL (no data)" in empty
+
+
+def test_single_point_chart_and_axis_top():
+    svg = line_chart("one", [Series("x", [Point(T0, 0.3, "r")])])
+    ET.fromstring(svg)
+    assert "<polyline" not in svg and ">0.5<" in svg
+    assert [nice_ceiling(v) for v in (0, 0.3, 1.0, 1.2, 7)] == [1.0, 0.5, 1.0, 2.0, 10.0]
+
+
+# --- pages -----------------------------------------------------------------------------------
+
+
+def test_reports_page_escapes_run_ids_and_reasons():
+    text = reports_page([failing_report(golden_comparison=comparison()), canary_report(0)])
+    assert "<script>" not in text and "script" not in Elements(text).tags
+    assert "KL 0.31 &lt;script&gt;" in text
+    # The run id is one percent-encoded path segment in the link, escaped in the text.
+    assert 'href="/reports/run-%3Cscript%3Ealert%28%22x%22%29%3C%2Fscript%3E%26"' in text
+    assert "70.0 %" in text and "nightly-ref v3" in text  # the golden share column
+    assert text.count("<svg") == 2
+
+
+def test_reports_page_without_reports():
+    text = reports_page([])
+    assert "No canary reports yet" in text and text.count("no data yet") == 2
+    assert "golden within tolerance (no data)" in text
+
+
+def test_report_page_shows_everything_escaped():
+    report = failing_report(golden_comparison=comparison())
+    text = report_page(report)
+    assert "script" not in Elements(text).tags
+    for expected in (
+        "KL_DIVERGENCE",
+        "nightly-ref version 3",
+        "ab" * 32,
+        "cd" * 32,
+        "/a/report.json",
+        "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;",  # the worst sample's id
+        "70.0 %",
+        "away: 1 samples closer, 6 farther",
+    ):
+        assert expected in text, expected
+
+
+def test_report_page_without_golden_or_statistics():
+    text = report_page(canary_report(0))
+    assert "No golden comparison" in text and "No statistics recorded" in text
+    assert "None: the canary passed." in text
+
+
+def test_golden_page():
+    d = GoldenDataset(EVIL, 2, "ef" * 32, "desc", "import", 60, True, T0)
+    text = golden_page(
+        [d, replace(d, version=1, active=False)],
+        [failing_report(golden_comparison=comparison(name=EVIL, share=0.7))],
+    )
+    assert "script" not in Elements(text).tags
+    assert "1 dataset, 2 versions" in text and "ef" * 32 in text and "active" in text
+    assert "no golden dataset store" in golden_page(None)
+    assert "No golden datasets yet" in golden_page([])
+
+
+def test_error_page_escapes_the_message():
+    assert "<script>" not in error_page(404, "Not found", EVIL)
+
+
+# --- HTTP plumbing ---------------------------------------------------------------------------
+
+
+def test_parse_head_and_render():
+    request = parse_head(b"GET /reports/a%2Fb?status=fail&limit=5 HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (request.method, request.path, request.arg("status"), request.arg("limit")) == (
+        "GET",
+        "/reports/a/b",
+        "fail",
+        "5",
+    )
+    with pytest.raises(ValueError, match="bad request line"):
+        parse_head(b"nonsense\r\n\r\n")
+    wire = render(Response(200, b"hello", "text/plain"))
+    assert wire.startswith(b"HTTP/1.1 200 OK\r\n") and wire.endswith(b"\r\n\r\nhello")
+    assert (
+        b"Content-Length: 5\r\n" in wire and b"Content-Security-Policy: default-src 'none'" in wire
+    )
+    assert not render(Response(200, b"hello"), head_only=True).endswith(b"hello")
+
+
+class Stream:
+    def __init__(self, reports):
+        self.reports = reports
+
+    def __iter__(self):
+        return iter((r, "token") for r in self.reports)
+
+
+def fake_registry(reports, *, golden=True) -> OperationRegistry:
+    registry = OperationRegistry()
+    registry.register(OP_CANARY_REPORTS, lambda query: Stream(reports[: query.page_size]))
+
+    def get(run_id):
+        for r in reports:
+            if r.run_id == run_id:
+                return r
+        raise NotFound(f"no canary report with run_id {run_id!r}")
+
+    registry.register(OP_CANARY_REPORT, get)
+    if golden:
+        registry.register(OP_GOLDEN_LIST, lambda name: [])
+    return registry
+
+
+def call(app: Dashboard, target: str) -> Response:
+    request = parse_head(f"GET {target} HTTP/1.1\r\n\r\n".encode())
+    return asyncio.run(app(request))
+
+
+def test_routes_and_error_statuses():
+    reports = [failing_report(), canary_report(0)]
+    ready = [False]
+    metrics = ServiceMetrics()
+    with ThreadPoolExecutor(2) as pool:
+        app = Dashboard(fake_registry(reports), pool, metrics, lambda: ready[0])
+        assert call(app, "/healthz").status == 200
+        assert call(app, "/readyz").status == 503
+        ready[0] = True
+        assert call(app, "/readyz").status == 200
+        page = call(app, "/?limit=1")
+        assert page.status == 200 and page.body.count(b'class="badge fail"') == 1
+        assert call(app, "/?limit=0").status == 400
+        found = call(app, "/reports/run-%3Cscript%3Ealert%28%22x%22%29%3C%2Fscript%3E%26")
+        assert found.status == 200 and b"KL_DIVERGENCE" in found.body
+        missing = call(app, "/reports/nope")
+        assert missing.status == 404 and b"no canary report" in missing.body
+        assert call(app, "/golden").status == 200
+        assert call(app, "/nothing").status == 404
+        exposition = call(app, "/metrics")
+        assert exposition.content_type.startswith("text/plain")
+        assert b'costsim_http_requests_total{code="404",route="/reports/{run_id}"} 1.0' in (
+            exposition.body
+        )
+
+
+def test_a_failing_store_is_503_and_a_bug_is_500():
+    def down(query):
+        raise Unavailable("database unavailable")
+
+    registry = OperationRegistry()
+    registry.register(OP_CANARY_REPORTS, down)
+    registry.register(OP_CANARY_REPORT, lambda run_id: 1 / 0)
+    with ThreadPoolExecutor(1) as pool:
+        app = Dashboard(registry, pool, ServiceMetrics(), lambda: True)
+        assert call(app, "/").status == 503
+        broken = call(app, "/reports/x")
+        assert broken.status == 500 and b"error id" in broken.body
+        assert b"no golden dataset store" in call(app, "/golden").body
+
+
+# --- domain counters -------------------------------------------------------------------------
+
+
+def test_instrumented_operations_count_rows_and_canary_outcomes_but_not_replays():
+    metrics = ServiceMetrics()
+    registry = OperationRegistry()
+    registry.register(OP_PROVENANCE_BATCH, lambda cmd: WriteBatchResult((1, 2, 3), replayed=cmd))
+    registry.register(OP_CANARY_RUN, lambda cmd: RunCanaryResult(canary_report(1), replayed=cmd))
+    registry.register(OP_CANARY_REPORT, lambda run_id: run_id)
+    ops = metrics.instrument(registry)
+    assert ops.names() == registry.names()
+    ops.get(OP_PROVENANCE_BATCH)(False)
+    ops.get(OP_PROVENANCE_BATCH)(True)
+    ops.get(OP_CANARY_RUN)(False)
+    ops.get(OP_CANARY_RUN)(True)
+    assert ops.get(OP_CANARY_REPORT)("same") == "same"
+    text = metrics.exposition().decode()
+    assert "costsim_provenance_rows_written_total 3.0" in text
+    assert 'costsim_canary_runs_total{status="fail"} 1.0' in text
+    assert 'costsim_canary_runs_total{status="pass"} 0.0' in text
