@@ -8,11 +8,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 
 from costsim.analytics.v1 import analytics_pb2 as pb
 from costsim_analytics.engines.canary import Sample
-from costsim_analytics.engines.canary_command import RunCanary, RunCanaryResult
+from costsim_analytics.engines.canary_command import RunCanary
 from costsim_analytics.engines.drift import DriftStats, DriftStatsQuery
 from costsim_analytics.engines.provenance import (
     ProvenanceFilter,
@@ -295,11 +295,6 @@ def run_canary(request: pb.RunCanaryRequest) -> RunCanary:
     )
 
 
-def run_canary_response(result: RunCanaryResult) -> pb.RunCanaryResponse:
-    """Command result -> RunCanaryResponse."""
-    return pb.RunCanaryResponse(report=canary_report(result.report), replayed=result.replayed)
-
-
 def report_query(request: pb.QueryCanaryReportsRequest) -> ReportQuery:
     """QueryCanaryReportsRequest -> query. An unknown enum number becomes an invalid status."""
     if request.status == pb.CANARY_STATUS_UNSPECIFIED:
@@ -316,8 +311,3 @@ def report_query(request: pb.QueryCanaryReportsRequest) -> ReportQuery:
         page_size=request.page_size,
         page_token=request.page_token,
     )
-
-
-def run_canary_from_json(request: dict[str, Any]) -> RunCanary:
-    """A RunCanaryRequest in its JSON form -> command (for in-process callers)."""
-    return run_canary(json_format.ParseDict(request, pb.RunCanaryRequest()))

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from google.protobuf import json_format
+
 from costsim.analytics.v1 import analytics_pb2 as pb
 from costsim_analytics.api import convert
 from costsim_analytics.engines.canary_command import RunCanary, RunCanaryResult
@@ -240,3 +242,8 @@ def run_canary(request: pb.RunCanaryRequest) -> RunCanary:
 def run_canary_response(result: RunCanaryResult) -> pb.RunCanaryResponse:
     """Command result -> RunCanaryResponse, with the golden comparison."""
     return pb.RunCanaryResponse(report=canary_report(result.report), replayed=result.replayed)
+
+
+def run_canary_from_json(request: dict[str, Any]) -> RunCanary:
+    """A RunCanaryRequest in its JSON form -> command (for in-process callers such as the CLI)."""
+    return run_canary(json_format.ParseDict(request, pb.RunCanaryRequest()))

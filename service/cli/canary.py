@@ -10,7 +10,7 @@ import typer
 from google.protobuf import json_format
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from costsim_analytics.api import convert
+from costsim_analytics.api import convert_golden
 from costsim_analytics.api.client import AnalyticsClient, JsonDict
 from costsim_analytics.bootstrap import build_canary_handler, build_engine, build_registry
 from costsim_analytics.cli.common import (
@@ -84,6 +84,15 @@ def _print(report: JsonDict, as_json: bool) -> None:
         ["paired test", f"{test.get('method')} p={test.get('p_value')} r={test.get('effect_size')}"]
     )
     table("metrics", ["metric", "value"], rows)
+    golden = report.get("golden_comparison")
+    if golden:
+        cand = golden.get("candidate", {})
+        verdict = "pass" if golden.get("passed") else "fail"
+        out.print(
+            f"golden {golden.get('dataset_name')} v{golden.get('dataset_version')}: "
+            f"{cand.get('within_tolerance_share', 0):.1%} within {golden.get('tolerance', 0):.0%}"
+            f" ({verdict}; candidate moved {golden.get('direction', 'unchanged')})"
+        )
     for reason in report.get("reasons", []):
         out.print(f"  [red]{reason.get('code')}[/red]: {reason.get('message')}")
     for artifact in report.get("artifacts", []):
@@ -120,6 +129,9 @@ def run(
     major_drift_max_pct: float | None = None,
     min_samples: int | None = None,
     median_delta_tolerance: float | None = None,
+    golden_dataset: Annotated[
+        str, typer.Option(help="Judge against this golden dataset (default: configured).")
+    ] = "",
     as_json: AsJson = False,
 ) -> None:
     """Run a canary; exit 1 when it fails, 3 when it errors, 0 when it passes or skips."""
@@ -136,6 +148,7 @@ def run(
         major_drift_max_pct=major_drift_max_pct,
         min_samples=min_samples,
         median_delta_tolerance=median_delta_tolerance,
+        golden_dataset=golden_dataset,
         samples=_load_samples(samples) if samples else None,
     )
     if not local:
@@ -158,14 +171,14 @@ def _run_local(request: JsonDict, database_url: str | None, artifacts_dir: Path 
             handler = build_canary_handler(
                 engine, settings, progress=lambda stage: bar.update(task, description=stage)
             )
-            result = handler(convert.run_canary_from_json(request))
+            result = handler(convert_golden.run_canary_from_json(request))
     except CostsimError as exc:
         err.print(f"[red]{exc.reason}[/red]: {exc.message}")
         raise typer.Exit(EXIT_ERROR) from None
     finally:
         engine.dispose()
     return json_format.MessageToDict(
-        convert.canary_report(result.report), preserving_proto_field_name=True
+        convert_golden.canary_report(result.report), preserving_proto_field_name=True
     )
 
 
