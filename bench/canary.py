@@ -207,6 +207,8 @@ def python_canary(url: str, artifacts: Path) -> tuple[dict[str, Any], dict[str, 
                         "cost_delta": delta,
                         "drift_score": score,
                         "verdict": verdict,
+                        # the service's comparisons carry the plan too (golden promotion reads it)
+                        "plan_input": plan,
                     }
                 )
                 out.write(line + "\n")
