@@ -1,5 +1,6 @@
-"""Canary statistics: per-sample drift, percentiles, divergence, paired test, bootstrap.
+"""Canary statistics: per-sample drift, percentiles, divergence, paired test.
 
+The bootstrap lives in ``engines/bootstrap.py`` and is re-exported here.
 Pure and vectorised (numpy/scipy): no grpc, no SQL, no Python loop over samples. Every
 definition, default and reference is in ``docs/statistics.md``; the docstrings here say what
 each function returns. Inputs are 1-D array-likes of finite numbers (costs in cents); anything
@@ -24,6 +25,50 @@ import numpy as np
 import numpy.typing as npt
 from scipy import special, stats
 
+from costsim_analytics.engines.arrays import FloatArray
+from costsim_analytics.engines.arrays import as_flags as _flags
+from costsim_analytics.engines.arrays import as_vector as _vector
+from costsim_analytics.engines.bootstrap import (
+    BOOTSTRAP_STATISTICS,
+    CHUNK_ELEMENTS,
+    ORDER_STATISTICS_METHOD,
+    RESAMPLING_METHOD,
+    ConfidenceInterval,
+    bootstrap_ci,
+    bootstrap_replicates,
+    order_statistic_replicates,
+)
+
+__all__ = [
+    "BOOTSTRAP_STATISTICS",
+    "CHUNK_ELEMENTS",
+    "MAJOR_DRIFT",
+    "MATCH",
+    "MAX_BINS",
+    "MAX_EXACT_PAIRS",
+    "MINOR_DRIFT",
+    "MIN_WILCOXON_PAIRS",
+    "MISMATCH",
+    "ORDER_STATISTICS_METHOD",
+    "RESAMPLING_METHOD",
+    "VERDICT_EDGES",
+    "VERDICT_NAMES",
+    "ConfidenceInterval",
+    "Divergence",
+    "Drift",
+    "PairedTest",
+    "bin_count",
+    "bootstrap_ci",
+    "bootstrap_replicates",
+    "classify",
+    "divergence",
+    "drift",
+    "order_statistic_replicates",
+    "outliers",
+    "paired_test",
+    "percentile",
+]
+
 MATCH, MINOR_DRIFT, MAJOR_DRIFT, MISMATCH = 0, 1, 2, 3
 VERDICT_NAMES = ("MATCH", "MINOR_DRIFT", "MAJOR_DRIFT", "MISMATCH")
 # Upper (inclusive) edge of MATCH, MINOR_DRIFT and MAJOR_DRIFT; above the last is MISMATCH.
@@ -35,36 +80,6 @@ MAX_BINS = 100
 MIN_WILCOXON_PAIRS = 10
 # Wilcoxon's exact null distribution is used up to this many non-zero differences (no ties).
 MAX_EXACT_PAIRS = 50
-# Bootstrap of the mean: resample indices at most this many at a time (int64 indices plus
-# gathered float64 values plus the row means' working copy: about 48 MB). The median and p90
-# draw no resamples (``order_statistic_replicates``).
-CHUNK_ELEMENTS = 2_000_000
-# Statistic name -> percentile q, or None for the mean.
-BOOTSTRAP_STATISTICS = {"median": 50.0, "p90": 90.0, "mean": None}
-# ``ConfidenceInterval.method`` for percentiles (order statistics drawn directly) and the mean.
-ORDER_STATISTICS_METHOD = "percentile bootstrap (order statistics)"
-RESAMPLING_METHOD = "percentile bootstrap"
-
-FloatArray = npt.NDArray[np.float64]
-
-
-def _vector(values: npt.ArrayLike, name: str) -> FloatArray:
-    """``values`` as a 1-D float64 array, or ``ValueError`` naming ``name``."""
-    array = np.asarray(values, dtype=np.float64)
-    if array.ndim != 1:
-        raise ValueError(f"{name} must be one-dimensional, got shape {array.shape}")
-    if not np.isfinite(array).all():
-        raise ValueError(f"{name} must contain only finite numbers")
-    return array
-
-
-def _flags(values: npt.ArrayLike, name: str) -> npt.NDArray[np.bool_]:
-    """``values`` as a 1-D bool array."""
-    array = np.asarray(values, dtype=np.bool_)
-    if array.ndim != 1:
-        raise ValueError(f"{name} must be one-dimensional, got shape {array.shape}")
-    return array
-
 
 # --- Per-sample drift --------------------------------------------------------------------------
 
@@ -343,160 +358,4 @@ def paired_test(baseline: npt.ArrayLike, candidate: npt.ArrayLike) -> PairedTest
         n_positive=n_pos,
         n_negative=n_neg,
         p_value_method="exact" if exact else "asymptotic",
-    )
-
-
-# --- Bootstrap confidence intervals ------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ConfidenceInterval:
-    """A seeded percentile-bootstrap confidence interval."""
-
-    estimate: float
-    """The statistic on the sample itself."""
-    low: float
-    high: float
-    level: float
-    resamples: int
-    seed: int
-    method: str
-    statistic: str = ""
-
-
-def _statistic_rows(matrix: FloatArray, statistic: str) -> FloatArray:
-    """The statistic of each row of ``matrix``."""
-    q = BOOTSTRAP_STATISTICS[statistic]
-    rows = matrix.mean(axis=1) if q is None else np.percentile(matrix, q, axis=1, method="linear")
-    return np.asarray(rows, dtype=np.float64)
-
-
-def _rank(u: FloatArray, n: int) -> npt.NDArray[np.intp]:
-    """``floor(n * u)`` as an index into ``n`` values, clamped to ``n - 1`` against rounding."""
-    return np.minimum(np.floor(n * u), n - 1).astype(np.intp)
-
-
-def order_statistic_replicates(
-    sorted_values: FloatArray, q: float, resamples: int, rng: np.random.Generator
-) -> FloatArray:
-    """The ``q``-th percentile (type 7) of ``resamples`` bootstrap resamples, in O(resamples).
-
-    ``sorted_values`` must be sorted ascending. A resample's percentile needs only its order
-    statistics k and k + 1, and because the values are sorted those are the values at the
-    order statistics of the n drawn indices. Those are drawn directly: the (k+1)-th smallest
-    of n uniforms is Beta(k + 1, n - k), and the next one above it is
-    ``u + (1 - u) * Beta(1, n - k - 1)``; ``floor(n * u)`` turns them into indices (see
-    ``docs/statistics.md`` §5). The replicates have exactly the distribution of the
-    percentile of resamples drawn index by index, without drawing them: two ``rng.beta``
-    calls of ``resamples`` draws each (one when the percentile lands on a rank).
-
-    Raises:
-        ValueError: ``sorted_values`` is empty or ``q`` is outside [0, 100].
-    """
-    n = sorted_values.size
-    if n == 0:
-        raise ValueError("sorted_values must not be empty")
-    if not 0.0 <= q <= 100.0:
-        raise ValueError(f"q must be in [0, 100], got {q}")
-    h = (n - 1) * (q / 100.0)  # numpy's virtual index for method="linear"
-    k = math.floor(h)
-    w = h - k
-    u = rng.beta(k + 1, n - k, size=resamples)
-    lower = sorted_values[_rank(u, n)]
-    if w == 0.0 or k >= n - 1:
-        return lower
-    u_next = u + (1.0 - u) * rng.beta(1, n - k - 1, size=resamples)
-    upper = sorted_values[_rank(u_next, n)]
-    # numpy's own interpolation (its _lerp), so a resample whose two order statistics are the
-    # sample's gives the estimate bit for bit.
-    diff = upper - lower
-    if w >= 0.5:
-        return upper - diff * (1.0 - w)
-    return lower + diff * w
-
-
-def bootstrap_replicates(
-    values: FloatArray,
-    statistic: str,
-    resamples: int,
-    rng: np.random.Generator,
-    *,
-    chunk_elements: int = CHUNK_ELEMENTS,
-) -> FloatArray:
-    """The statistic on ``resamples`` bootstrap resamples of ``values`` (with replacement).
-
-    ``"median"`` and ``"p90"``: ``order_statistic_replicates`` on the sorted values, exact in
-    distribution and O(resamples) after the sort; ``chunk_elements`` is not used. ``"mean"``:
-    resamples drawn index by index, at most ``chunk_elements`` indices at a time; the
-    generator draws them in row order whatever the chunk size, so the result depends on the
-    seed alone, not on ``chunk_elements``.
-    """
-    q = BOOTSTRAP_STATISTICS[statistic]
-    if q is not None:
-        return order_statistic_replicates(np.sort(values), q, resamples, rng)
-    n = values.size
-    rows = max(1, chunk_elements // n)
-    replicates = np.empty(resamples, dtype=np.float64)
-    for start in range(0, resamples, rows):  # over chunks of resamples, not over samples
-        stop = min(start + rows, resamples)
-        indices = rng.integers(0, n, size=(stop - start, n))
-        replicates[start:stop] = _statistic_rows(values[indices], statistic)
-    return replicates
-
-
-def bootstrap_ci(
-    values: npt.ArrayLike,
-    statistic: str,
-    *,
-    level: float = 0.95,
-    resamples: int = 2000,
-    seed: int = 0,
-) -> ConfidenceInterval:
-    """Percentile-bootstrap interval of ``statistic`` ("median", "p90" or "mean").
-
-    ``low`` and ``high`` are the ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles (linear,
-    as ``percentile``) of ``bootstrap_replicates``: the statistic over ``resamples`` bootstrap
-    resamples, drawn by ``numpy.random.default_rng(seed)``; the same inputs and seed give the
-    same interval. For the median and p90 the resample percentiles are drawn directly from
-    their exact distribution (``order_statistic_replicates``, method
-    ``ORDER_STATISTICS_METHOD``), in O(resamples) after a sort; the mean resamples
-    (``RESAMPLING_METHOD``). An empty sample gives a ``nan`` interval.
-
-    Example:
-        >>> ci = bootstrap_ci([1.0, 2.0, 3.0, 4.0, 5.0], "median", resamples=500, seed=7)
-        >>> ci.low <= ci.estimate == 3.0 <= ci.high
-        True
-
-    Raises:
-        ValueError: an unknown statistic, ``level`` outside (0, 1), ``resamples`` < 1,
-            ``seed`` < 0, or a value that is not finite.
-    """
-    if statistic not in BOOTSTRAP_STATISTICS:
-        raise ValueError(f"statistic must be one of {sorted(BOOTSTRAP_STATISTICS)}")
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be in (0, 1), got {level}")
-    if resamples < 1:
-        raise ValueError(f"resamples must be at least 1, got {resamples}")
-    if seed < 0:
-        raise ValueError(f"seed must be non-negative, got {seed}")
-    array = _vector(values, "values")
-    method = (
-        RESAMPLING_METHOD if BOOTSTRAP_STATISTICS[statistic] is None else ORDER_STATISTICS_METHOD
-    )
-    if array.size == 0:
-        nan = math.nan
-        return ConfidenceInterval(nan, nan, nan, level, resamples, seed, method, statistic)
-    estimate = float(_statistic_rows(array[np.newaxis, :], statistic)[0])
-    replicates = bootstrap_replicates(array, statistic, resamples, np.random.default_rng(seed))
-    tail = 100.0 * (1.0 - level) / 2.0
-    low, high = np.percentile(replicates, [tail, 100.0 - tail], method="linear")
-    return ConfidenceInterval(
-        estimate=estimate,
-        low=float(low),
-        high=float(high),
-        level=level,
-        resamples=resamples,
-        seed=seed,
-        method=method,
-        statistic=statistic,
     )
