@@ -26,11 +26,12 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from canary import make_plans
+
 from costsim_analytics.engines.cost_models import CostModel, PlanBatch, load_cost_model
 from costsim_analytics.engines.golden import GoldenConfig, compare
 from costsim_analytics.engines.golden_datasets import GoldenDataset, GoldenSample, dataset_sha256
 from costsim_analytics.engines.reports import GoldenComparison
-from costsim_analytics.engines.synthetic import synthetic_samples
 
 
 def make_dataset(n: int, seed: int) -> GoldenDataset:
@@ -40,18 +41,9 @@ def make_dataset(n: int, seed: int) -> GoldenDataset:
     errors and the flips vary.
     """
     rng = random.Random(seed)
-    shapes = [plan for _, plan in synthetic_samples()]
     v1 = load_cost_model("v1")
     samples = []
-    for i in range(n):
-        plan = json.loads(json.dumps(rng.choice(shapes)))
-        for step in plan["plan"]:
-            params = step.get("params", {})
-            if "prompt" in params:
-                params["prompt"] = "x" * rng.randint(10, 6000)
-            if "timeout_s" in params:
-                params["timeout_s"] = rng.choice([0.2, 1, 5, 30])
-        plan["budget_cents"] = rng.choice([5, 10, 20, 50, 100, 1000])
+    for i, plan in enumerate(make_plans(n, seed)):  # the canary benchmark's plans
         e = v1.estimate(plan)
         cost = max(0.0, e.cost_cents + rng.choice([0, 0, 0, 1, -1, 3]))
         feasible = e.feasible if rng.random() > 0.02 else not e.feasible

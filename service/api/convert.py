@@ -11,8 +11,6 @@ from typing import Any
 from google.protobuf import struct_pb2, timestamp_pb2
 
 from costsim.analytics.v1 import analytics_pb2 as pb
-from costsim_analytics.engines.canary import Sample
-from costsim_analytics.engines.canary_command import RunCanary
 from costsim_analytics.engines.drift import DriftStats, DriftStatsQuery
 from costsim_analytics.engines.provenance import (
     ProvenanceFilter,
@@ -23,11 +21,10 @@ from costsim_analytics.engines.provenance import (
     WriteBatchResult,
 )
 from costsim_analytics.engines.reports import (
-    CanaryReport,
+    FailureReason,
     Interval,
     ReportFilter,
     ReportQuery,
-    ReportStatistics,
 )
 
 STATUS_TO_PROTO = {
@@ -190,10 +187,16 @@ def drift_stats(stats: DriftStats) -> pb.GetDriftStatsResponse:
     )
 
 
-# --- canary reports -----------------------------------------------------------------------------
+# --- shared by the canary and golden messages ---------------------------------------------------
 
 
-def _interval(i: Interval | None) -> pb.ConfidenceInterval | None:
+def optional(msg: Any, name: str) -> Any:
+    """Field ``name`` of ``msg``, or None when it is unset (proto3 ``optional``)."""
+    return getattr(msg, name) if msg.HasField(name) else None
+
+
+def interval(i: Interval | None) -> pb.ConfidenceInterval | None:
+    """A confidence interval as a message (None stays unset)."""
     if i is None:
         return None
     return pb.ConfidenceInterval(
@@ -201,97 +204,16 @@ def _interval(i: Interval | None) -> pb.ConfidenceInterval | None:
     )
 
 
-def _statistics(s: ReportStatistics | None) -> pb.CanaryStatistics | None:
-    if s is None:
-        return None
-    t = s.paired_test
-    return pb.CanaryStatistics(
-        js_divergence=s.js_divergence,
-        paired_test=pb.PairedTest(
-            method=t.method,
-            n=t.n,
-            n_nonzero=t.n_nonzero,
-            statistic=t.statistic,
-            p_value=t.p_value,
-            effect_size=t.effect_size,
-            median_difference=t.median_difference,
-        ),
-        median_cost_diff_ci=_interval(s.median_cost_diff_ci),
-        p90_cost_diff_ci=_interval(s.p90_cost_diff_ci),
-        median_relative_delta_ci=_interval(s.median_relative_delta_ci),
-        kl_bins=s.kl_bins,
-        kl_epsilon=s.kl_epsilon,
-        outlier_share=s.outlier_share,
-        major_drift_share=s.major_drift_share,
-    )
-
-
-def canary_report(r: CanaryReport) -> pb.CanaryReport:
-    """A stored report as a message."""
-    return pb.CanaryReport(
-        id=r.id,
-        run_id=r.run_id,
-        timestamp=to_timestamp(r.timestamp),
-        status=STATUS_TO_PROTO.get(r.status, pb.CANARY_STATUS_UNSPECIFIED),
-        total_samples=r.total_samples,
-        matching_samples=r.matching_samples,
-        minor_drift_samples=r.minor_drift_samples,
-        major_drift_samples=r.major_drift_samples,
-        median_cost_diff=r.median_cost_diff,
-        p90_cost_diff=r.p90_cost_diff,
-        kl_divergence=r.kl_divergence,
-        outlier_count=r.outlier_count,
-        passed=r.passed,
-        failure_reasons=r.failure_reasons,
-        artifact_paths=r.artifact_paths,
-        created_at=to_timestamp(r.created_at) if r.created_at else None,
-        reasons=[
-            pb.FailureReason(
-                code=x.code,
-                metric=x.metric,
-                observed=x.observed,
-                threshold=x.threshold,
-                comparator=x.comparator,
-                interval=_interval(x.interval),
-                message=x.message,
-            )
-            for x in r.reasons
-        ],
-        statistics=_statistics(r.statistics),
-        artifacts=[
-            pb.Artifact(path=a.path, sha256=a.sha256, size_bytes=a.size_bytes) for a in r.artifacts
-        ],
-        baseline_model=r.baseline_model,
-        candidate_model=r.candidate_model,
-        invalid_samples=r.invalid_samples,
-        sample_source=r.sample_source,
-        seed=r.seed,
-    )
-
-
-def _optional(msg: Any, name: str) -> Any:
-    return getattr(msg, name) if msg.HasField(name) else None
-
-
-def run_canary(request: pb.RunCanaryRequest) -> RunCanary:
-    """RunCanaryRequest -> command."""
-    return RunCanary(
-        sample_count=request.sample_count,
-        lookback_days=request.lookback_days,
-        drift_threshold=_optional(request, "drift_threshold"),
-        outlier_threshold=_optional(request, "outlier_threshold"),
-        outlier_max_pct=_optional(request, "outlier_max_pct"),
-        major_drift_max_pct=_optional(request, "major_drift_max_pct"),
-        min_samples=_optional(request, "min_samples"),
-        median_delta_tolerance=_optional(request, "median_delta_tolerance"),
-        baseline_model=request.baseline_model,
-        candidate_model=request.candidate_model,
-        samples=tuple(
-            Sample(s.id, struct_to_dict(s.plan_input) if s.HasField("plan_input") else None)
-            for s in request.samples
-        ),
-        seed=request.seed,
-        request_id=request.request_id,
+def failure_reason(r: FailureReason) -> pb.FailureReason:
+    """A failure reason as a message."""
+    return pb.FailureReason(
+        code=r.code,
+        metric=r.metric,
+        observed=r.observed,
+        threshold=r.threshold,
+        comparator=r.comparator,
+        interval=interval(r.interval),
+        message=r.message,
     )
 
 

@@ -1,25 +1,16 @@
-"""Proto <-> domain conversion of the golden messages and of the canary fields that are golden.
+"""Proto <-> domain conversion of the golden datasets and comparisons.
 
-Those fields are ``RunCanaryRequest.golden_dataset`` and ``CanaryReport.golden_comparison``:
-:func:`run_canary` and :func:`canary_report` extend ``convert``'s functions with them. The
+``api/convert_canary.py`` puts a comparison into a canary report with :func:`comparison`. The
 servicer, the client and the CLI are the only callers; domain types know nothing of protobuf.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Any
-
-from google.protobuf import json_format
-
 from costsim.analytics.v1 import analytics_pb2 as pb
 from costsim_analytics.api import convert
-from costsim_analytics.engines.canary_command import RunCanary, RunCanaryResult
 from costsim_analytics.engines.golden import CompareGolden
 from costsim_analytics.engines.golden_datasets import GoldenDataset, GoldenSample
 from costsim_analytics.engines.reports import (
-    CanaryReport,
-    FailureReason,
     GoldenComparison,
     GoldenSampleResult,
     GoldenSummary,
@@ -32,11 +23,6 @@ from costsim_analytics.handlers.golden import (
     StoredVersion,
 )
 
-
-def _optional(msg: Any, name: str) -> Any:
-    return getattr(msg, name) if msg.HasField(name) else None
-
-
 # --- samples and datasets ----------------------------------------------------------------------
 
 
@@ -47,7 +33,7 @@ def sample(s: pb.GoldenSample) -> GoldenSample:
         plan_input=convert.struct_to_dict(s.plan_input) if s.HasField("plan_input") else None,
         expected_cost_cents=s.expected_cost_cents,
         expected_feasible=s.expected_feasible,
-        expected_duration_ms=_optional(s, "expected_duration_ms"),
+        expected_duration_ms=convert.optional(s, "expected_duration_ms"),
     )
 
 
@@ -124,7 +110,7 @@ def stored(result: StoredVersion) -> tuple[pb.GoldenDataset, bool]:
 
 def get(request: pb.GetGoldenDatasetRequest) -> GetGoldenDataset:
     """GetGoldenDatasetRequest -> query."""
-    return GetGoldenDataset(name=request.name, version=_optional(request, "version"))
+    return GetGoldenDataset(name=request.name, version=convert.optional(request, "version"))
 
 
 def activate(request: pb.ActivateGoldenDatasetRequest) -> ActivateGoldenDataset:
@@ -136,28 +122,17 @@ def compare(request: pb.CompareGoldenRequest) -> CompareGolden:
     """CompareGoldenRequest -> command."""
     return CompareGolden(
         name=request.name,
-        version=_optional(request, "version"),
+        version=convert.optional(request, "version"),
         candidate_model=request.candidate_model,
         baseline_model=request.baseline_model,
-        tolerance=_optional(request, "tolerance"),
-        min_share=_optional(request, "min_share"),
-        max_feasibility_flips=_optional(request, "max_feasibility_flips"),
-        worst_samples=_optional(request, "worst_samples"),
+        tolerance=convert.optional(request, "tolerance"),
+        min_share=convert.optional(request, "min_share"),
+        max_feasibility_flips=convert.optional(request, "max_feasibility_flips"),
+        worst_samples=convert.optional(request, "worst_samples"),
     )
 
 
 # --- comparisons -------------------------------------------------------------------------------
-
-
-def _reason(r: FailureReason) -> pb.FailureReason:
-    return pb.FailureReason(
-        code=r.code,
-        metric=r.metric,
-        observed=r.observed,
-        threshold=r.threshold,
-        comparator=r.comparator,
-        message=r.message,
-    )
 
 
 def _summary(s: GoldenSummary) -> pb.GoldenSummary:
@@ -211,7 +186,7 @@ def comparison(c: GoldenComparison) -> pb.GoldenComparison:
         min_share=c.min_share,
         max_feasibility_flips=c.max_feasibility_flips,
         passed=c.passed,
-        reasons=[_reason(r) for r in c.reasons],
+        reasons=[convert.failure_reason(r) for r in c.reasons],
         candidate=_summary(c.candidate),
         baseline=_summary(c.baseline),
         mean_relative_error_delta=c.mean_relative_error_delta,
@@ -221,29 +196,3 @@ def comparison(c: GoldenComparison) -> pb.GoldenComparison:
         direction=c.direction,
         worst_samples=[_result(r) for r in c.worst_samples],
     )
-
-
-# --- the canary messages with golden fields ----------------------------------------------------
-
-
-def canary_report(r: CanaryReport) -> pb.CanaryReport:
-    """:func:`convert.canary_report` plus the golden comparison."""
-    msg = convert.canary_report(r)
-    if r.golden_comparison is not None:
-        msg.golden_comparison.CopyFrom(comparison(r.golden_comparison))
-    return msg
-
-
-def run_canary(request: pb.RunCanaryRequest) -> RunCanary:
-    """:func:`convert.run_canary` plus the golden dataset name."""
-    return replace(convert.run_canary(request), golden_dataset=request.golden_dataset)
-
-
-def run_canary_response(result: RunCanaryResult) -> pb.RunCanaryResponse:
-    """Command result -> RunCanaryResponse, with the golden comparison."""
-    return pb.RunCanaryResponse(report=canary_report(result.report), replayed=result.replayed)
-
-
-def run_canary_from_json(request: dict[str, Any]) -> RunCanary:
-    """A RunCanaryRequest in its JSON form -> command (for in-process callers such as the CLI)."""
-    return run_canary(json_format.ParseDict(request, pb.RunCanaryRequest()))

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from costsim.analytics.v1 import analytics_pb2 as pb
 from costsim.analytics.v1 import analytics_pb2_grpc as pb_grpc
-from costsim_analytics.api import convert, convert_golden
+from costsim_analytics.api import convert, convert_canary, convert_golden
 from costsim_analytics.api.errors import streaming, unary
 from costsim_analytics.handlers.registry import (
     OP_CANARY_REPORT,
@@ -110,7 +110,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         stream = await self._run(OP_CANARY_REPORTS, convert.report_query, request)
         async for report, token in self._drain(stream):
             yield pb.QueryCanaryReportsResponse(
-                report=convert_golden.canary_report(report), page_token=token
+                report=convert_canary.canary_report(report), page_token=token
             )
 
     @unary
@@ -119,13 +119,13 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
     ) -> pb.GetCanaryReportResponse:
         """One report by run id."""
         report = await self._run(OP_CANARY_REPORT, _run_id, request)
-        return pb.GetCanaryReportResponse(report=convert_golden.canary_report(report))
+        return pb.GetCanaryReportResponse(report=convert_canary.canary_report(report))
 
     @unary
     async def RunCanary(self, request: pb.RunCanaryRequest, context: Any) -> pb.RunCanaryResponse:
         """Run a canary comparison and return its report."""
-        result = await self._run(OP_CANARY_RUN, convert_golden.run_canary, request)
-        return convert_golden.run_canary_response(result)
+        result = await self._run(OP_CANARY_RUN, convert_canary.run_canary, request)
+        return convert_canary.run_canary_response(result)
 
     @unary
     async def CreateGoldenDataset(

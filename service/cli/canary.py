@@ -10,7 +10,7 @@ import typer
 from google.protobuf import json_format
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from costsim_analytics.api import convert_golden
+from costsim_analytics.api import convert_canary
 from costsim_analytics.api.client import AnalyticsClient, JsonDict
 from costsim_analytics.bootstrap import build_canary_handler, build_engine, build_registry
 from costsim_analytics.cli.common import (
@@ -171,14 +171,14 @@ def _run_local(request: JsonDict, database_url: str | None, artifacts_dir: Path 
             handler = build_canary_handler(
                 engine, settings, progress=lambda stage: bar.update(task, description=stage)
             )
-            result = handler(convert_golden.run_canary_from_json(request))
+            result = handler(convert_canary.run_canary_from_json(request))
     except CostsimError as exc:
         err.print(f"[red]{exc.reason}[/red]: {exc.message}")
         raise typer.Exit(EXIT_ERROR) from None
     finally:
         engine.dispose()
     return json_format.MessageToDict(
-        convert_golden.canary_report(result.report), preserving_proto_field_name=True
+        convert_canary.canary_report(result.report), preserving_proto_field_name=True
     )
 
 

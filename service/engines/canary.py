@@ -195,6 +195,28 @@ def _verdict_reasons(
     return reasons
 
 
+def _no_samples_judged(
+    run_id: str, timestamp: datetime, baseline: str, candidate: str
+) -> CanaryReport:
+    """A report with no sample judged yet: status error, not passed, every count zero."""
+    return CanaryReport(
+        run_id=run_id,
+        timestamp=timestamp,
+        status="error",
+        total_samples=0,
+        matching_samples=0,
+        minor_drift_samples=0,
+        major_drift_samples=0,
+        median_cost_diff=None,
+        p90_cost_diff=None,
+        kl_divergence=None,
+        outlier_count=0,
+        passed=False,
+        baseline_model=baseline,
+        candidate_model=candidate,
+    )
+
+
 def evaluate(
     samples: Sequence[Sample],
     baseline_model: CostModel,
@@ -209,21 +231,8 @@ def evaluate(
 ) -> Evaluation:
     """Run both models over the samples and judge the drift."""
     say = progress or (lambda _stage: None)
-    base_report = CanaryReport(
-        run_id=run_id,
-        timestamp=timestamp,
-        status="error",
-        total_samples=0,
-        matching_samples=0,
-        minor_drift_samples=0,
-        major_drift_samples=0,
-        median_cost_diff=None,
-        p90_cost_diff=None,
-        kl_divergence=None,
-        outlier_count=0,
-        passed=False,
-        baseline_model=baseline_model.name,
-        candidate_model=candidate_model.name,
+    base_report = replace(
+        _no_samples_judged(run_id, timestamp, baseline_model.name, candidate_model.name),
         sample_source=sample_source,
         seed=seed,
     )
@@ -309,23 +318,12 @@ def evaluate(
 def skipped(run_id: str, timestamp: datetime, baseline: str, candidate: str) -> CanaryReport:
     """The answer of a replica that found another run in progress: skipped, passed."""
     message = "another canary run is in progress (run lock held); this request was skipped"
-    return CanaryReport(
-        run_id=run_id,
-        timestamp=timestamp,
+    return replace(
+        _no_samples_judged(run_id, timestamp, baseline, candidate),
         status="skipped",
-        total_samples=0,
-        matching_samples=0,
-        minor_drift_samples=0,
-        major_drift_samples=0,
-        median_cost_diff=None,
-        p90_cost_diff=None,
-        kl_divergence=None,
-        outlier_count=0,
         passed=True,
         failure_reasons=(message,),
         reasons=(_reason("RUN_IN_PROGRESS", "run_lock", 1, "==", 1, message),),
-        baseline_model=baseline,
-        candidate_model=candidate,
     )
 
 

@@ -9,20 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from costsim_analytics.engines.cost_models.plans import KNOWN_SKILLS
+
 SYNTHETIC_SIZE = 120
 
-_SKILLS = (
-    "http_call",
-    "llm_invoke",
-    "json_transform",
-    "fs_read",
-    "fs_write",
-    "shell_lite",
-    "kv_get",
-    "kv_set",
-    "webhook_send",
-    "email_send",
-)
+_SKILLS = KNOWN_SKILLS  # every skill the cost models price
 _URLS = ("http://localhost:8080/health", "http://127.0.0.1/api", "https://api.example.com/v1")
 _BUDGETS = (5, 10, 25, 50, 100, 1000)
 

@@ -4,7 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from costsim.analytics.v1 import analytics_pb2 as pb
-from costsim_analytics.api import convert
+from costsim_analytics.api import convert, convert_canary
 from costsim_analytics.engines.reports import CanaryReport
 
 json_like = st.recursive(
@@ -47,7 +47,7 @@ def test_report_status_and_unknown_enum():
         failure_reasons=("x",),
         created_at=datetime(2026, 1, 1, tzinfo=UTC),
     )
-    msg = convert.canary_report(report)
+    msg = convert_canary.canary_report(report)
     assert msg.status == pb.CANARY_STATUS_FAIL
     assert not msg.HasField("median_cost_diff") and msg.p90_cost_diff == 0.5
     query = convert.report_query(pb.QueryCanaryReportsRequest(status=17))

@@ -86,6 +86,32 @@ def risk_reason(risk: float) -> str:
     return f"risk {risk!r} > {RISK_THRESHOLD}"
 
 
+def infeasible_reasons(
+    *,
+    empty: bool,
+    cost_cents: float,
+    budget_cents: float,
+    cumulative_risk: float,
+    permission_gaps: Sequence[str] = (),
+) -> tuple[str, ...]:
+    """Why a plan is infeasible, in the documented order (empty: no reason, feasible).
+
+    Example:
+        >>> infeasible_reasons(empty=False, cost_cents=12, budget_cents=10, cumulative_risk=0.1)
+        ('over budget',)
+
+    """
+    reasons: list[str] = []
+    if empty:
+        reasons.append("empty plan")
+    if cost_cents > budget_cents:
+        reasons.append("over budget")
+    reasons += [f"permission: {skill}" for skill in permission_gaps]
+    if cumulative_risk > RISK_THRESHOLD:
+        reasons.append(risk_reason(cumulative_risk))
+    return tuple(reasons)
+
+
 @runtime_checkable
 class CostModel(Protocol):
     """A cost model: estimates plans one at a time or in bulk.

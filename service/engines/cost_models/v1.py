@@ -27,7 +27,7 @@ from costsim_analytics.engines.cost_models.base import (
     BatchEstimates,
     Estimate,
     StepEstimate,
-    risk_reason,
+    infeasible_reasons,
 )
 from costsim_analytics.engines.cost_models.batch import Floats, plan_columns
 from costsim_analytics.engines.cost_models.plans import (
@@ -91,14 +91,13 @@ class V1CostModel:
             total_latency += latency
             survival *= 1.0 - risk
         cumulative_risk = 1.0 - survival
-        reasons: list[str] = []
-        if not steps:
-            reasons.append("empty plan")
-        if total_cost > parsed.budget_cents:
-            reasons.append("over budget")
-        reasons += [f"permission: {skill}" for skill in parsed.permission_gaps]
-        if cumulative_risk > RISK_THRESHOLD:
-            reasons.append(risk_reason(cumulative_risk))
+        reasons = infeasible_reasons(
+            empty=not steps,
+            cost_cents=total_cost,
+            budget_cents=parsed.budget_cents,
+            cumulative_risk=cumulative_risk,
+            permission_gaps=parsed.permission_gaps,
+        )
         return Estimate(
             cost_cents=total_cost,
             duration_ms=total_latency,
@@ -106,7 +105,7 @@ class V1CostModel:
             cumulative_risk=cumulative_risk,
             confidence=1.0 - cumulative_risk if steps else 0.0,
             steps=tuple(steps),
-            infeasible_reasons=tuple(reasons),
+            infeasible_reasons=reasons,
         )
 
     def estimate_batch(self, plan_inputs: Sequence[Mapping[str, Any]]) -> BatchEstimates:

@@ -38,7 +38,7 @@ from costsim_analytics.engines.cost_models.base import (
     BatchEstimates,
     Estimate,
     StepEstimate,
-    risk_reason,
+    infeasible_reasons,
 )
 from costsim_analytics.engines.cost_models.batch import plan_columns
 from costsim_analytics.engines.cost_models.plans import (
@@ -133,13 +133,12 @@ class V2CostModel:
             confidence_product *= confidence
         cost_cents = float(round(total_cost))
         cumulative_risk = 1.0 - survival
-        reasons: list[str] = []
-        if not steps:
-            reasons.append("empty plan")
-        if cost_cents > parsed.budget_cents:
-            reasons.append("over budget")
-        if cumulative_risk > RISK_THRESHOLD:
-            reasons.append(risk_reason(cumulative_risk))
+        reasons = infeasible_reasons(
+            empty=not steps,
+            cost_cents=cost_cents,
+            budget_cents=parsed.budget_cents,
+            cumulative_risk=cumulative_risk,
+        )
         return Estimate(
             cost_cents=cost_cents,
             duration_ms=total_latency,
@@ -147,7 +146,7 @@ class V2CostModel:
             cumulative_risk=cumulative_risk,
             confidence=confidence_product if steps else 0.0,
             steps=tuple(steps),
-            infeasible_reasons=tuple(reasons),
+            infeasible_reasons=reasons,
         )
 
     def estimate_batch(self, plan_inputs: Sequence[Mapping[str, Any]]) -> BatchEstimates:

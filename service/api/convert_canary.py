@@ -1,0 +1,110 @@
+"""Proto <-> domain conversion of the canary: RunCanary requests and canary reports.
+
+One place for both, golden fields included, so no caller can pick a conversion that leaves
+some of them out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import json_format
+
+from costsim.analytics.v1 import analytics_pb2 as pb
+from costsim_analytics.api import convert, convert_golden
+from costsim_analytics.engines.canary import Sample
+from costsim_analytics.engines.canary_command import RunCanary, RunCanaryResult
+from costsim_analytics.engines.reports import CanaryReport, ReportStatistics
+
+
+def _statistics(s: ReportStatistics | None) -> pb.CanaryStatistics | None:
+    if s is None:
+        return None
+    t = s.paired_test
+    return pb.CanaryStatistics(
+        js_divergence=s.js_divergence,
+        paired_test=pb.PairedTest(
+            method=t.method,
+            n=t.n,
+            n_nonzero=t.n_nonzero,
+            statistic=t.statistic,
+            p_value=t.p_value,
+            effect_size=t.effect_size,
+            median_difference=t.median_difference,
+        ),
+        median_cost_diff_ci=convert.interval(s.median_cost_diff_ci),
+        p90_cost_diff_ci=convert.interval(s.p90_cost_diff_ci),
+        median_relative_delta_ci=convert.interval(s.median_relative_delta_ci),
+        kl_bins=s.kl_bins,
+        kl_epsilon=s.kl_epsilon,
+        outlier_share=s.outlier_share,
+        major_drift_share=s.major_drift_share,
+    )
+
+
+def canary_report(r: CanaryReport) -> pb.CanaryReport:
+    """A stored report as a message, its golden comparison included."""
+    return pb.CanaryReport(
+        id=r.id,
+        run_id=r.run_id,
+        timestamp=convert.to_timestamp(r.timestamp),
+        status=convert.STATUS_TO_PROTO.get(r.status, pb.CANARY_STATUS_UNSPECIFIED),
+        total_samples=r.total_samples,
+        matching_samples=r.matching_samples,
+        minor_drift_samples=r.minor_drift_samples,
+        major_drift_samples=r.major_drift_samples,
+        median_cost_diff=r.median_cost_diff,
+        p90_cost_diff=r.p90_cost_diff,
+        kl_divergence=r.kl_divergence,
+        outlier_count=r.outlier_count,
+        passed=r.passed,
+        failure_reasons=r.failure_reasons,
+        artifact_paths=r.artifact_paths,
+        created_at=convert.to_timestamp(r.created_at) if r.created_at else None,
+        reasons=[convert.failure_reason(x) for x in r.reasons],
+        statistics=_statistics(r.statistics),
+        artifacts=[
+            pb.Artifact(path=a.path, sha256=a.sha256, size_bytes=a.size_bytes) for a in r.artifacts
+        ],
+        baseline_model=r.baseline_model,
+        candidate_model=r.candidate_model,
+        invalid_samples=r.invalid_samples,
+        sample_source=r.sample_source,
+        seed=r.seed,
+        golden_comparison=(
+            None if r.golden_comparison is None else convert_golden.comparison(r.golden_comparison)
+        ),
+    )
+
+
+def run_canary(request: pb.RunCanaryRequest) -> RunCanary:
+    """RunCanaryRequest -> command."""
+    return RunCanary(
+        sample_count=request.sample_count,
+        lookback_days=request.lookback_days,
+        drift_threshold=convert.optional(request, "drift_threshold"),
+        outlier_threshold=convert.optional(request, "outlier_threshold"),
+        outlier_max_pct=convert.optional(request, "outlier_max_pct"),
+        major_drift_max_pct=convert.optional(request, "major_drift_max_pct"),
+        min_samples=convert.optional(request, "min_samples"),
+        median_delta_tolerance=convert.optional(request, "median_delta_tolerance"),
+        baseline_model=request.baseline_model,
+        candidate_model=request.candidate_model,
+        samples=tuple(
+            Sample(s.id, convert.struct_to_dict(s.plan_input) if s.HasField("plan_input") else None)
+            for s in request.samples
+        ),
+        seed=request.seed,
+        request_id=request.request_id,
+        golden_dataset=request.golden_dataset,
+    )
+
+
+def run_canary_response(result: RunCanaryResult) -> pb.RunCanaryResponse:
+    """Command result -> RunCanaryResponse."""
+    return pb.RunCanaryResponse(report=canary_report(result.report), replayed=result.replayed)
+
+
+def run_canary_from_json(request: dict[str, Any]) -> RunCanary:
+    """A RunCanaryRequest in its JSON form -> command (for in-process callers such as the CLI)."""
+    return run_canary(json_format.ParseDict(request, pb.RunCanaryRequest()))
