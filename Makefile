@@ -44,11 +44,12 @@ lint: install typecheck ## buf lint, ruff, mypy.
 	$(BIN)/ruff check service migrations tests bench
 	$(BIN)/ruff format --check service migrations tests bench
 
-typecheck: install ## mypy --strict over the package as it is imported.
+typecheck: install ## mypy --strict over the package as it is imported, and over the tests.
 	rm -rf .typecheck && mkdir -p .typecheck/costsim_analytics
 	for f in service/*; do ln -s ../../$$f .typecheck/costsim_analytics/; done
 	ln -s ../../migrations .typecheck/costsim_analytics/migrations
 	ln -s ../service/_generated/costsim .typecheck/costsim
+	ln -s ../tests .typecheck/tests
 	$(BIN)/mypy
 
 test: install proto-check lint ## Everything CI runs: generated-code check, lint, all tests on SQLite and PostgreSQL.

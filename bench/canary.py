@@ -34,8 +34,8 @@ from _common import base_parser, bench_database, libpq_url, service_server
 
 from costsim.analytics.v1 import analytics_pb2 as pb
 from costsim.analytics.v1 import analytics_pb2_grpc as pb_grpc
+from costsim_analytics.engines.canary.synthetic import synthetic_samples
 from costsim_analytics.engines.cost_models import load_cost_model
-from costsim_analytics.engines.synthetic import synthetic_samples
 
 RESAMPLES = 2000
 BANDS = (0.05, 0.15, 0.30)

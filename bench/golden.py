@@ -29,9 +29,9 @@ from typing import Any
 from canary import make_plans
 
 from costsim_analytics.engines.cost_models import CostModel, PlanBatch, load_cost_model
-from costsim_analytics.engines.golden import GoldenConfig, compare
-from costsim_analytics.engines.golden_datasets import GoldenDataset, GoldenSample, dataset_sha256
-from costsim_analytics.engines.reports import GoldenComparison
+from costsim_analytics.engines.golden.comparison import GoldenConfig, compare
+from costsim_analytics.engines.golden.datasets import GoldenDataset, GoldenSample, dataset_sha256
+from costsim_analytics.engines.golden.results import GoldenComparison
 
 
 def make_dataset(n: int, seed: int) -> GoldenDataset:

@@ -6,6 +6,7 @@ Nothing is built at import time; tests call these functions with their own setti
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
@@ -13,12 +14,14 @@ from sqlalchemy import Engine
 from costsim_analytics.drivers.artifacts import LocalArtifactStore
 from costsim_analytics.drivers.database import EngineOptions, make_engine
 from costsim_analytics.drivers.locks import canary_lock
-from costsim_analytics.drivers.partitions import PartitionKeeper
 from costsim_analytics.drivers.schema import check_schema
-from costsim_analytics.engines.canary import CanaryConfig, Progress
-from costsim_analytics.engines.golden import GoldenConfig
-from costsim_analytics.handlers.canary import CanaryRunHandler, ReconcileHandler
+from costsim_analytics.engines.canary.evaluation import CanaryConfig, Progress
+from costsim_analytics.engines.golden.comparison import GoldenConfig
+from costsim_analytics.handlers.call import Call
+from costsim_analytics.handlers.canary import RUN_REPLAY, CanaryRunHandler, ReconcileHandler
 from costsim_analytics.handlers.golden import (
+    CREATE_REPLAY,
+    PROMOTE_REPLAY,
     ActivateGoldenDatasetHandler,
     CompareGoldenHandler,
     CreateGoldenDatasetHandler,
@@ -26,7 +29,9 @@ from costsim_analytics.handlers.golden import (
     ListGoldenDatasetsHandler,
     PromoteCanaryRunHandler,
 )
+from costsim_analytics.handlers.idempotency import ReplayTable, idempotency, request_ids
 from costsim_analytics.handlers.provenance import (
+    BATCH_REPLAY,
     DriftStatsHandler,
     QueryProvenanceHandler,
     WriteProvenanceBatchHandler,
@@ -43,18 +48,30 @@ from costsim_analytics.handlers.registry import (
     OP_GOLDEN_GET,
     OP_GOLDEN_LIST,
     OP_GOLDEN_PROMOTE,
+    OP_PARTITION_UPKEEP,
     OP_PROVENANCE_BATCH,
     OP_PROVENANCE_QUERY,
     OP_RETENTION,
+    Middleware,
     OperationRegistry,
 )
 from costsim_analytics.handlers.reports import GetCanaryReportHandler, QueryCanaryReportsHandler
-from costsim_analytics.handlers.retention import RetentionHandler
+from costsim_analytics.handlers.retention import PartitionUpkeepHandler, RetentionHandler
 from costsim_analytics.handlers.uow import SqlAlchemyUnitOfWorkFactory
 from costsim_analytics.settings import Settings
 
 if TYPE_CHECKING:
+    from costsim_analytics.api.metrics import ServiceMetrics
     from costsim_analytics.api.server import AnalyticsServer
+
+# The idempotent operations: a request_id makes a retry replay the first answer.
+IDEMPOTENT = (
+    ReplayTable()
+    .add(OP_PROVENANCE_BATCH, BATCH_REPLAY)
+    .add(OP_CANARY_RUN, RUN_REPLAY)
+    .add(OP_GOLDEN_CREATE, CREATE_REPLAY)
+    .add(OP_GOLDEN_PROMOTE, PROMOTE_REPLAY)
+)
 
 
 def configure_logging(level: str) -> None:
@@ -80,37 +97,46 @@ def build_engine(settings: Settings) -> Engine:
     )
 
 
-def build_registry(engine: Engine, settings: Settings) -> OperationRegistry:
-    """Every operation's handler, wired to one unit-of-work factory."""
+def build_registry(
+    engine: Engine,
+    settings: Settings,
+    metrics: ServiceMetrics | None = None,
+    progress: Progress | None = None,
+) -> OperationRegistry:
+    """Every operation's handler on one unit-of-work factory, with the cross-cutting concerns.
+
+    The middleware, outermost first (each skips the operations it does not concern):
+
+    1. metrics: counts the results of writes and canary runs (the server's only);
+    2. (the caller's principal and its authorization will go here);
+    3. (admission control will go here);
+    4. request ids: the one length rule for every idempotent operation;
+    5. idempotency: replay a finished request, or let the handler take the key.
+    """
     uow = SqlAlchemyUnitOfWorkFactory(engine)
+    artifacts = LocalArtifactStore(settings.artifacts_dir)
+    page = settings.max_page_size
     registry = OperationRegistry()
     registry.register(
         OP_PROVENANCE_BATCH, WriteProvenanceBatchHandler(uow, max_batch=settings.max_batch)
     )
-    registry.register(
-        OP_PROVENANCE_QUERY, QueryProvenanceHandler(uow, max_page_size=settings.max_page_size)
-    )
+    registry.register(OP_PROVENANCE_QUERY, QueryProvenanceHandler(uow, max_page_size=page))
     registry.register(OP_DRIFT_STATS, DriftStatsHandler(uow))
-    registry.register(
-        OP_CANARY_REPORTS, QueryCanaryReportsHandler(uow, max_page_size=settings.max_page_size)
-    )
+    registry.register(OP_CANARY_REPORTS, QueryCanaryReportsHandler(uow, max_page_size=page))
     registry.register(OP_CANARY_REPORT, GetCanaryReportHandler(uow))
-    registry.register(OP_CANARY_RUN, build_canary_handler(engine, settings))
-    registry.register(
-        OP_CANARY_RECONCILE,
-        ReconcileHandler(uow, LocalArtifactStore(settings.artifacts_dir)),
-    )
-    registry.register(
-        OP_RETENTION, RetentionHandler(uow, LocalArtifactStore(settings.artifacts_dir))
-    )
+    registry.register(OP_CANARY_RUN, build_canary_handler(engine, settings, progress))
+    registry.register(OP_CANARY_RECONCILE, ReconcileHandler(uow, artifacts))
+    registry.register(OP_RETENTION, RetentionHandler(uow, artifacts))
+    registry.register(OP_PARTITION_UPKEEP, PartitionUpkeepHandler(uow))
     registry.register(OP_GOLDEN_CREATE, CreateGoldenDatasetHandler(uow))
-    registry.register(
-        OP_GOLDEN_PROMOTE, PromoteCanaryRunHandler(uow, LocalArtifactStore(settings.artifacts_dir))
-    )
+    registry.register(OP_GOLDEN_PROMOTE, PromoteCanaryRunHandler(uow, artifacts))
     registry.register(OP_GOLDEN_GET, GetGoldenDatasetHandler(uow))
     registry.register(OP_GOLDEN_LIST, ListGoldenDatasetsHandler(uow))
     registry.register(OP_GOLDEN_ACTIVATE, ActivateGoldenDatasetHandler(uow))
     registry.register(OP_GOLDEN_COMPARE, CompareGoldenHandler(uow, golden_config(settings)))
+    middleware: list[Middleware] = [] if metrics is None else [metrics.middleware()]
+    middleware += [request_ids(IDEMPOTENT), idempotency(uow, IDEMPOTENT)]
+    registry.wrap(*middleware)
     return registry
 
 
@@ -139,7 +165,7 @@ def golden_config(settings: Settings) -> GoldenConfig:
 def build_canary_handler(
     engine: Engine, settings: Settings, progress: Progress | None = None
 ) -> CanaryRunHandler:
-    """The RunCanary handler (also used in-process by ``canary run --local``)."""
+    """The RunCanary handler (``progress`` reports its stages, for ``canary run --local``)."""
     return CanaryRunHandler(
         SqlAlchemyUnitOfWorkFactory(engine),
         LocalArtifactStore(settings.artifacts_dir),
@@ -153,20 +179,25 @@ def build_canary_handler(
     )
 
 
+def health_probe(engine: Engine) -> Callable[[], None]:
+    """The server's health probe: reads the schema version, writes nothing."""
+    return lambda: check_schema(engine)
+
+
 def build_server(engine: Engine, settings: Settings) -> AnalyticsServer:
     """The gRPC server for ``settings`` on ``engine``."""
     # Imported here so that in-process users of the handlers need not load grpc.
+    from costsim_analytics.api.metrics import ServiceMetrics
     from costsim_analytics.api.server import AnalyticsServer
 
-    keep_partitions = PartitionKeeper(engine)
-
-    def probe() -> None:
-        check_schema(engine)
-        keep_partitions()
-
+    metrics = ServiceMetrics()
+    registry = build_registry(engine, settings, metrics)
+    upkeep = registry.get(OP_PARTITION_UPKEEP)
     return AnalyticsServer(
-        build_registry(engine, settings),
-        probe=probe,
+        registry,
+        probe=health_probe(engine),
+        metrics=metrics,
+        upkeep=lambda: upkeep(None, Call()),
         listen=settings.listen,
         workers=settings.workers,
         max_message_bytes=settings.max_message_mb * 1024 * 1024,

@@ -108,9 +108,9 @@ def truncate_all(engine: Engine) -> None:
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A migrated, empty database on each backend."""
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'costsim.db'}"
-        schema.upgrade(url)
-        return url
+        sqlite_url = f"sqlite:///{tmp_path / 'costsim.db'}"
+        schema.upgrade(sqlite_url)
+        return sqlite_url
     url: str = request.getfixturevalue("postgres_migrated_url")
     engine = make_engine(url)
     truncate_all(engine)

@@ -18,7 +18,8 @@ from google.protobuf import json_format
 
 from costsim.analytics.v1 import analytics_pb2 as pb
 from costsim.analytics.v1 import analytics_pb2_grpc as pb_grpc
-from costsim_analytics.api.convert import STATUS_TO_PROTO, to_timestamp
+from costsim_analytics.api.convert import to_timestamp
+from costsim_analytics.api.convert_canary import STATUS_TO_PROTO
 
 JsonDict = dict[str, Any]
 

@@ -12,6 +12,7 @@ from google.protobuf import struct_pb2, timestamp_pb2
 
 from costsim.analytics.v1 import analytics_pb2 as pb
 from costsim_analytics.engines.drift import DriftStats, DriftStatsQuery
+from costsim_analytics.engines.findings import FailureReason, Interval
 from costsim_analytics.engines.provenance import (
     ProvenanceFilter,
     ProvenanceInput,
@@ -20,21 +21,6 @@ from costsim_analytics.engines.provenance import (
     WriteBatch,
     WriteBatchResult,
 )
-from costsim_analytics.engines.reports import (
-    FailureReason,
-    Interval,
-    ReportFilter,
-    ReportQuery,
-)
-
-STATUS_TO_PROTO = {
-    "pass": pb.CANARY_STATUS_PASS,
-    "fail": pb.CANARY_STATUS_FAIL,
-    "error": pb.CANARY_STATUS_ERROR,
-    "skipped": pb.CANARY_STATUS_SKIPPED,
-}
-STATUS_FROM_PROTO = {value: key for key, value in STATUS_TO_PROTO.items()}
-
 
 # --- JSON values -------------------------------------------------------------------------------
 
@@ -57,11 +43,6 @@ def _value(v: struct_pb2.Value) -> Any:
 def struct_to_dict(s: struct_pb2.Struct) -> dict[str, Any]:
     """A Struct as plain Python (numbers stay floats; the engine normalises them)."""
     return {key: _value(value) for key, value in s.fields.items()}
-
-
-def dict_to_struct(d: dict[str, Any], out: struct_pb2.Struct) -> None:
-    """Fill ``out`` from a JSON-like dict."""
-    out.update(d)
 
 
 def timestamp(ts: timestamp_pb2.Timestamp) -> datetime:
@@ -214,22 +195,4 @@ def failure_reason(r: FailureReason) -> pb.FailureReason:
         comparator=r.comparator,
         interval=interval(r.interval),
         message=r.message,
-    )
-
-
-def report_query(request: pb.QueryCanaryReportsRequest) -> ReportQuery:
-    """QueryCanaryReportsRequest -> query. An unknown enum number becomes an invalid status."""
-    if request.status == pb.CANARY_STATUS_UNSPECIFIED:
-        status = ""
-    else:
-        status = STATUS_FROM_PROTO.get(request.status, f"<unknown {request.status}>")
-    return ReportQuery(
-        filter=ReportFilter(
-            status=status,
-            passed=request.passed if request.HasField("passed") else None,
-            start_time=optional_timestamp(request, "start_time"),
-            end_time=optional_timestamp(request, "end_time"),
-        ),
-        page_size=request.page_size,
-        page_token=request.page_token,
     )

@@ -1,4 +1,4 @@
-"""Proto <-> domain conversion of the canary: RunCanary requests and canary reports.
+"""Proto <-> domain conversion of the canary: RunCanary, canary reports and their queries.
 
 One place for both, golden fields included, so no caller can pick a conversion that leaves
 some of them out.
@@ -12,9 +12,46 @@ from google.protobuf import json_format
 
 from costsim.analytics.v1 import analytics_pb2 as pb
 from costsim_analytics.api import convert, convert_golden
-from costsim_analytics.engines.canary import Sample
-from costsim_analytics.engines.canary_command import RunCanary, RunCanaryResult
-from costsim_analytics.engines.reports import CanaryReport, ReportStatistics
+from costsim_analytics.engines.canary.command import RunCanary, RunCanaryResult
+from costsim_analytics.engines.canary.evaluation import Sample
+from costsim_analytics.engines.reports import (
+    CanaryReport,
+    GetReport,
+    ReportFilter,
+    ReportQuery,
+    ReportStatistics,
+)
+
+STATUS_TO_PROTO = {
+    "pass": pb.CANARY_STATUS_PASS,
+    "fail": pb.CANARY_STATUS_FAIL,
+    "error": pb.CANARY_STATUS_ERROR,
+    "skipped": pb.CANARY_STATUS_SKIPPED,
+}
+STATUS_FROM_PROTO = {value: key for key, value in STATUS_TO_PROTO.items()}
+
+
+def get_report(request: pb.GetCanaryReportRequest) -> GetReport:
+    """GetCanaryReportRequest -> command."""
+    return GetReport(request.run_id)
+
+
+def report_query(request: pb.QueryCanaryReportsRequest) -> ReportQuery:
+    """QueryCanaryReportsRequest -> query. An unknown enum number becomes an invalid status."""
+    if request.status == pb.CANARY_STATUS_UNSPECIFIED:
+        status = ""
+    else:
+        status = STATUS_FROM_PROTO.get(request.status, f"<unknown {request.status}>")
+    return ReportQuery(
+        filter=ReportFilter(
+            status=status,
+            passed=request.passed if request.HasField("passed") else None,
+            start_time=convert.optional_timestamp(request, "start_time"),
+            end_time=convert.optional_timestamp(request, "end_time"),
+        ),
+        page_size=request.page_size,
+        page_token=request.page_token,
+    )
 
 
 def _statistics(s: ReportStatistics | None) -> pb.CanaryStatistics | None:
@@ -48,7 +85,7 @@ def canary_report(r: CanaryReport) -> pb.CanaryReport:
         id=r.id,
         run_id=r.run_id,
         timestamp=convert.to_timestamp(r.timestamp),
-        status=convert.STATUS_TO_PROTO.get(r.status, pb.CANARY_STATUS_UNSPECIFIED),
+        status=STATUS_TO_PROTO.get(r.status, pb.CANARY_STATUS_UNSPECIFIED),
         total_samples=r.total_samples,
         matching_samples=r.matching_samples,
         minor_drift_samples=r.minor_drift_samples,

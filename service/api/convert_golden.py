@@ -8,19 +8,20 @@ from __future__ import annotations
 
 from costsim.analytics.v1 import analytics_pb2 as pb
 from costsim_analytics.api import convert
-from costsim_analytics.engines.golden import CompareGolden
-from costsim_analytics.engines.golden_datasets import GoldenDataset, GoldenSample
-from costsim_analytics.engines.reports import (
+from costsim_analytics.engines.golden.commands import (
+    ActivateGoldenDataset,
+    CompareGolden,
+    CreateGoldenDataset,
+    GetGoldenDataset,
+    ListGoldenDatasets,
+    PromoteCanaryRun,
+    StoredVersion,
+)
+from costsim_analytics.engines.golden.datasets import GoldenDataset, GoldenSample
+from costsim_analytics.engines.golden.results import (
     GoldenComparison,
     GoldenSampleResult,
     GoldenSummary,
-)
-from costsim_analytics.handlers.golden import (
-    ActivateGoldenDataset,
-    CreateGoldenDataset,
-    GetGoldenDataset,
-    PromoteCanaryRun,
-    StoredVersion,
 )
 
 # --- samples and datasets ----------------------------------------------------------------------
@@ -111,6 +112,11 @@ def stored(result: StoredVersion) -> tuple[pb.GoldenDataset, bool]:
 def get(request: pb.GetGoldenDatasetRequest) -> GetGoldenDataset:
     """GetGoldenDatasetRequest -> query."""
     return GetGoldenDataset(name=request.name, version=convert.optional(request, "version"))
+
+
+def list_datasets(request: pb.ListGoldenDatasetsRequest) -> ListGoldenDatasets:
+    """ListGoldenDatasetsRequest -> command."""
+    return ListGoldenDatasets(request.name)
 
 
 def activate(request: pb.ActivateGoldenDatasetRequest) -> ActivateGoldenDataset:

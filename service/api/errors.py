@@ -1,4 +1,6 @@
-"""The one table from domain errors to gRPC status codes, and the wrappers that apply it.
+"""The one table from domain errors to gRPC and HTTP statuses, and the wrappers that apply it.
+
+The servicer maps through :func:`status_of` (gRPC), the dashboard through :func:`http_status_of`.
 
 Every non-OK status carries a ``google.rpc.ErrorInfo`` (AIP-193) with domain
 ``costsim.analytics.v1`` and the error's stable reason; INVALID_ARGUMENT also carries a
@@ -33,14 +35,16 @@ log = logging.getLogger(__name__)
 DOMAIN = "costsim.analytics.v1"
 REQUEST_ID_HEADER = "x-request-id"
 
-# Most specific first: the first matching class wins.
-_CODES: tuple[tuple[type[CostsimError], int], ...] = (
-    (InvalidArgument, code_pb2.INVALID_ARGUMENT),
-    (NotFound, code_pb2.NOT_FOUND),
-    (AlreadyExists, code_pb2.ALREADY_EXISTS),
-    (FailedPrecondition, code_pb2.FAILED_PRECONDITION),
-    (Unavailable, code_pb2.UNAVAILABLE),
+# Domain error -> google.rpc code, HTTP status and its title. Most specific first: the first
+# matching class wins.
+_CODES: tuple[tuple[type[CostsimError], int, int, str], ...] = (
+    (InvalidArgument, code_pb2.INVALID_ARGUMENT, 400, "Bad request"),
+    (NotFound, code_pb2.NOT_FOUND, 404, "Not found"),
+    (AlreadyExists, code_pb2.ALREADY_EXISTS, 409, "Conflict"),
+    (FailedPrecondition, code_pb2.FAILED_PRECONDITION, 412, "Precondition failed"),
+    (Unavailable, code_pb2.UNAVAILABLE, 503, "Unavailable"),
 )
+INTERNAL_HTTP = (500, "Internal error")
 
 Servicer = TypeVar("Servicer")
 Request = TypeVar("Request")
@@ -49,10 +53,24 @@ Response = TypeVar("Response")
 
 def code_of(error: CostsimError) -> int:
     """The google.rpc code for a domain error (INTERNAL for an unmapped subclass)."""
-    for cls, code in _CODES:
+    for cls, code, _http, _title in _CODES:
         if isinstance(error, cls):
             return int(code)
     return int(code_pb2.INTERNAL)
+
+
+def http_status_of(error: BaseException) -> tuple[int, str]:
+    """The HTTP status and title for an error (500 for anything unexpected).
+
+    Example:
+        >>> http_status_of(NotFound("no such run"))
+        (404, 'Not found')
+
+    """
+    for cls, _code, http, title in _CODES:
+        if isinstance(error, cls):
+            return http, title
+    return INTERNAL_HTTP
 
 
 def _pack(message: Any) -> any_pb2.Any:

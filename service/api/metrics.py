@@ -5,7 +5,8 @@ server is covered (the analytics service, health and reflection), unary and stre
 under the names and labels of go-grpc-prometheus: ``grpc_server_started_total``,
 ``grpc_server_handled_total`` and ``grpc_server_handling_seconds`` by ``grpc_service``,
 ``grpc_method``, ``grpc_type`` and (when handled) ``grpc_code``. The domain counters observe
-the operation results (domain objects, not protos), wrapped around the registry's handlers.
+the operation results (domain objects, not protos) through :meth:`ServiceMetrics.middleware`,
+applied to the registry once in ``bootstrap.py``.
 
 Example:
     >>> metrics = ServiceMetrics()
@@ -21,7 +22,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from prometheus_client import (
@@ -35,14 +36,16 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from costsim_analytics.engines.canary_command import RunCanaryResult
+from costsim_analytics.engines.canary.command import RunCanaryResult
 from costsim_analytics.engines.provenance import WriteBatchResult
 from costsim_analytics.engines.reports import CANARY_STATUSES
+from costsim_analytics.handlers.call import Call
 from costsim_analytics.handlers.registry import (
     OP_CANARY_RUN,
     OP_PROVENANCE_BATCH,
     Handler,
-    OperationRegistry,
+    Middleware,
+    Operation,
 )
 
 # The classic text format, which every Prometheus version scrapes (and generate_latest writes).
@@ -51,6 +54,8 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120)
 _CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 _RPC_LABELS = ("grpc_service", "grpc_method", "grpc_type")
+C = TypeVar("C")
+R = TypeVar("R")
 
 if TYPE_CHECKING:  # generic in grpc-stubs only
     _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
@@ -116,35 +121,34 @@ class ServiceMetrics:
         """The Prometheus text format of every metric."""
         return generate_latest(self.registry)
 
-    def instrument(self, operations: OperationRegistry) -> OperationRegistry:
-        """``operations`` with the handlers whose results are counted wrapped to count them."""
-        observers: dict[str, Callable[[Any], None]] = {
-            OP_PROVENANCE_BATCH: self._rows_written,
-            OP_CANARY_RUN: self._canary_outcome,
+    def middleware(self) -> Middleware:
+        """Middleware that counts the results of the operations whose outcomes are metrics."""
+        observers: dict[str, Callable[[object], None]] = {
+            OP_PROVENANCE_BATCH.name: self._rows_written,
+            OP_CANARY_RUN.name: self._canary_outcome,
         }
-        instrumented = OperationRegistry()
-        for name in operations.names():
-            handler = operations.get(name)
-            observe = observers.get(name)
-            instrumented.register(name, handler if observe is None else _observed(handler, observe))
-        return instrumented
 
-    def _rows_written(self, result: Any) -> None:
+        def wrap(op: Operation[C, R], handler: Handler[C, R]) -> Handler[C, R]:
+            observe = observers.get(op.name)
+            if observe is None:
+                return handler
+
+            def observed(command: C, call: Call, /) -> R:
+                result = handler(command, call)
+                observe(result)
+                return result
+
+            return observed
+
+        return wrap
+
+    def _rows_written(self, result: object) -> None:
         if isinstance(result, WriteBatchResult) and not result.replayed:
             self.provenance_rows.inc(len(result.ids))
 
-    def _canary_outcome(self, result: Any) -> None:
+    def _canary_outcome(self, result: object) -> None:
         if isinstance(result, RunCanaryResult) and not result.replayed:
             self.canary_runs.labels(status=result.report.status).inc()
-
-
-def _observed(handler: Handler, observe: Callable[[Any], None]) -> Handler:
-    def run(command: Any) -> Any:
-        result = handler(command)
-        observe(result)
-        return result
-
-    return run
 
 
 def _code_name(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException | None) -> str:

@@ -34,6 +34,9 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 Probe = Callable[[], None]
+# Partition upkeep runs at start and this often; after a failure it tries again sooner.
+UPKEEP_INTERVAL_S = 3600.0
+UPKEEP_RETRY_S = 60.0
 
 
 def tune_gc() -> None:
@@ -53,6 +56,7 @@ class AnalyticsServer:
 
     ``probe`` raises when the database is unreachable or its schema is not at head; the
     server reports SERVING only while it succeeds, and recovers by itself when it does again.
+    It only reads: ``upkeep`` (partition upkeep, which writes) is a task of its own.
     ``http_listen`` (empty: none) is the side port of the dashboard, metrics and probes.
     """
 
@@ -61,6 +65,8 @@ class AnalyticsServer:
         registry: OperationRegistry,
         probe: Probe,
         *,
+        metrics: ServiceMetrics,
+        upkeep: Callable[[], object] | None = None,
         listen: str,
         workers: int = 8,
         max_message_bytes: int = 80 * 1024 * 1024,
@@ -69,8 +75,8 @@ class AnalyticsServer:
         http_listen: str = "",
     ) -> None:
         self._probe = probe
-        self.metrics = ServiceMetrics()
-        registry = self.metrics.instrument(registry)
+        self._upkeep = upkeep
+        self.metrics = metrics
         self._health_interval_s = health_interval_s
         self._grace_period_s = grace_period_s
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="handler")
@@ -147,6 +153,24 @@ class AnalyticsServer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self._health_interval_s)
 
+    async def _keep_partitions(self) -> None:
+        """Run the upkeep now and then every hour until the server stops."""
+        assert self._upkeep is not None
+        loop = asyncio.get_running_loop()
+        while not self._stopping.is_set():
+            delay = UPKEEP_INTERVAL_S
+            # Inserts never wait for it (the default partition takes any row): log, retry.
+            try:
+                await loop.run_in_executor(self._executor, self._upkeep)
+            except CostsimError as exc:  # the database is down: the probe says so too
+                log.warning("partition upkeep: %s; retrying in %ss", exc.message, UPKEEP_RETRY_S)
+                delay = UPKEEP_RETRY_S
+            except Exception:
+                log.exception("partition upkeep failed; retrying in %ss", UPKEEP_RETRY_S)
+                delay = UPKEEP_RETRY_S
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+
     def request_stop(self) -> None:
         """Begin a graceful shutdown (safe from a signal handler)."""
         self._stopping.set()
@@ -168,6 +192,7 @@ class AnalyticsServer:
             log.info("dashboard on http://%s", self._http.address)
         await self._server.start()
         watcher = asyncio.create_task(self._watch_database())
+        upkeep = asyncio.create_task(self._keep_partitions()) if self._upkeep else None
         log.info("listening on %s", self.address)
         if on_ready is not None:
             on_ready(self.address)
@@ -181,5 +206,7 @@ class AnalyticsServer:
             if self._http is not None:
                 await self._http.stop(self._grace_period_s)
             await watcher
+            if upkeep is not None:
+                await upkeep
             self._executor.shutdown(wait=True, cancel_futures=True)
             log.info("stopped")

@@ -9,12 +9,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
-from typing import Any, TypeVar
+from typing import TypeVar
+
+import grpc
 
 from costsim.analytics.v1 import analytics_pb2 as pb
 from costsim.analytics.v1 import analytics_pb2_grpc as pb_grpc
 from costsim_analytics.api import convert, convert_canary, convert_golden
-from costsim_analytics.api.errors import streaming, unary
+from costsim_analytics.api.errors import request_id_of, streaming, unary
+from costsim_analytics.handlers.call import Call
 from costsim_analytics.handlers.registry import (
     OP_CANARY_REPORT,
     OP_CANARY_REPORTS,
@@ -28,19 +31,16 @@ from costsim_analytics.handlers.registry import (
     OP_GOLDEN_PROMOTE,
     OP_PROVENANCE_BATCH,
     OP_PROVENANCE_QUERY,
+    Operation,
     OperationRegistry,
 )
 from costsim_analytics.handlers.streams import ResultStream
 
+C = TypeVar("C")
+R = TypeVar("R")
+Req = TypeVar("Req")
 T = TypeVar("T")
-
-
-def _run_id(request: Any) -> str:
-    return str(request.run_id)
-
-
-def _name(request: Any) -> str:
-    return str(request.name)
+Context = grpc.aio.ServicerContext[object, object]
 
 
 class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
@@ -50,15 +50,18 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         self._registry = registry
         self._executor = executor
 
-    async def _run(self, operation: str, to_command: Callable[[Any], Any], request: Any) -> Any:
+    async def _run(
+        self, op: Operation[C, R], to_command: Callable[[Req], C], request: Req, context: Context
+    ) -> R:
         """Convert the request and run the handler, both in a worker thread.
 
         Converting a large request (100,000 canary samples, 1,000 Struct payloads) takes tens
         to hundreds of milliseconds: on the event loop it would stall every other call.
         """
-        handler = self._registry.get(operation)
+        handler = self._registry.get(op)
+        call = Call(trace_id=request_id_of(context))
         return await asyncio.get_running_loop().run_in_executor(
-            self._executor, lambda: handler(to_command(request))
+            self._executor, lambda: handler(to_command(request), call)
         )
 
     async def _drain(self, stream: ResultStream[T]) -> AsyncIterator[tuple[T, str]]:
@@ -77,18 +80,18 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
 
     @unary
     async def WriteProvenanceBatch(
-        self, request: pb.WriteProvenanceBatchRequest, context: Any
+        self, request: pb.WriteProvenanceBatchRequest, context: Context
     ) -> pb.WriteProvenanceBatchResponse:
         """Store a batch of provenance records."""
-        result = await self._run(OP_PROVENANCE_BATCH, convert.write_batch, request)
+        result = await self._run(OP_PROVENANCE_BATCH, convert.write_batch, request, context)
         return convert.write_batch_response(result)
 
     @streaming
     async def QueryProvenance(
-        self, request: pb.QueryProvenanceRequest, context: Any
+        self, request: pb.QueryProvenanceRequest, context: Context
     ) -> AsyncIterator[pb.QueryProvenanceResponse]:
         """Stream provenance records, newest first."""
-        stream = await self._run(OP_PROVENANCE_QUERY, convert.provenance_query, request)
+        stream = await self._run(OP_PROVENANCE_QUERY, convert.provenance_query, request, context)
         async for record, token in self._drain(stream):
             yield pb.QueryProvenanceResponse(
                 record=convert.provenance_record(record), page_token=token
@@ -96,18 +99,18 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
 
     @unary
     async def GetDriftStats(
-        self, request: pb.GetDriftStatsRequest, context: Any
+        self, request: pb.GetDriftStatsRequest, context: Context
     ) -> pb.GetDriftStatsResponse:
         """Summarise cost_delta."""
-        stats = await self._run(OP_DRIFT_STATS, convert.drift_query, request)
+        stats = await self._run(OP_DRIFT_STATS, convert.drift_query, request, context)
         return convert.drift_stats(stats)
 
     @streaming
     async def QueryCanaryReports(
-        self, request: pb.QueryCanaryReportsRequest, context: Any
+        self, request: pb.QueryCanaryReportsRequest, context: Context
     ) -> AsyncIterator[pb.QueryCanaryReportsResponse]:
         """Stream canary reports, newest first."""
-        stream = await self._run(OP_CANARY_REPORTS, convert.report_query, request)
+        stream = await self._run(OP_CANARY_REPORTS, convert_canary.report_query, request, context)
         async for report, token in self._drain(stream):
             yield pb.QueryCanaryReportsResponse(
                 report=convert_canary.canary_report(report), page_token=token
@@ -115,66 +118,68 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
 
     @unary
     async def GetCanaryReport(
-        self, request: pb.GetCanaryReportRequest, context: Any
+        self, request: pb.GetCanaryReportRequest, context: Context
     ) -> pb.GetCanaryReportResponse:
         """One report by run id."""
-        report = await self._run(OP_CANARY_REPORT, _run_id, request)
+        report = await self._run(OP_CANARY_REPORT, convert_canary.get_report, request, context)
         return pb.GetCanaryReportResponse(report=convert_canary.canary_report(report))
 
     @unary
-    async def RunCanary(self, request: pb.RunCanaryRequest, context: Any) -> pb.RunCanaryResponse:
+    async def RunCanary(
+        self, request: pb.RunCanaryRequest, context: Context
+    ) -> pb.RunCanaryResponse:
         """Run a canary comparison and return its report."""
-        result = await self._run(OP_CANARY_RUN, convert_canary.run_canary, request)
+        result = await self._run(OP_CANARY_RUN, convert_canary.run_canary, request, context)
         return convert_canary.run_canary_response(result)
 
     @unary
     async def CreateGoldenDataset(
-        self, request: pb.CreateGoldenDatasetRequest, context: Any
+        self, request: pb.CreateGoldenDatasetRequest, context: Context
     ) -> pb.CreateGoldenDatasetResponse:
         """Store a new golden dataset version from samples."""
-        result = await self._run(OP_GOLDEN_CREATE, convert_golden.create, request)
+        result = await self._run(OP_GOLDEN_CREATE, convert_golden.create, request, context)
         dataset, replayed = convert_golden.stored(result)
         return pb.CreateGoldenDatasetResponse(dataset=dataset, replayed=replayed)
 
     @unary
     async def PromoteCanaryRun(
-        self, request: pb.PromoteCanaryRunRequest, context: Any
+        self, request: pb.PromoteCanaryRunRequest, context: Context
     ) -> pb.PromoteCanaryRunResponse:
         """Store a new golden dataset version from a canary run."""
-        result = await self._run(OP_GOLDEN_PROMOTE, convert_golden.promote, request)
+        result = await self._run(OP_GOLDEN_PROMOTE, convert_golden.promote, request, context)
         dataset, replayed = convert_golden.stored(result)
         return pb.PromoteCanaryRunResponse(dataset=dataset, replayed=replayed)
 
     @unary
     async def GetGoldenDataset(
-        self, request: pb.GetGoldenDatasetRequest, context: Any
+        self, request: pb.GetGoldenDatasetRequest, context: Context
     ) -> pb.GetGoldenDatasetResponse:
         """One golden dataset version with its samples."""
-        dataset = await self._run(OP_GOLDEN_GET, convert_golden.get, request)
+        dataset = await self._run(OP_GOLDEN_GET, convert_golden.get, request, context)
         return pb.GetGoldenDatasetResponse(dataset=convert_golden.dataset_message(dataset))
 
     @unary
     async def ListGoldenDatasets(
-        self, request: pb.ListGoldenDatasetsRequest, context: Any
+        self, request: pb.ListGoldenDatasetsRequest, context: Context
     ) -> pb.ListGoldenDatasetsResponse:
         """Every golden dataset version, without samples."""
-        datasets = await self._run(OP_GOLDEN_LIST, _name, request)
+        datasets = await self._run(OP_GOLDEN_LIST, convert_golden.list_datasets, request, context)
         return pb.ListGoldenDatasetsResponse(
             datasets=[convert_golden.dataset_message(d) for d in datasets]
         )
 
     @unary
     async def ActivateGoldenDataset(
-        self, request: pb.ActivateGoldenDatasetRequest, context: Any
+        self, request: pb.ActivateGoldenDatasetRequest, context: Context
     ) -> pb.ActivateGoldenDatasetResponse:
         """Make one version the active version of its name."""
-        dataset = await self._run(OP_GOLDEN_ACTIVATE, convert_golden.activate, request)
+        dataset = await self._run(OP_GOLDEN_ACTIVATE, convert_golden.activate, request, context)
         return pb.ActivateGoldenDatasetResponse(dataset=convert_golden.dataset_message(dataset))
 
     @unary
     async def CompareGolden(
-        self, request: pb.CompareGoldenRequest, context: Any
+        self, request: pb.CompareGoldenRequest, context: Context
     ) -> pb.CompareGoldenResponse:
         """Judge a candidate cost model against a golden dataset version."""
-        comparison = await self._run(OP_GOLDEN_COMPARE, convert_golden.compare, request)
+        comparison = await self._run(OP_GOLDEN_COMPARE, convert_golden.compare, request, context)
         return pb.CompareGoldenResponse(comparison=convert_golden.comparison(comparison))

@@ -12,7 +12,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from costsim_analytics.api import convert_canary
 from costsim_analytics.api.client import AnalyticsClient, JsonDict
-from costsim_analytics.bootstrap import build_canary_handler, build_engine, build_registry
+from costsim_analytics.bootstrap import build_engine, build_registry
 from costsim_analytics.cli.common import (
     AsJson,
     DatabaseUrl,
@@ -25,7 +25,9 @@ from costsim_analytics.cli.common import (
     table,
 )
 from costsim_analytics.engines.errors import CostsimError
-from costsim_analytics.handlers.registry import OP_CANARY_RECONCILE
+from costsim_analytics.engines.maintenance import Reconcile
+from costsim_analytics.handlers.call import Call
+from costsim_analytics.handlers.registry import OP_CANARY_RECONCILE, OP_CANARY_RUN
 
 app = typer.Typer(help="Run canary comparisons and reconcile their artifacts.")
 
@@ -168,10 +170,11 @@ def _run_local(request: JsonDict, database_url: str | None, artifacts_dir: Path 
     try:
         with Progress(*columns, console=err, transient=True) as bar:
             task = bar.add_task("loading samples", total=None)
-            handler = build_canary_handler(
+            registry = build_registry(
                 engine, settings, progress=lambda stage: bar.update(task, description=stage)
             )
-            result = handler(convert_canary.run_canary_from_json(request))
+            command = convert_canary.run_canary_from_json(request)
+            result = registry.get(OP_CANARY_RUN)(command, Call())
     except CostsimError as exc:
         err.print(f"[red]{exc.reason}[/red]: {exc.message}")
         raise typer.Exit(EXIT_ERROR) from None
@@ -192,7 +195,7 @@ def reconcile(
     settings = settings_with(database_url=database_url, artifacts_dir=artifacts_dir)
     engine = build_engine(settings)
     try:
-        result = build_registry(engine, settings).get(OP_CANARY_RECONCILE)(None)
+        result = build_registry(engine, settings).get(OP_CANARY_RECONCILE)(Reconcile(), Call())
     except CostsimError as exc:
         err.print(f"[red]{exc.reason}[/red]: {exc.message}")
         raise typer.Exit(1) from None

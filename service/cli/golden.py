@@ -19,8 +19,8 @@ from costsim.analytics.v1 import analytics_pb2 as pb
 from costsim_analytics.api import convert_golden
 from costsim_analytics.api.client import AnalyticsClient, JsonDict
 from costsim_analytics.cli.common import AsJson, Target, default_target, err, out, rpc, table
-from costsim_analytics.engines import golden_datasets as datasets
 from costsim_analytics.engines.errors import InvalidArgument
+from costsim_analytics.engines.golden import datasets
 
 app = typer.Typer(help="Golden datasets: versioned reference samples and comparisons with them.")
 

@@ -10,14 +10,18 @@ import asyncio
 import json
 import sys
 from collections.abc import Iterable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from costsim_analytics.api.client import AnalyticsClient, JsonDict
-from costsim_analytics.bootstrap import build_engine, build_server, configure_logging
+from costsim_analytics.bootstrap import (
+    build_engine,
+    build_registry,
+    build_server,
+    configure_logging,
+)
 from costsim_analytics.cli import canary, golden, retention
 from costsim_analytics.cli.common import (
     AsJson,
@@ -36,8 +40,10 @@ from costsim_analytics.cli.common import (
     table,
     utc,
 )
-from costsim_analytics.drivers import partitions, schema
+from costsim_analytics.drivers import schema
 from costsim_analytics.engines.errors import DatabaseUnavailable, SchemaOutOfDate
+from costsim_analytics.handlers.call import Call
+from costsim_analytics.handlers.registry import OP_PARTITION_UPKEEP
 
 app = typer.Typer(help="costsim-analytics: provenance, drift and canary reports over gRPC.")
 provenance_app = typer.Typer(help="Write and query provenance records.")
@@ -59,8 +65,8 @@ def migrate(database_url: DatabaseUrl = None) -> None:
         schema.upgrade(settings.database_url)
         engine = build_engine(settings)
         try:
-            with engine.begin() as conn:
-                created = partitions.ensure_partitions(conn, datetime.now(UTC))
+            upkeep = build_registry(engine, settings).get(OP_PARTITION_UPKEEP)
+            created = upkeep(None, Call()).created
         finally:
             engine.dispose()
     except Exception as exc:

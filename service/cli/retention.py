@@ -13,6 +13,7 @@ from costsim_analytics.bootstrap import build_engine, build_registry
 from costsim_analytics.cli.common import AsJson, DatabaseUrl, err, out, settings_with, table
 from costsim_analytics.engines.errors import CostsimError
 from costsim_analytics.engines.retention import RetentionPolicy
+from costsim_analytics.handlers.call import Call
 from costsim_analytics.handlers.registry import OP_RETENTION
 
 
@@ -36,7 +37,7 @@ def retention(
     engine = build_engine(settings)
     policy = RetentionPolicy(provenance_days, reports_days, idempotency_days, dry_run)
     try:
-        result = build_registry(engine, settings).get(OP_RETENTION)(policy)
+        result = build_registry(engine, settings).get(OP_RETENTION)(policy, Call())
     except CostsimError as exc:
         err.print(f"[red]{exc.reason}[/red]: {exc.message}")
         raise typer.Exit(2 if exc.reason.startswith("INVALID") else 1) from None

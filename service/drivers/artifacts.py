@@ -15,9 +15,8 @@ import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from costsim_analytics.engines.canary.evaluation import REPORT_FILE
 from costsim_analytics.engines.reports import ArtifactRef
-
-REPORT_FILE = "report.json"
 
 
 def _fsync_dir(path: Path) -> None:

@@ -6,21 +6,30 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Select, and_, delete, insert, select, tuple_
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Row,
+    Select,
+    and_,
+    delete,
+    insert,
+    select,
+    tuple_,
+)
 from sqlalchemy import exc as sa_exc
 
 from costsim_analytics.drivers.errors import translated
 from costsim_analytics.drivers.models import reports_table as t
 from costsim_analytics.drivers.streaming import stream_rows
 from costsim_analytics.engines.errors import AlreadyExists
+from costsim_analytics.engines.golden.results import golden_from_json, golden_to_json
 from costsim_analytics.engines.pagination import Cursor
 from costsim_analytics.engines.reports import (
     CanaryReport,
     ReportFilter,
     details_from_json,
     details_to_json,
-    golden_from_json,
-    golden_to_json,
 )
 
 _COLUMNS = (
@@ -48,28 +57,35 @@ _COLUMNS = (
 _SELECT_COLUMNS = [t.c[name] for name in _COLUMNS]
 
 
-def _report(row: Sequence[Any]) -> CanaryReport:
+# Columns stored as they are in the report (the others are JSON or named differently).
+_PLAIN = (
+    "id",
+    "run_id",
+    "timestamp",
+    "status",
+    "total_samples",
+    "matching_samples",
+    "minor_drift_samples",
+    "major_drift_samples",
+    "median_cost_diff",
+    "p90_cost_diff",
+    "kl_divergence",
+    "outlier_count",
+    "passed",
+    "created_at",
+    "baseline_model",
+    "candidate_model",
+)
+
+
+def _report(row: Row[Any]) -> CanaryReport:
+    m = row._mapping
     return CanaryReport(
-        id=row[0],
-        run_id=row[1],
-        timestamp=row[2],
-        status=row[3],
-        total_samples=row[4],
-        matching_samples=row[5],
-        minor_drift_samples=row[6],
-        major_drift_samples=row[7],
-        median_cost_diff=row[8],
-        p90_cost_diff=row[9],
-        kl_divergence=row[10],
-        outlier_count=row[11],
-        passed=row[12],
-        failure_reasons=tuple(row[13]),
-        artifact_paths=tuple(row[14]),
-        golden_comparison=golden_from_json(row[15]),
-        created_at=row[16],
-        baseline_model=row[17],
-        candidate_model=row[18],
-        **details_from_json(row[19]),
+        **{name: m[name] for name in _PLAIN},
+        failure_reasons=tuple(m["failure_reasons_json"]),
+        artifact_paths=tuple(m["artifact_paths_json"]),
+        golden_comparison=golden_from_json(m["golden_comparison_json"]),
+        **details_from_json(m["details_json"]),
     )
 
 

@@ -10,18 +10,17 @@ back this up in the database itself.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, Row, func, insert, select, update
 from sqlalchemy import exc as sa_exc
 
 from costsim_analytics.drivers.errors import translated
 from costsim_analytics.drivers.models import golden_datasets_table as d
 from costsim_analytics.drivers.models import golden_samples_table as s
 from costsim_analytics.engines.errors import AlreadyExists
-from costsim_analytics.engines.golden_datasets import GoldenDataset, GoldenSample, NewGoldenDataset
+from costsim_analytics.engines.golden.datasets import GoldenDataset, GoldenSample, NewGoldenDataset
 
 # "gold" in ASCII: the first key of the two-key advisory lock space (which does not overlap
 # the one-key space of the canary run lock).
@@ -40,18 +39,8 @@ _HEADER = (
 INSERT_CHUNK = 1000
 
 
-def _dataset(row: Sequence[Any]) -> GoldenDataset:
-    return GoldenDataset(
-        id=row[0],
-        name=row[1],
-        version=row[2],
-        sha256=row[3],
-        description=row[4],
-        source=row[5],
-        sample_count=row[6],
-        active=row[7],
-        created_at=row[8],
-    )
+def _dataset(row: Row[*tuple[Any, ...]]) -> GoldenDataset:
+    return GoldenDataset(**row._mapping)
 
 
 class SqlGoldenDriver:

@@ -8,7 +8,6 @@ Either way concurrent retries of one request do the work once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -18,14 +17,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from costsim_analytics.drivers.errors import translated
 from costsim_analytics.drivers.models import idempotency_table as t
-
-
-@dataclass(frozen=True, slots=True)
-class StoredRequest:
-    """An earlier request with the same key: its digest and its answer."""
-
-    request_hash: str
-    response: dict[str, Any] | None
+from costsim_analytics.engines.idempotency import StoredRequest
 
 
 class SqlIdempotencyDriver:
@@ -59,7 +51,7 @@ class SqlIdempotencyDriver:
                     t.c.operation == operation, t.c.request_id == request_id
                 )
             ).one()
-        return StoredRequest(row[0], row[1])
+        return StoredRequest(row.request_hash, row.response_json)
 
     def get(self, operation: str, request_id: str) -> StoredRequest | None:
         """The stored request for a key, or None."""
@@ -69,7 +61,7 @@ class SqlIdempotencyDriver:
                     t.c.operation == operation, t.c.request_id == request_id
                 )
             ).first()
-        return None if row is None else StoredRequest(row[0], row[1])
+        return None if row is None else StoredRequest(row.request_hash, row.response_json)
 
     def complete(self, operation: str, request_id: str, response: dict[str, Any]) -> None:
         """Record the answer of a claimed key (in the same transaction as the work)."""

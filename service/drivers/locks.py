@@ -12,7 +12,6 @@ import fcntl
 import os
 import time
 from pathlib import Path
-from typing import Protocol
 
 from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.engine import make_url
@@ -22,16 +21,6 @@ from costsim_analytics.drivers.errors import translated
 # "costsim" in ASCII: a fixed 64-bit key that no other application is likely to use.
 ADVISORY_KEY = 0x636F737473696D
 _POLL_S = 0.05
-
-
-class RunLock(Protocol):
-    """A try-lock with a timeout."""
-
-    def acquire(self, timeout_s: float) -> bool:
-        """Take the lock within ``timeout_s``; False if another holder kept it."""
-
-    def release(self) -> None:
-        """Give the lock back."""
 
 
 class PostgresAdvisoryLock:
@@ -104,7 +93,7 @@ class FileLock:
             os.close(fd)
 
 
-def canary_lock(engine: Engine, fallback_dir: Path) -> RunLock:
+def canary_lock(engine: Engine, fallback_dir: Path) -> PostgresAdvisoryLock | FileLock:
     """The run lock that fits the engine's database."""
     if engine.dialect.name == "postgresql":
         return PostgresAdvisoryLock(engine)

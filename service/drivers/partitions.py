@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, text
 
 from costsim_analytics.drivers.errors import translated
 
@@ -143,29 +142,14 @@ def drop_partitions_before(conn: Connection, cutoff: datetime) -> list[tuple[str
     return dropped
 
 
-class PartitionKeeper:
-    """Creates the coming months' partitions at most once per ``interval_s`` (for the server).
+class SqlPartitionDriver:
+    """Partition upkeep inside the caller's transaction (the server's hourly task, ``migrate``)."""
 
-    Called from the server's periodic database probe. A failure is logged and retried on the
-    next call; inserts never depend on it, since the default partition takes any row.
-    """
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
 
-    def __init__(self, engine: Engine, interval_s: float = 3600.0) -> None:
-        self._engine = engine
-        self._interval_s = interval_s
-        self._last = -interval_s
-
-    def __call__(self) -> None:
-        """Ensure partitions if the interval has passed since the last success."""
-        now = time.monotonic()
-        if now - self._last < self._interval_s or self._engine.dialect.name != "postgresql":
-            return
-        try:
-            with self._engine.begin() as conn:
-                created = ensure_partitions(conn, datetime.now(UTC))
-        except Exception:
-            log.exception("could not create the coming provenance partitions; will retry")
-            return
-        self._last = now
-        if created:
-            log.info("created provenance partitions: %s", ", ".join(created))
+    def ensure(self, now: datetime) -> list[str]:
+        """Create this month's and the coming months' partitions; return the new ones."""
+        if self._conn.dialect.name != "postgresql":
+            return []
+        return ensure_partitions(self._conn, now)

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Connection,
+    Row,
     Select,
     TableClause,
     and_,
@@ -33,14 +34,14 @@ from costsim_analytics.drivers import partitions
 from costsim_analytics.drivers.errors import translated
 from costsim_analytics.drivers.models import provenance_table as t
 from costsim_analytics.drivers.streaming import stream_rows
-from costsim_analytics.engines.drift import DriftStats, DriftStatsQuery, interpolate
-from costsim_analytics.engines.drift import percentile_position as _position
+from costsim_analytics.engines.drift import DriftStats, DriftStatsQuery
 from costsim_analytics.engines.pagination import Cursor
 from costsim_analytics.engines.provenance import (
     NewProvenance,
     ProvenanceFilter,
     ProvenanceRecord,
 )
+from costsim_analytics.engines.statistics import interpolate, percentile_rank
 
 _COLUMNS = (
     "id",
@@ -80,8 +81,8 @@ def _where(flt: ProvenanceFilter) -> list[ColumnElement[bool]]:
     return clauses
 
 
-def _record(row: Sequence[Any]) -> ProvenanceRecord:
-    return ProvenanceRecord(*row)
+def _record(row: Row[Any]) -> ProvenanceRecord:
+    return ProvenanceRecord(**row._mapping)
 
 
 def stream_statement(flt: ProvenanceFilter, after: Cursor | None, limit: int) -> Select[Any]:
@@ -258,8 +259,8 @@ class SqlProvenanceDriver:
         ).scalar_one()
         stddev = math.sqrt(squares / (total - 1)) if total > 1 else 0.0
 
-        def pct(p: float) -> float:
-            lower, weight = _position(p, total)
+        def pct(q: float) -> float:
+            lower, weight = percentile_rank(q, total)
             values = list(
                 self._conn.execute(
                     select(d).where(where).order_by(d).limit(2).offset(lower)
@@ -268,5 +269,5 @@ class SqlProvenanceDriver:
             return interpolate(values[0], values[-1], weight)
 
         return DriftStats(
-            int(total), float(mean), float(low), float(high), stddev, pct(0.5), pct(0.9)
+            int(total), float(mean), float(low), float(high), stddev, pct(50), pct(90)
         )

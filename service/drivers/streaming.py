@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Select
+from sqlalchemy import Connection, Row, Select
 
 from costsim_analytics.drivers.errors import translated
 
@@ -18,7 +18,7 @@ def stream_rows(
     *,
     limit: int,
     chunk_size: int,
-    convert: Callable[[Sequence[Any]], T],
+    convert: Callable[[Row[Any]], T],
 ) -> Iterator[list[T]]:
     """Yield converted rows ``chunk_size`` at a time; the result is closed when the generator is.
 

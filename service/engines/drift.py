@@ -12,8 +12,6 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -50,28 +48,3 @@ def validate_drift_query(query: DriftStatsQuery) -> None:
     if query.variant_slug and query.variant_slug not in VARIANT_SLUGS:
         raise InvalidArgument.field("variant_slug", f"must be one of {sorted(VARIANT_SLUGS)}")
     check_window(query.start_time, query.end_time)
-
-
-def percentile_position(p: float, n: int) -> tuple[int, float]:
-    """The lower rank and the interpolation weight of percentile ``p`` among ``n`` values.
-
-    Example:
-        >>> percentile_position(0.9, 11)
-        (9, 0.0)
-
-    """
-    h = p * (n - 1)
-    lower = math.floor(h)
-    return lower, h - lower
-
-
-def interpolate(lower_value: float, upper_value: float, weight: float) -> float:
-    """Linear interpolation between two neighbouring order statistics."""
-    return lower_value + weight * (upper_value - lower_value)
-
-
-def percentile(sorted_values: Sequence[float], p: float) -> float:
-    """Percentile of already sorted values, by the definition in the module docstring."""
-    lower, weight = percentile_position(p, len(sorted_values))
-    upper = min(lower + 1, len(sorted_values) - 1)
-    return interpolate(sorted_values[lower], sorted_values[upper], weight)

@@ -39,7 +39,6 @@ SOURCES = frozenset({"sandbox", "canary", "manual", "backfill"})
 PAYLOAD_STATUSES = frozenset({"success", "error", "timeout", "schema_error"})
 MAX_STRING_CHARS = 256
 MAX_PAYLOAD_BYTES = 64 * 1024
-MAX_REQUEST_ID_CHARS = 128
 DEFAULT_MAX_BATCH = 1000
 # An error lists at most this many violations, so a hopeless batch cannot make a huge trailer.
 MAX_REPORTED_VIOLATIONS = 100
@@ -179,14 +178,6 @@ def compute_cost_delta(v1_cost: float | None, v2_cost: float | None) -> float | 
     if v1_cost is None or v2_cost is None:
         return None
     return v2_cost - v1_cost
-
-
-def validate_request_id(request_id: str) -> None:
-    """Reject an idempotency key longer than 128 characters."""
-    if len(request_id) > MAX_REQUEST_ID_CHARS:
-        raise InvalidArgument.field(
-            "request_id", f"must be at most {MAX_REQUEST_ID_CHARS} characters"
-        )
 
 
 def validate_filter(flt: ProvenanceFilter) -> None:
@@ -381,8 +372,16 @@ def prepare_batch(
     return rows
 
 
-def batch_fingerprint(rows: Sequence[NewProvenance]) -> str:
-    """Digest of a batch's content (not its server time), to recognise a retried request."""
+def command_fingerprint(batch: WriteBatch) -> str:
+    """Digest of a batch's content (not its request id), to recognise a retried request.
+
+    Over the records as sent, so that it can be taken before the batch is prepared; a Struct
+    payload counts by its canonical JSON, so the same record sent again digests the same.
+
+    Raises:
+        ValueError: a payload that has no JSON form (the batch's validation refuses it too).
+
+    """
     lines = [
         dumps(
             [
@@ -398,9 +397,10 @@ def batch_fingerprint(rows: Sequence[NewProvenance]) -> str:
                 r.v1_cost,
                 r.v2_cost,
                 r.runtime_ms,
-                r.payload_json,
+                r.payload_json if r.payload is None else dumps(r.payload),
+                [r.id_set, r.cost_delta_set, r.created_at_set],
             ]
         )
-        for r in rows
+        for r in batch.records
     ]
     return sha256_hex("\n".join(lines))

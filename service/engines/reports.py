@@ -7,24 +7,25 @@ how queries over reports are validated.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from costsim_analytics.engines.errors import InvalidArgument
+from costsim_analytics.engines.findings import (
+    FailureReason,
+    Interval,
+    interval_from_json,
+    plain,
+    reason_from_json,
+)
+from costsim_analytics.engines.golden.results import (
+    GoldenComparison,
+    golden_from_json,
+    golden_to_json,
+)
 
 CANARY_STATUSES = ("pass", "fail", "error", "skipped")
-
-
-@dataclass(frozen=True, slots=True)
-class Interval:
-    """A bootstrap confidence interval."""
-
-    estimate: float
-    low: float
-    high: float
-    level: float
-    resamples: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,105 +57,12 @@ class ReportStatistics:
 
 
 @dataclass(frozen=True, slots=True)
-class FailureReason:
-    """One reason a canary did not pass, as data and as a sentence."""
-
-    code: str
-    metric: str
-    observed: float
-    threshold: float
-    comparator: str
-    message: str
-    interval: Interval | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class ArtifactRef:
     """A stored artifact and its checksum."""
 
     path: str
     sha256: str
     size_bytes: int
-
-
-@dataclass(frozen=True, slots=True)
-class FeasibilityConfusion:
-    """Expected against predicted feasibility, in samples (the model's valid samples)."""
-
-    expected_feasible_predicted_feasible: int
-    expected_feasible_predicted_infeasible: int
-    expected_infeasible_predicted_feasible: int
-    expected_infeasible_predicted_infeasible: int
-
-    @property
-    def flips(self) -> int:
-        """Samples whose predicted feasibility differs from the expected one."""
-        return (
-            self.expected_feasible_predicted_infeasible
-            + self.expected_infeasible_predicted_feasible
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class GoldenSummary:
-    """How close one cost model comes to a golden dataset (docs/golden.md).
-
-    The error statistics cover the samples the model could estimate (``None`` without any);
-    ``within_tolerance_share`` divides by every sample, so an invalid one counts against it.
-    """
-
-    model: str
-    samples: int
-    invalid_samples: int
-    within_tolerance: int
-    within_tolerance_share: float
-    mean_relative_error: float | None
-    p90_relative_error: float | None
-    mean_absolute_error: float | None
-    max_absolute_error: float | None
-    feasibility: FeasibilityConfusion
-
-
-@dataclass(frozen=True, slots=True)
-class GoldenSampleResult:
-    """One golden sample under the candidate (and the baseline); ``None``: not estimated."""
-
-    id: str
-    expected_cost_cents: float
-    expected_feasible: bool
-    candidate_cost_cents: float | None
-    candidate_feasible: bool
-    absolute_error: float | None
-    relative_error: float | None
-    within_tolerance: bool
-    baseline_cost_cents: float | None
-    baseline_feasible: bool
-    baseline_relative_error: float | None
-    error: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class GoldenComparison:
-    """The candidate judged against one exact golden dataset version, the baseline beside it."""
-
-    dataset_name: str
-    dataset_version: int
-    dataset_sha256: str
-    candidate_model: str
-    baseline_model: str
-    tolerance: float
-    min_share: float
-    max_feasibility_flips: int
-    passed: bool
-    reasons: tuple[FailureReason, ...]
-    candidate: GoldenSummary
-    baseline: GoldenSummary
-    mean_relative_error_delta: float | None
-    closer_samples: int
-    farther_samples: int
-    tied_samples: int
-    direction: str
-    worst_samples: tuple[GoldenSampleResult, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,52 +102,7 @@ DETAIL_FIELDS = ("reasons", "statistics", "artifacts", "invalid_samples", "sampl
 
 def details_to_json(report: CanaryReport) -> dict[str, Any]:
     """The report's structured details (everything without a column of its own)."""
-    return {name: _plain(getattr(report, name)) for name in DETAIL_FIELDS}
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_plain(item) for item in value]
-    if hasattr(value, "__dataclass_fields__"):
-        return asdict(value)
-    return value
-
-
-def _interval(data: dict[str, Any] | None) -> Interval | None:
-    return None if data is None else Interval(**data)
-
-
-def _reason(data: dict[str, Any]) -> FailureReason:
-    return FailureReason(**{**data, "interval": _interval(data.get("interval"))})
-
-
-def golden_to_json(comparison: GoldenComparison | None) -> dict[str, Any] | None:
-    """A golden comparison as JSON-ready data (the ``golden_comparison_json`` column's form)."""
-    if comparison is None:
-        return None
-    data = asdict(comparison)
-    data["reasons"] = [asdict(r) for r in comparison.reasons]
-    data["worst_samples"] = [asdict(s) for s in comparison.worst_samples]
-    return data
-
-
-def _summary(data: dict[str, Any]) -> GoldenSummary:
-    return GoldenSummary(**{**data, "feasibility": FeasibilityConfusion(**data["feasibility"])})
-
-
-def golden_from_json(data: dict[str, Any] | None) -> GoldenComparison | None:
-    """Inverse of :func:`golden_to_json`."""
-    if not data:
-        return None
-    return GoldenComparison(
-        **{
-            **data,
-            "reasons": tuple(_reason(r) for r in data["reasons"]),
-            "candidate": _summary(data["candidate"]),
-            "baseline": _summary(data["baseline"]),
-            "worst_samples": tuple(GoldenSampleResult(**s) for s in data["worst_samples"]),
-        }
-    )
+    return {name: plain(getattr(report, name)) for name in DETAIL_FIELDS}
 
 
 def details_from_json(data: dict[str, Any] | None) -> dict[str, Any]:
@@ -253,13 +116,13 @@ def details_from_json(data: dict[str, Any] | None) -> dict[str, Any]:
             **{
                 **stats,
                 "paired_test": PairedTestSummary(**stats["paired_test"]),
-                "median_cost_diff_ci": _interval(stats["median_cost_diff_ci"]),
-                "p90_cost_diff_ci": _interval(stats["p90_cost_diff_ci"]),
-                "median_relative_delta_ci": _interval(stats["median_relative_delta_ci"]),
+                "median_cost_diff_ci": interval_from_json(stats["median_cost_diff_ci"]),
+                "p90_cost_diff_ci": interval_from_json(stats["p90_cost_diff_ci"]),
+                "median_relative_delta_ci": interval_from_json(stats["median_relative_delta_ci"]),
             }
         )
     return {
-        "reasons": tuple(_reason(r) for r in data.get("reasons", [])),
+        "reasons": tuple(reason_from_json(r) for r in data.get("reasons", [])),
         "statistics": statistics,
         "artifacts": tuple(ArtifactRef(**a) for a in data.get("artifacts", [])),
         "invalid_samples": int(data.get("invalid_samples", 0)),
@@ -334,6 +197,13 @@ class ReportQuery:
     filter: ReportFilter = field(default_factory=ReportFilter)
     page_size: int = 0
     page_token: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class GetReport:
+    """The GetCanaryReport command: one report by its run id."""
+
+    run_id: str
 
 
 def validate_run_id(run_id: str) -> None:

@@ -1,6 +1,6 @@
 """Canary statistics: per-sample drift, percentiles, divergence, paired test.
 
-The bootstrap lives in ``engines/bootstrap.py`` and is re-exported here.
+The bootstrap lives in ``engines/resampling.py`` and is re-exported here.
 Pure and vectorised (numpy/scipy): no grpc, no SQL, no Python loop over samples. Every
 definition, default and reference is in ``docs/statistics.md``; the docstrings here say what
 each function returns. Inputs are 1-D array-likes of finite numbers (costs in cents); anything
@@ -28,7 +28,7 @@ from scipy import special, stats
 from costsim_analytics.engines.arrays import FloatArray
 from costsim_analytics.engines.arrays import as_flags as _flags
 from costsim_analytics.engines.arrays import as_vector as _vector
-from costsim_analytics.engines.bootstrap import (
+from costsim_analytics.engines.resampling import (
     BOOTSTRAP_STATISTICS,
     CHUNK_ELEMENTS,
     ORDER_STATISTICS_METHOD,
@@ -63,10 +63,12 @@ __all__ = [
     "classify",
     "divergence",
     "drift",
+    "interpolate",
     "order_statistic_replicates",
     "outliers",
     "paired_test",
     "percentile",
+    "percentile_rank",
 ]
 
 MATCH, MINOR_DRIFT, MAJOR_DRIFT, MISMATCH = 0, 1, 2, 3
@@ -164,6 +166,27 @@ def percentile(values: npt.ArrayLike, q: float) -> float:
     if array.size == 0:
         return math.nan
     return float(np.percentile(array, q, method="linear"))
+
+
+def percentile_rank(q: float, n: int) -> tuple[int, float]:
+    """The lower rank and the weight of :func:`percentile` ``q`` among ``n`` sorted values.
+
+    For storage that fetches only the two neighbouring order statistics (SQLite's drift
+    statistics): the percentile is ``interpolate(x[rank], x[rank + 1], weight)``.
+
+    Example:
+        >>> percentile_rank(90, 11)
+        (9, 0.0)
+
+    """
+    h = q / 100.0 * (n - 1)
+    lower = math.floor(h)
+    return lower, h - lower
+
+
+def interpolate(lower_value: float, upper_value: float, weight: float) -> float:
+    """Linear interpolation between two neighbouring order statistics (type 7)."""
+    return lower_value + weight * (upper_value - lower_value)
 
 
 # --- Distribution divergence -------------------------------------------------------------------

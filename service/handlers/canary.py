@@ -9,19 +9,17 @@ report in the artifact store that the database lacks.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import Any
 
-from costsim_analytics.drivers.artifacts import REPORT_FILE, LocalArtifactStore
-from costsim_analytics.drivers.locks import RunLock
-from costsim_analytics.engines import canary as engine
-from costsim_analytics.engines import golden
-from costsim_analytics.engines.canary import CanaryConfig, Progress, Sample
-from costsim_analytics.engines.canary_command import (
+from costsim_analytics.engines.canary import evaluation as engine
+from costsim_analytics.engines.canary.command import (
     DEFAULT_LOOKBACK_DAYS,
     DEFAULT_SAMPLE_COUNT,
     RunCanary,
@@ -30,20 +28,25 @@ from costsim_analytics.engines.canary_command import (
     resolve_config,
     validate,
 )
+from costsim_analytics.engines.canary.evaluation import REPORT_FILE, CanaryConfig, Progress, Sample
+from costsim_analytics.engines.canary.synthetic import synthetic_samples
 from costsim_analytics.engines.cost_models import CostModel, load_cost_model
 from costsim_analytics.engines.errors import (
     DatabaseUnavailable,
     FailedPrecondition,
+    NotFound,
     RequestIdReused,
     Unavailable,
 )
-from costsim_analytics.engines.golden import GoldenConfig
-from costsim_analytics.engines.golden_datasets import GoldenDataset
+from costsim_analytics.engines.golden import comparison as golden
+from costsim_analytics.engines.golden.comparison import GoldenConfig
+from costsim_analytics.engines.golden.datasets import GoldenDataset
+from costsim_analytics.engines.maintenance import Reconcile, ReconcileResult
 from costsim_analytics.engines.reports import CanaryReport, report_from_json
-from costsim_analytics.engines.synthetic import synthetic_samples
+from costsim_analytics.handlers.call import Call, Clock, utc_now
 from costsim_analytics.handlers.golden import load_dataset
-from costsim_analytics.handlers.ports import UnitOfWorkFactory
-from costsim_analytics.handlers.provenance import Clock, utc_now
+from costsim_analytics.handlers.idempotency import Claim, ClaimTaken, Replay
+from costsim_analytics.handlers.ports import ArtifactStore, RunLock, UnitOfWork, UnitOfWorkFactory
 from costsim_analytics.handlers.registry import OP_CANARY_RUN
 
 log = logging.getLogger(__name__)
@@ -61,6 +64,18 @@ class ReportNotPersisted(Unavailable):
     reason = "REPORT_NOT_PERSISTED"
 
 
+def _replayed_run(uow: UnitOfWork, response: Mapping[str, Any]) -> RunCanaryResult:
+    report = uow.reports.get_by_run_id(str(response["run_id"]))
+    if report is None:
+        raise NotFound(f"canary run {response['run_id']!r} of this request_id is gone")
+    return RunCanaryResult(report, replayed=True)
+
+
+RUN_REPLAY: Replay[RunCanary, RunCanaryResult] = Replay(
+    request_id=lambda cmd: cmd.request_id, digest=fingerprint, replay=_replayed_run
+)
+
+
 def new_run_id(now: datetime) -> str:
     """``canary-20261126T110000Z-1a2b3c4d``: sortable, unique, safe as a directory name."""
     return f"canary-{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
@@ -69,13 +84,14 @@ def new_run_id(now: datetime) -> str:
 class ReportPublisher:
     """Artifacts first, then the report row: the one place that writes canary reports."""
 
-    def __init__(self, uow_factory: UnitOfWorkFactory, artifacts: LocalArtifactStore) -> None:
+    def __init__(
+        self, uow_factory: UnitOfWorkFactory, artifacts: ArtifactStore, clock: Clock = utc_now
+    ) -> None:
         self._uow_factory = uow_factory
         self._artifacts = artifacts
+        self._clock = clock
 
-    def publish(
-        self, evaluation: engine.Evaluation, request_id: str = "", request_hash: str = ""
-    ) -> CanaryReport:
+    def publish(self, evaluation: engine.Evaluation, claim: Claim | None = None) -> CanaryReport:
         """Write the artifacts, then the row; return the stored report.
 
         Raises:
@@ -88,7 +104,10 @@ class ReportPublisher:
             str(run_dir / name)
             for name in (engine.COMPARISONS_FILE, engine.DIFFS_FILE, REPORT_FILE)
         )
-        request = {"request_id": request_id, "request_hash": request_hash}
+        request = {
+            "request_id": claim.request_id if claim else "",
+            "request_hash": claim.digest() if claim else "",
+        }
         try:
             refs = self._artifacts.save(report.run_id, engine.sample_artifacts(evaluation))
             report = replace(report, artifacts=refs, artifact_paths=paths)
@@ -101,7 +120,7 @@ class ReportPublisher:
             ) from exc
         report = replace(report, artifacts=refs)
         try:
-            return self.store(report, request_id, request_hash)
+            return self.store(report, claim)
         except DatabaseUnavailable as exc:
             raise ReportNotPersisted(
                 f"canary {report.run_id}: artifacts saved under {run_dir} but the report row "
@@ -109,18 +128,15 @@ class ReportPublisher:
                 "database is back"
             ) from exc
 
-    def store(self, report: CanaryReport, request_id: str, request_hash: str) -> CanaryReport:
+    def store(self, report: CanaryReport, claim: Claim | None) -> CanaryReport:
         """Insert the row (and the request's idempotency key) in one transaction."""
-        report = replace(report, created_at=utc_now())
+        now = self._clock()
+        report = replace(report, created_at=now)
         with self._uow_factory() as uow:
             row_id = uow.reports.add(report, now=report.created_at)
-            if request_id:
-                earlier = uow.idempotency.claim(
-                    OP_CANARY_RUN, request_id, request_hash, report.timestamp
-                )
-                if earlier is not None:
-                    raise RequestIdReused(f"request_id {request_id!r} was used by another run")
-                uow.idempotency.complete(OP_CANARY_RUN, request_id, {"run_id": report.run_id})
+            if claim:
+                claim.take(uow, now)
+                claim.complete(uow, {"run_id": report.run_id})
             uow.commit()
         return replace(report, id=row_id)
 
@@ -130,7 +146,7 @@ class CanaryRunHandler:
     """RunCanary: resolve, lock, sample, evaluate, judge against the golden version, publish."""
 
     uow_factory: UnitOfWorkFactory
-    artifacts: LocalArtifactStore
+    artifacts: ArtifactStore
     lock_factory: Callable[[], RunLock]
     defaults: CanaryConfig = field(default_factory=CanaryConfig)
     lock_timeout_s: float = 2.0
@@ -142,15 +158,12 @@ class CanaryRunHandler:
     golden_dataset: str = ""
     golden_config: GoldenConfig = field(default_factory=GoldenConfig)
 
-    def __call__(self, cmd: RunCanary) -> RunCanaryResult:
-        """Run the canary (or replay / skip) and return its report."""
+    def __call__(self, cmd: RunCanary, call: Call, /) -> RunCanaryResult:
+        """Run the canary (or skip it) and return its report."""
         validate(cmd)
         config = resolve_config(cmd, self.defaults)
         baseline = self.models(cmd.baseline_model or "v1", field="baseline_model")
         candidate = self.models(cmd.candidate_model or "v2", field="candidate_model")
-        digest = fingerprint(cmd)
-        if cmd.request_id and (earlier := self._replay(cmd.request_id, digest)) is not None:
-            return RunCanaryResult(earlier, replayed=True)
         now = self.clock()
         lock = self.lock_factory()
         if not lock.acquire(self.lock_timeout_s):
@@ -159,9 +172,10 @@ class CanaryRunHandler:
                 engine.skipped(new_run_id(now), now, baseline.name, candidate.name)
             )
         try:
-            # Another replica may have finished this very request while we waited.
-            if cmd.request_id and (earlier := self._replay(cmd.request_id, digest)) is not None:
-                return RunCanaryResult(earlier, replayed=True)
+            if call.claim:
+                # Another replica may have finished this very request while we waited.
+                with self.uow_factory(read_only=True) as uow:
+                    call.claim.check_free(uow)
             samples, source, reference = self._samples(cmd, now)
             evaluation = engine.evaluate(
                 samples,
@@ -182,21 +196,10 @@ class CanaryRunHandler:
                 evaluation = replace(evaluation, report=report)
             if self.progress:
                 self.progress("artifacts and report")
-            publisher = ReportPublisher(self.uow_factory, self.artifacts)
-            return RunCanaryResult(publisher.publish(evaluation, cmd.request_id, digest))
+            publisher = ReportPublisher(self.uow_factory, self.artifacts, self.clock)
+            return RunCanaryResult(publisher.publish(evaluation, call.claim))
         finally:
             lock.release()
-
-    def _replay(self, request_id: str, digest: str) -> CanaryReport | None:
-        with self.uow_factory(read_only=True) as uow:
-            earlier = uow.idempotency.get(OP_CANARY_RUN, request_id)
-            if earlier is None:
-                return None
-            if earlier.request_hash != digest or earlier.response is None:
-                raise RequestIdReused(
-                    f"request_id {request_id!r} was used for a different canary request"
-                )
-            return uow.reports.get_by_run_id(earlier.response["run_id"])
 
     def _samples(
         self, cmd: RunCanary, now: datetime
@@ -228,25 +231,17 @@ class CanaryRunHandler:
         return [], "none", reference
 
 
-@dataclass(frozen=True, slots=True)
-class ReconcileResult:
-    """What a reconcile pass found in the artifact store."""
-
-    imported: tuple[str, ...]
-    present: int
-    corrupt: tuple[str, ...]
-
-
 @dataclass
 class ReconcileHandler:
     """Import every complete report in the artifact store that the database lacks."""
 
     uow_factory: UnitOfWorkFactory
-    artifacts: LocalArtifactStore
+    artifacts: ArtifactStore
+    clock: Clock = utc_now
 
-    def __call__(self, _command: object = None) -> ReconcileResult:
+    def __call__(self, _command: Reconcile, _call: Call, /) -> ReconcileResult:
         """One idempotent pass over the store."""
-        publisher = ReportPublisher(self.uow_factory, self.artifacts)
+        publisher = ReportPublisher(self.uow_factory, self.artifacts, self.clock)
         imported, corrupt, present = [], [], 0
         for run_id in self.artifacts.runs():
             with self.uow_factory(read_only=True) as uow:
@@ -262,10 +257,12 @@ class ReconcileHandler:
                 continue
             refs = (*report.artifacts, self.artifacts.ref(run_id, REPORT_FILE))
             request = data.get("request") or {}
-            publisher.store(
-                replace(report, artifacts=refs),
-                request.get("request_id", ""),
-                request.get("request_hash", ""),
-            )
+            request_id = str(request.get("request_id", ""))
+            digest = functools.partial(str, request.get("request_hash", ""))
+            claim = Claim(OP_CANARY_RUN.name, request_id, digest) if request_id else None
+            try:
+                publisher.store(replace(report, artifacts=refs), claim)
+            except ClaimTaken:
+                raise RequestIdReused(f"request_id {request_id!r} is used by another run") from None
             imported.append(run_id)
         return ReconcileResult(tuple(imported), present, tuple(corrupt))

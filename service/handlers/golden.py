@@ -2,8 +2,8 @@
 
 Only two acts create a version (docs/golden.md): importing samples (``CreateGoldenDataset``)
 and promoting a canary run (``PromoteCanaryRun``). Both go through :func:`store_version`: one
-transaction that claims the request's idempotency key, stores the version and records the
-answer. Reads open read-only units of work.
+transaction that takes the call's idempotency key (see ``handlers/idempotency.py``) and stores
+the version. Reads open read-only units of work.
 """
 
 from __future__ import annotations
@@ -12,69 +12,29 @@ import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
-from costsim_analytics.drivers.artifacts import LocalArtifactStore
-from costsim_analytics.engines import golden
-from costsim_analytics.engines import golden_datasets as datasets
-from costsim_analytics.engines.canary import COMPARISONS_FILE
-from costsim_analytics.engines.canonical import content_hash
+from costsim_analytics.engines.canary.evaluation import COMPARISONS_FILE
 from costsim_analytics.engines.cost_models import CostModel, load_cost_model
-from costsim_analytics.engines.errors import FieldViolation, NotFound, RequestIdReused
-from costsim_analytics.engines.golden import CompareGolden, GoldenConfig
-from costsim_analytics.engines.golden_datasets import GoldenDataset, GoldenSample, NewGoldenDataset
-from costsim_analytics.engines.reports import GoldenComparison, validate_run_id
-from costsim_analytics.handlers.ports import UnitOfWork, UnitOfWorkFactory
-from costsim_analytics.handlers.provenance import Clock, utc_now
-from costsim_analytics.handlers.registry import OP_GOLDEN_CREATE, OP_GOLDEN_PROMOTE
-
-
-@dataclass(frozen=True, slots=True)
-class CreateGoldenDataset:
-    """Import samples as a new version of ``name``."""
-
-    name: str
-    description: str = ""
-    samples: tuple[GoldenSample, ...] = ()
-    request_id: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class PromoteCanaryRun:
-    """Make a canary run's samples (baseline outputs as expectations) a new version."""
-
-    run_id: str
-    name: str
-    description: str = ""
-    request_id: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class GetGoldenDataset:
-    """One version with its samples; ``version`` None: the active one."""
-
-    name: str
-    version: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ActivateGoldenDataset:
-    """Make ``version`` the active version of ``name``."""
-
-    name: str
-    version: int
-
-
-@dataclass(frozen=True, slots=True)
-class StoredVersion:
-    """A stored version, and whether the answer replays an earlier call's."""
-
-    dataset: GoldenDataset
-    replayed: bool = False
-
-
-def _check_request_id(request_id: str) -> None:
-    if len(request_id) > 128:
-        datasets.raise_if([FieldViolation("request_id", "must be at most 128 characters")])
+from costsim_analytics.engines.errors import NotFound
+from costsim_analytics.engines.golden import comparison as golden
+from costsim_analytics.engines.golden import datasets
+from costsim_analytics.engines.golden.commands import (
+    ActivateGoldenDataset,
+    CompareGolden,
+    CreateGoldenDataset,
+    GetGoldenDataset,
+    ListGoldenDatasets,
+    PromoteCanaryRun,
+    StoredVersion,
+)
+from costsim_analytics.engines.golden.comparison import GoldenConfig
+from costsim_analytics.engines.golden.datasets import GoldenDataset, NewGoldenDataset
+from costsim_analytics.engines.golden.results import GoldenComparison
+from costsim_analytics.engines.reports import validate_run_id
+from costsim_analytics.handlers.call import Call, Clock, utc_now
+from costsim_analytics.handlers.idempotency import Replay
+from costsim_analytics.handlers.ports import ArtifactStore, UnitOfWork, UnitOfWorkFactory
 
 
 def load_dataset(uow: UnitOfWork, name: str, version: int | None = None) -> GoldenDataset:
@@ -90,33 +50,36 @@ def load_dataset(uow: UnitOfWork, name: str, version: int | None = None) -> Gold
     return replace(found, samples=uow.golden.samples(found.id))
 
 
+def _replayed_version(uow: UnitOfWork, response: Mapping[str, Any]) -> StoredVersion:
+    stored = uow.golden.get(str(response["name"]), int(response["version"]))
+    if stored is None:
+        raise NotFound(f"golden dataset {response['name']!r} lost its version")
+    return StoredVersion(stored, replayed=True)
+
+
+CREATE_REPLAY: Replay[CreateGoldenDataset, StoredVersion] = Replay(
+    request_id=lambda cmd: cmd.request_id,
+    digest=CreateGoldenDataset.fingerprint,
+    replay=_replayed_version,
+)
+PROMOTE_REPLAY: Replay[PromoteCanaryRun, StoredVersion] = Replay(
+    request_id=lambda cmd: cmd.request_id,
+    digest=PromoteCanaryRun.fingerprint,
+    replay=_replayed_version,
+)
+
+
 def store_version(
-    uow_factory: UnitOfWorkFactory,
-    new: NewGoldenDataset,
-    *,
-    operation: str,
-    request_id: str,
-    request: Mapping[str, object],
-    clock: Clock,
+    uow_factory: UnitOfWorkFactory, new: NewGoldenDataset, call: Call, clock: Clock
 ) -> StoredVersion:
-    """Store ``new`` in one transaction, or replay the version an earlier call stored."""
-    digest = content_hash({**request, "sha256": new.sha256})
+    """Store ``new`` (and the call's idempotency key) in one transaction."""
     now = clock()
     with uow_factory() as uow:
-        if request_id:
-            earlier = uow.idempotency.claim(operation, request_id, digest, now)
-            if earlier is not None:
-                if earlier.request_hash != digest or earlier.response is None:
-                    raise RequestIdReused(f"request_id {request_id!r} was used for another request")
-                stored = uow.golden.get(new.name, int(earlier.response["version"]))
-                if stored is None:
-                    raise NotFound(f"golden dataset {new.name!r} lost its version")
-                return StoredVersion(stored, replayed=True)
+        if call.claim:
+            call.claim.take(uow, now)
         dataset = uow.golden.create(new, now)
-        if request_id:
-            uow.idempotency.complete(
-                operation, request_id, {"name": dataset.name, "version": dataset.version}
-            )
+        if call.claim:
+            call.claim.complete(uow, {"name": dataset.name, "version": dataset.version})
         uow.commit()
     return StoredVersion(dataset)
 
@@ -128,20 +91,11 @@ class CreateGoldenDatasetHandler:
     uow_factory: UnitOfWorkFactory
     clock: Clock = utc_now
 
-    def __call__(self, cmd: CreateGoldenDataset) -> StoredVersion:
-        """The stored version (or the replayed one)."""
-        _check_request_id(cmd.request_id)
+    def __call__(self, cmd: CreateGoldenDataset, call: Call, /) -> StoredVersion:
+        """The stored version."""
         source = datasets.SOURCE_IMPORT
         new = datasets.prepare_dataset(cmd.name, cmd.description, source, cmd.samples)
-        request = {"op": "create", "name": cmd.name, "description": cmd.description}
-        return store_version(
-            self.uow_factory,
-            new,
-            operation=OP_GOLDEN_CREATE,
-            request_id=cmd.request_id,
-            request=request,
-            clock=self.clock,
-        )
+        return store_version(self.uow_factory, new, call, self.clock)
 
 
 @dataclass
@@ -149,14 +103,13 @@ class PromoteCanaryRunHandler:
     """PromoteCanaryRun: the run's checked comparisons artifact becomes a new version."""
 
     uow_factory: UnitOfWorkFactory
-    artifacts: LocalArtifactStore
+    artifacts: ArtifactStore
     clock: Clock = utc_now
 
-    def __call__(self, cmd: PromoteCanaryRun) -> StoredVersion:
-        """The stored version (or the replayed one)."""
+    def __call__(self, cmd: PromoteCanaryRun, call: Call, /) -> StoredVersion:
+        """The stored version."""
         validate_run_id(cmd.run_id)
         datasets.raise_if(datasets.name_violations(cmd.name))
-        _check_request_id(cmd.request_id)
         with self.uow_factory(read_only=True) as uow:
             report = uow.reports.get_by_run_id(cmd.run_id)
         if report is None:
@@ -177,15 +130,7 @@ class PromoteCanaryRunHandler:
         )
         source = f"{datasets.PROMOTE_PREFIX}{cmd.run_id}"
         new = datasets.prepare_dataset(cmd.name, description, source, samples)
-        request = {"op": "promote", "run_id": cmd.run_id, "name": cmd.name}
-        return store_version(
-            self.uow_factory,
-            new,
-            operation=OP_GOLDEN_PROMOTE,
-            request_id=cmd.request_id,
-            request={**request, "description": cmd.description},
-            clock=self.clock,
-        )
+        return store_version(self.uow_factory, new, call, self.clock)
 
 
 @dataclass
@@ -194,7 +139,7 @@ class GetGoldenDatasetHandler:
 
     uow_factory: UnitOfWorkFactory
 
-    def __call__(self, cmd: GetGoldenDataset) -> GoldenDataset:
+    def __call__(self, cmd: GetGoldenDataset, _call: Call, /) -> GoldenDataset:
         """The version, or NotFound."""
         datasets.validate_lookup(cmd.name, cmd.version)
         with self.uow_factory(read_only=True) as uow:
@@ -207,12 +152,12 @@ class ListGoldenDatasetsHandler:
 
     uow_factory: UnitOfWorkFactory
 
-    def __call__(self, name: str = "") -> list[GoldenDataset]:
+    def __call__(self, cmd: ListGoldenDatasets, _call: Call, /) -> list[GoldenDataset]:
         """By name, then version."""
-        if name:
-            datasets.raise_if(datasets.name_violations(name))
+        if cmd.name:
+            datasets.raise_if(datasets.name_violations(cmd.name))
         with self.uow_factory(read_only=True) as uow:
-            return uow.golden.list_versions(name)
+            return uow.golden.list_versions(cmd.name)
 
 
 @dataclass
@@ -221,7 +166,7 @@ class ActivateGoldenDatasetHandler:
 
     uow_factory: UnitOfWorkFactory
 
-    def __call__(self, cmd: ActivateGoldenDataset) -> GoldenDataset:
+    def __call__(self, cmd: ActivateGoldenDataset, _call: Call, /) -> GoldenDataset:
         """The now active version, or NotFound."""
         datasets.validate_lookup(cmd.name, cmd.version)
         with self.uow_factory() as uow:
@@ -240,7 +185,7 @@ class CompareGoldenHandler:
     defaults: GoldenConfig = field(default_factory=GoldenConfig)
     models: Callable[..., CostModel] = load_cost_model
 
-    def __call__(self, cmd: CompareGolden) -> GoldenComparison:
+    def __call__(self, cmd: CompareGolden, _call: Call, /) -> GoldenComparison:
         """The comparison (never stored: CompareGolden is a read)."""
         datasets.validate_lookup(cmd.name, cmd.version)
         config = golden.resolve_config(cmd, self.defaults)

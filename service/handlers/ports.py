@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self
 
-from costsim_analytics.drivers.idempotency_driver import StoredRequest
 from costsim_analytics.engines.drift import DriftStats, DriftStatsQuery
-from costsim_analytics.engines.golden_datasets import GoldenDataset, GoldenSample, NewGoldenDataset
+from costsim_analytics.engines.golden.datasets import GoldenDataset, GoldenSample, NewGoldenDataset
+from costsim_analytics.engines.idempotency import StoredRequest
 from costsim_analytics.engines.pagination import Cursor
 from costsim_analytics.engines.provenance import NewProvenance, ProvenanceFilter, ProvenanceRecord
-from costsim_analytics.engines.reports import CanaryReport, ReportFilter
+from costsim_analytics.engines.reports import ArtifactRef, CanaryReport, ReportFilter
 
 
 class ProvenanceStore(Protocol):
@@ -99,6 +100,13 @@ class GoldenStore(Protocol):
         """Make one version the active one of its name."""
 
 
+class PartitionStore(Protocol):
+    """Monthly provenance partitions (a no-op where the table is not partitioned)."""
+
+    def ensure(self, now: datetime) -> list[str]:
+        """Create this month's and the coming months' partitions; return the new ones."""
+
+
 class UnitOfWork(Protocol):
     """One transaction. Leaving the ``with`` block without :meth:`commit` rolls back."""
 
@@ -117,6 +125,10 @@ class UnitOfWork(Protocol):
     @property
     def golden(self) -> GoldenStore:
         """Golden datasets in this transaction."""
+
+    @property
+    def partitions(self) -> PartitionStore:
+        """Provenance partitions in this transaction."""
 
     def __enter__(self) -> Self:
         """Begin."""
@@ -138,3 +150,40 @@ class UnitOfWorkFactory(Protocol):
 
     def __call__(self, *, read_only: bool = False) -> UnitOfWork:
         """A new, not yet entered, unit of work."""
+
+
+class ArtifactStore(Protocol):
+    """Where canary runs keep their artifacts, one folder per run id."""
+
+    root: Path
+
+    def run_dir(self, run_id: str) -> Path:
+        """The folder of one run."""
+
+    def save(self, run_id: str, files: Mapping[str, bytes]) -> tuple[ArtifactRef, ...]:
+        """Write files atomically and return their references."""
+
+    def runs(self) -> Iterator[str]:
+        """Run ids that have a report artifact."""
+
+    def read(self, run_id: str, name: str) -> bytes:
+        """One artifact's bytes (OSError when missing)."""
+
+    def remove(self, run_id: str) -> bool:
+        """Delete a run's folder; False when there was none."""
+
+    def ref(self, run_id: str, name: str) -> ArtifactRef:
+        """The reference (path, checksum, size) of a stored artifact."""
+
+    def verify(self, ref: ArtifactRef) -> bool:
+        """Whether the artifact still matches its checksum."""
+
+
+class RunLock(Protocol):
+    """The one-canary-at-a-time lock (across processes and replicas)."""
+
+    def acquire(self, timeout_s: float) -> bool:
+        """Take the lock within ``timeout_s``; False when another holder keeps it."""
+
+    def release(self) -> None:
+        """Give the lock back."""

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Mapping
+from typing import Any
 
 from costsim_analytics.engines.drift import DriftStats, DriftStatsQuery, validate_drift_query
-from costsim_analytics.engines.errors import RequestIdReused
 from costsim_analytics.engines.pagination import Cursor, check_window
 from costsim_analytics.engines.provenance import (
     DEFAULT_MAX_BATCH,
@@ -14,26 +13,31 @@ from costsim_analytics.engines.provenance import (
     ProvenanceRecord,
     WriteBatch,
     WriteBatchResult,
-    batch_fingerprint,
+    command_fingerprint,
     prepare_batch,
     validate_filter,
-    validate_request_id,
 )
-from costsim_analytics.handlers.ports import UnitOfWorkFactory
-from costsim_analytics.handlers.registry import OP_PROVENANCE_BATCH
+from costsim_analytics.handlers.call import Call, Clock, utc_now
+from costsim_analytics.handlers.idempotency import Replay
+from costsim_analytics.handlers.ports import UnitOfWork, UnitOfWorkFactory
 from costsim_analytics.handlers.streams import ResultStream, open_stream
 
-Clock = Callable[[], datetime]
 QUERY_KIND = "provenance"
 
 
-def utc_now() -> datetime:
-    """The server clock."""
-    return datetime.now(UTC)
+def _replayed_batch(_uow: UnitOfWork, response: Mapping[str, Any]) -> WriteBatchResult:
+    return WriteBatchResult(tuple(response["ids"]), replayed=True)
+
+
+BATCH_REPLAY: Replay[WriteBatch, WriteBatchResult] = Replay(
+    request_id=lambda command: command.request_id,
+    digest=command_fingerprint,
+    replay=_replayed_batch,
+)
 
 
 class WriteProvenanceBatchHandler:
-    """Validate and store a batch in one transaction; replay answers for a known request_id."""
+    """Validate and store a batch in one transaction (idempotent through :data:`BATCH_REPLAY`)."""
 
     def __init__(
         self,
@@ -46,26 +50,16 @@ class WriteProvenanceBatchHandler:
         self._max_batch = max_batch
         self._clock = clock
 
-    def __call__(self, command: WriteBatch) -> WriteBatchResult:
-        """Store the batch, or replay the earlier answer to the same request."""
-        validate_request_id(command.request_id)
+    def __call__(self, command: WriteBatch, call: Call, /) -> WriteBatchResult:
+        """Store the batch (and, with a request_id, its idempotency key) in one transaction."""
         now = self._clock()
         rows = prepare_batch(command.records, max_batch=self._max_batch, now=now)
         with self._uow_factory() as uow:
-            if command.request_id:
-                digest = batch_fingerprint(rows)
-                earlier = uow.idempotency.claim(
-                    OP_PROVENANCE_BATCH, command.request_id, digest, now
-                )
-                if earlier is not None:
-                    if earlier.request_hash != digest or earlier.response is None:
-                        raise RequestIdReused(
-                            f"request_id {command.request_id!r} was used for a different batch"
-                        )
-                    return WriteBatchResult(tuple(earlier.response["ids"]), replayed=True)
+            if call.claim:
+                call.claim.take(uow, now)
             ids = uow.provenance.insert_batch(rows)
-            if command.request_id:
-                uow.idempotency.complete(OP_PROVENANCE_BATCH, command.request_id, {"ids": ids})
+            if call.claim:
+                call.claim.complete(uow, {"ids": ids})
             uow.commit()
         return WriteBatchResult(tuple(ids))
 
@@ -81,7 +75,7 @@ class QueryProvenanceHandler:
         self._uow_factory = uow_factory
         self._max_page_size = max_page_size
 
-    def __call__(self, query: ProvenanceQuery) -> ResultStream[ProvenanceRecord]:
+    def __call__(self, query: ProvenanceQuery, _call: Call, /) -> ResultStream[ProvenanceRecord]:
         """Validate everything, then open the stream (errors come before the first message)."""
         validate_filter(query.filter)
         check_window(query.filter.start_time, query.filter.end_time)
@@ -103,7 +97,7 @@ class DriftStatsHandler:
     def __init__(self, uow_factory: UnitOfWorkFactory) -> None:
         self._uow_factory = uow_factory
 
-    def __call__(self, query: DriftStatsQuery) -> DriftStats:
+    def __call__(self, query: DriftStatsQuery, _call: Call, /) -> DriftStats:
         """Validate, then aggregate in a read-only transaction."""
         validate_drift_query(query)
         with self._uow_factory(read_only=True) as uow:

@@ -6,10 +6,12 @@ from costsim_analytics.engines.errors import NotFound
 from costsim_analytics.engines.pagination import Cursor, check_window
 from costsim_analytics.engines.reports import (
     CanaryReport,
+    GetReport,
     ReportQuery,
     validate_report_filter,
     validate_run_id,
 )
+from costsim_analytics.handlers.call import Call
 from costsim_analytics.handlers.ports import UnitOfWorkFactory
 from costsim_analytics.handlers.streams import ResultStream, open_stream
 
@@ -27,7 +29,7 @@ class QueryCanaryReportsHandler:
         self._uow_factory = uow_factory
         self._max_page_size = max_page_size
 
-    def __call__(self, query: ReportQuery) -> ResultStream[CanaryReport]:
+    def __call__(self, query: ReportQuery, _call: Call, /) -> ResultStream[CanaryReport]:
         """Validate everything, then open the stream."""
         validate_report_filter(query.filter)
         check_window(query.filter.start_time, query.filter.end_time)
@@ -49,8 +51,9 @@ class GetCanaryReportHandler:
     def __init__(self, uow_factory: UnitOfWorkFactory) -> None:
         self._uow_factory = uow_factory
 
-    def __call__(self, run_id: str) -> CanaryReport:
+    def __call__(self, command: GetReport, _call: Call, /) -> CanaryReport:
         """The report, or NotFound."""
+        run_id = command.run_id
         validate_run_id(run_id)
         with self._uow_factory(read_only=True) as uow:
             report = uow.reports.get_by_run_id(run_id)

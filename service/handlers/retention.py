@@ -1,4 +1,4 @@
-"""Retention: drop old provenance partitions, delete old reports with their artifacts."""
+"""The data's lifecycle: partitions made ahead of time; retention drops old data."""
 
 from __future__ import annotations
 
@@ -6,13 +6,34 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from costsim_analytics.drivers.artifacts import LocalArtifactStore
+from costsim_analytics.engines.maintenance import UpkeepResult
 from costsim_analytics.engines.retention import RetentionPolicy, RetentionResult, validate
-from costsim_analytics.handlers.ports import UnitOfWorkFactory
-from costsim_analytics.handlers.provenance import Clock, utc_now
+from costsim_analytics.handlers.call import Call, Clock, utc_now
+from costsim_analytics.handlers.ports import ArtifactStore, UnitOfWorkFactory
 
 log = logging.getLogger(__name__)
 REPORT_CHUNK = 1000
+
+
+@dataclass
+class PartitionUpkeepHandler:
+    """Create this month's and the coming months' provenance partitions (PostgreSQL).
+
+    Run by ``migrate`` and by the server once an hour; inserts never depend on it, since the
+    default partition takes any row.
+    """
+
+    uow_factory: UnitOfWorkFactory
+    clock: Clock = utc_now
+
+    def __call__(self, _command: None, _call: Call, /) -> UpkeepResult:
+        """The partitions created (none when they all exist, or on SQLite)."""
+        with self.uow_factory() as uow:
+            created = uow.partitions.ensure(self.clock())
+            uow.commit()
+        if created:
+            log.info("created provenance partitions: %s", ", ".join(created))
+        return UpkeepResult(tuple(created))
 
 
 @dataclass
@@ -20,10 +41,10 @@ class RetentionHandler:
     """One retention pass; each kind of data in its own transaction(s)."""
 
     uow_factory: UnitOfWorkFactory
-    artifacts: LocalArtifactStore
+    artifacts: ArtifactStore
     clock: Clock = utc_now
 
-    def __call__(self, policy: RetentionPolicy) -> RetentionResult:
+    def __call__(self, policy: RetentionPolicy, _call: Call, /) -> RetentionResult:
         """Remove (or, with ``dry_run``, count) what the policy says is too old."""
         validate(policy)
         now = self.clock()

@@ -21,6 +21,7 @@ from costsim_analytics.drivers.database import READ_ONLY
 from costsim_analytics.drivers.errors import translated
 from costsim_analytics.drivers.golden_driver import SqlGoldenDriver
 from costsim_analytics.drivers.idempotency_driver import SqlIdempotencyDriver
+from costsim_analytics.drivers.partitions import SqlPartitionDriver
 from costsim_analytics.drivers.provenance_driver import SqlProvenanceDriver
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class SqlAlchemyUnitOfWork:
     reports: SqlCanaryReportDriver
     idempotency: SqlIdempotencyDriver
     golden: SqlGoldenDriver
+    partitions: SqlPartitionDriver
 
     def __init__(self, engine: Engine, *, read_only: bool = False) -> None:
         self._engine = engine
@@ -60,6 +62,7 @@ class SqlAlchemyUnitOfWork:
         self.reports = SqlCanaryReportDriver(conn)
         self.idempotency = SqlIdempotencyDriver(conn)
         self.golden = SqlGoldenDriver(conn)
+        self.partitions = SqlPartitionDriver(conn)
         return self
 
     def commit(self) -> None:

@@ -15,7 +15,7 @@ from google.protobuf import json_format
 from grpc_health.v1 import health_pb2
 
 from costsim.analytics.v1 import analytics_pb2 as pb
-from costsim_analytics.engines.synthetic import synthetic_samples
+from costsim_analytics.engines.canary.synthetic import synthetic_samples
 from tests.conftest import truncate_all
 from tests.e2e.rpc_errors import details
 from tests.e2e.server import CLI, ServerProcess

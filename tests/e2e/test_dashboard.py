@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from html.parser import HTMLParser
@@ -21,8 +22,8 @@ import pytest
 from google.protobuf import json_format
 
 from costsim.analytics.v1 import analytics_pb2 as pb
+from costsim_analytics.engines.canary.synthetic import synthetic_samples
 from costsim_analytics.engines.cost_models import load_cost_model
-from costsim_analytics.engines.synthetic import synthetic_samples
 from tests.conftest import IN_CI
 from tests.e2e.server import ServerProcess
 from tests.factories import provenance_json
@@ -197,10 +198,8 @@ def test_metrics_and_probes(server: ServerProcess, stub):
     with pytest.raises(grpc.RpcError):
         stub.GetCanaryReport(pb.GetCanaryReportRequest(run_id="no-such-run"), timeout=10)
 
-    status, content_type, text = get(server.http_url + "/metrics")
-    assert status == 200 and content_type.startswith("text/plain; version=0.0.4")
     service = 'grpc_service="costsim.analytics.v1.AnalyticsService"'
-    for line in (
+    expected = (
         f'grpc_server_handled_total{{grpc_code="OK",grpc_method="WriteProvenanceBatch",{service},'
         'grpc_type="unary"} 3.0',
         f'grpc_server_handled_total{{grpc_code="OK",grpc_method="QueryCanaryReports",{service},'
@@ -211,8 +210,18 @@ def test_metrics_and_probes(server: ServerProcess, stub):
         'grpc_type="unary"} 1.0',
         "costsim_provenance_rows_written_total 120.0",
         "costsim_serving 1.0",
-    ):
-        assert line in text, line
+    )
+    # A call is counted when its handler returns, which can be just after the client has the
+    # status (an aborted call most of all): give the counters a moment.
+    deadline = time.monotonic() + 5
+    while True:
+        status, content_type, text = get(server.http_url + "/metrics")
+        missing = [line for line in expected if line not in text]
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert status == 200 and content_type.startswith("text/plain; version=0.0.4")
+    assert missing == []
     canary = re.findall(r'costsim_canary_runs_total\{status="(\w+)"\} 1\.0', text)
     assert len(canary) == 1 and canary[0] in ("pass", "fail")
     # The health service's own calls are measured too (ServerProcess polls it).
@@ -220,8 +229,8 @@ def test_metrics_and_probes(server: ServerProcess, stub):
 
     assert get(server.http_url + "/healthz")[::2] == (200, "ok\n")
     assert get(server.http_url + "/readyz")[::2] == (200, "ready\n")
-    request = urllib.request.Request(server.http_url + "/", method="POST", data=b"x")
-    assert get_status(request) == 405
+    post = urllib.request.Request(server.http_url + "/", method="POST", data=b"x")
+    assert get_status(post) == 405
 
 
 def get_status(request: urllib.request.Request) -> int:

@@ -141,7 +141,7 @@ def test_cancelled_stream_stops_its_database_work(postgres_migrated_url, tmp_pat
             call = server.stub(ch).QueryProvenance(
                 pb.QueryProvenanceRequest(page_size=5000), timeout=30
             )
-            next(call)
+            next(iter(call))
             with engine.connect() as conn:  # the stream holds its cursor open meanwhile
                 assert conn.execute(in_stream).scalar_one() == 1
             call.cancel()

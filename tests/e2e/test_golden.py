@@ -12,9 +12,9 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from costsim.analytics.v1 import analytics_pb2 as pb
+from costsim_analytics.engines.canary.synthetic import synthetic_samples
 from costsim_analytics.engines.cost_models import load_cost_model
-from costsim_analytics.engines.golden_datasets import GoldenSample, export_jsonl
-from costsim_analytics.engines.synthetic import synthetic_samples
+from costsim_analytics.engines.golden.datasets import GoldenSample, export_jsonl
 from tests.e2e.rpc_errors import details
 from tests.e2e.server import CLI, ServerProcess
 from tests.e2e.test_tools import buf_curl

@@ -50,7 +50,7 @@ def test_write_returns_ids_in_order_and_computes_fields(stub):
 
 def test_every_validation_rule_is_invalid_argument_naming_the_field(stub):
     good = provenance_json(0)
-    cases = {
+    cases: dict[str, dict[str, object]] = {
         "records[1].variant_slug": {"variant_slug": "v9"},
         "records[1].source": {"source": "prod"},
         "records[1].v1_cost": {"v1_cost": -1.0},

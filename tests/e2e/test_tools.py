@@ -16,7 +16,9 @@ BUF = REPO / "node_modules" / ".bin" / "buf"
 SERVICE = "costsim.analytics.v1.AnalyticsService"
 
 
-def buf_curl(address: str, method: str, data: dict) -> subprocess.CompletedProcess[str]:
+def buf_curl(
+    address: str, method: str, data: dict[str, object]
+) -> subprocess.CompletedProcess[str]:
     if not BUF.exists():
         pytest.fail("buf is not installed: run `make install` (npm install)")
     return subprocess.run(

@@ -10,19 +10,23 @@ import pytest
 
 from costsim_analytics.drivers.artifacts import LocalArtifactStore
 from costsim_analytics.drivers.locks import canary_lock
-from costsim_analytics.engines.canary import Sample
-from costsim_analytics.engines.canary_command import RunCanary
+from costsim_analytics.engines.canary.command import RunCanary
+from costsim_analytics.engines.canary.evaluation import Sample
+from costsim_analytics.engines.canary.synthetic import synthetic_samples
 from costsim_analytics.engines.errors import DatabaseUnavailable, RequestIdReused
+from costsim_analytics.engines.maintenance import Reconcile
 from costsim_analytics.engines.provenance import prepare_batch
-from costsim_analytics.engines.synthetic import synthetic_samples
+from costsim_analytics.handlers.call import Call
 from costsim_analytics.handlers.canary import (
     ArtifactsUnwritable,
     CanaryRunHandler,
     ReconcileHandler,
     ReportNotPersisted,
 )
+from costsim_analytics.handlers.registry import OP_CANARY_RUN
 from costsim_analytics.handlers.uow import SqlAlchemyUnitOfWorkFactory
 from tests.factories import plan_payload, provenance_input
+from tests.seam import served
 
 NOW = datetime(2026, 11, 26, 6, 0, tzinfo=UTC)
 EXPLICIT = tuple(Sample(i, p) for i, p in synthetic_samples()[:60])
@@ -39,6 +43,11 @@ def handler(engine, root: Path, **kw):
     )
 
 
+def run(h: CanaryRunHandler):
+    """``h`` as the server calls it (behind the request-id and idempotency middleware)."""
+    return served(OP_CANARY_RUN, h, h.uow_factory)
+
+
 def stored_reports(engine):
     with SqlAlchemyUnitOfWorkFactory(engine)(read_only=True) as uow:
         return [r for chunk in uow.reports.stream(_all(), None, 1000) for r in chunk]
@@ -51,7 +60,7 @@ def _all():
 
 
 def test_run_writes_artifacts_then_the_report(engine, tmp_path):
-    result = handler(engine, tmp_path)(RunCanary(samples=EXPLICIT, seed=4))
+    result = run(handler(engine, tmp_path))(RunCanary(samples=EXPLICIT, seed=4))
     report = result.report
     assert report.id > 0 and report.sample_source == "explicit"
     [stored] = stored_reports(engine)
@@ -71,7 +80,7 @@ def test_artifact_failure_writes_no_row(engine, tmp_path):
     blocked = tmp_path / "not-a-dir"
     blocked.write_text("a file where the artifact root should be")
     with pytest.raises(ArtifactsUnwritable, match="no report was stored"):
-        handler(engine, blocked)(RunCanary(samples=EXPLICIT))
+        run(handler(engine, blocked))(RunCanary(samples=EXPLICIT))
     assert stored_reports(engine) == []
 
 
@@ -110,21 +119,21 @@ def test_row_failure_after_artifacts_is_reconciled(engine, tmp_path):
     uow = SqlAlchemyUnitOfWorkFactory(engine)
     broken = replace(handler(engine, tmp_path), uow_factory=FailingReportsUow(uow))
     with pytest.raises(ReportNotPersisted, match="canary reconcile"):
-        broken(RunCanary(samples=EXPLICIT, request_id="nightly-1"))
+        run(broken)(RunCanary(samples=EXPLICIT, request_id="nightly-1"))
     assert stored_reports(engine) == []
     [run_dir] = [p for p in tmp_path.iterdir() if p.is_dir()]
     assert (run_dir / "report.json").is_file()
 
     reconcile = ReconcileHandler(uow, LocalArtifactStore(tmp_path))
-    first = reconcile()
+    first = reconcile(Reconcile(), Call())
     assert first.imported == (run_dir.name,) and first.corrupt == ()
     [stored] = stored_reports(engine)
     assert stored.run_id == run_dir.name and len(stored.artifacts) == 3
     assert all(LocalArtifactStore.verify(a) for a in stored.artifacts)
-    again = reconcile()
+    again = reconcile(Reconcile(), Call())
     assert (again.imported, again.present) == ((), 1)
     # the request's idempotency key came back with the report: a retry replays it
-    replay = handler(engine, tmp_path)(RunCanary(samples=EXPLICIT, request_id="nightly-1"))
+    replay = run(handler(engine, tmp_path))(RunCanary(samples=EXPLICIT, request_id="nightly-1"))
     assert replay.replayed and replay.report.run_id == stored.run_id
 
 
@@ -132,10 +141,10 @@ def test_reconcile_skips_altered_artifacts(engine, tmp_path):
     uow = SqlAlchemyUnitOfWorkFactory(engine)
     broken = replace(handler(engine, tmp_path), uow_factory=FailingReportsUow(uow))
     with pytest.raises(ReportNotPersisted):
-        broken(RunCanary(samples=EXPLICIT))
+        run(broken)(RunCanary(samples=EXPLICIT))
     [run_dir] = [p for p in tmp_path.iterdir() if p.is_dir()]
     (run_dir / "diffs.jsonl").write_text("tampered\n")
-    result = ReconcileHandler(uow, LocalArtifactStore(tmp_path))()
+    result = ReconcileHandler(uow, LocalArtifactStore(tmp_path))(Reconcile(), Call())
     assert result.corrupt == (run_dir.name,) and result.imported == ()
     assert stored_reports(engine) == []
 
@@ -144,7 +153,7 @@ def test_loser_of_the_run_lock_skips_without_work(engine, tmp_path):
     lock = canary_lock(engine, tmp_path)
     assert lock.acquire(1.0)
     try:
-        result = handler(engine, tmp_path)(RunCanary(samples=EXPLICIT))
+        result = run(handler(engine, tmp_path))(RunCanary(samples=EXPLICIT))
     finally:
         lock.release()
     r = result.report
@@ -153,11 +162,11 @@ def test_loser_of_the_run_lock_skips_without_work(engine, tmp_path):
     assert stored_reports(engine) == []
     assert [p for p in tmp_path.iterdir() if p.is_dir()] == []  # no artifacts either
     # once released, the next run goes ahead
-    assert handler(engine, tmp_path)(RunCanary(samples=EXPLICIT)).report.status != "skipped"
+    assert run(handler(engine, tmp_path))(RunCanary(samples=EXPLICIT)).report.status != "skipped"
 
 
 def test_request_id_replays_and_refuses_other_requests(engine, tmp_path):
-    h = handler(engine, tmp_path)
+    h = run(handler(engine, tmp_path))
     first = h(RunCanary(samples=EXPLICIT, request_id="r-1"))
     again = h(RunCanary(samples=EXPLICIT, request_id="r-1"))
     assert again.replayed and not first.replayed
@@ -184,7 +193,7 @@ def test_samples_come_from_recent_successful_provenance(engine, tmp_path):
         w.provenance.insert_batch(recent)
         w.provenance.insert_batch(old)
         w.commit()
-    h = handler(engine, tmp_path)
+    h = run(handler(engine, tmp_path))
     a = h(RunCanary(sample_count=100, seed=1)).report
     b = h(RunCanary(sample_count=100, seed=1)).report
     c = h(RunCanary(sample_count=100, seed=2)).report
@@ -201,9 +210,9 @@ def test_samples_come_from_recent_successful_provenance(engine, tmp_path):
 
 
 def test_synthetic_fallback_and_no_samples_at_all(engine, tmp_path):
-    synthetic = handler(engine, tmp_path)(RunCanary()).report
+    synthetic = run(handler(engine, tmp_path))(RunCanary()).report
     assert synthetic.sample_source == "synthetic" and synthetic.total_samples == 120
-    none = handler(engine, tmp_path, synthetic_fallback=False)(RunCanary()).report
+    none = run(handler(engine, tmp_path, synthetic_fallback=False))(RunCanary()).report
     assert (none.status, none.passed, none.failure_reasons) == ("error", False, ("no samples",))
     # an error report is a report: it is stored, with its artifacts
     assert any(r.run_id == none.run_id for r in stored_reports(engine))

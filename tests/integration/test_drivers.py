@@ -5,7 +5,9 @@ import threading
 from datetime import timedelta
 
 import numpy as np
+import psycopg
 import pytest
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, select
 
 from costsim_analytics.drivers.models import provenance_table
@@ -15,8 +17,10 @@ from costsim_analytics.engines.pagination import Cursor
 from costsim_analytics.engines.provenance import ProvenanceFilter, WriteBatch, prepare_batch
 from costsim_analytics.engines.reports import ReportFilter
 from costsim_analytics.handlers.provenance import WriteProvenanceBatchHandler
+from costsim_analytics.handlers.registry import OP_PROVENANCE_BATCH
 from costsim_analytics.handlers.uow import SqlAlchemyUnitOfWorkFactory
 from tests.factories import T0, canary_report, provenance_input
+from tests.seam import served
 
 
 def rows(n, now=T0, **overrides):
@@ -70,16 +74,20 @@ def test_leaving_without_commit_rolls_back(engine):
     assert count(engine) == 0
 
 
+# The database's refusal: through SQLAlchemy, or straight from psycopg on the COPY path.
+WRITE_REFUSED = (sa_exc.DBAPIError, psycopg.Error)
+
+
 def test_read_only_unit_of_work_cannot_write(engine):
     uow = SqlAlchemyUnitOfWorkFactory(engine)
     with (
         uow(read_only=True) as r,
-        pytest.raises(Exception, match=r"(?i)read-only|readonly|query_only|attempt to write"),
+        pytest.raises(WRITE_REFUSED, match=r"(?i)read-only|readonly|query_only|attempt to write"),
     ):
         r.provenance.insert_batch(rows(1))
     with (
         uow(read_only=True) as r,
-        pytest.raises(Exception, match=r"(?i)read-only|readonly|attempt to write"),
+        pytest.raises(WRITE_REFUSED, match=r"(?i)read-only|readonly|attempt to write"),
     ):
         r.reports.add(canary_report(1))
     assert count(engine) == 0
@@ -183,7 +191,8 @@ def test_reports_add_get_stream_and_unique_run_id(engine):
 
 @pytest.mark.parametrize("same_records", [True, False])
 def test_concurrent_retries_write_once(engine, same_records):
-    handler = WriteProvenanceBatchHandler(SqlAlchemyUnitOfWorkFactory(engine))
+    uow = SqlAlchemyUnitOfWorkFactory(engine)
+    handler = served(OP_PROVENANCE_BATCH, WriteProvenanceBatchHandler(uow), uow)
     results, errors = [], []
     barrier = threading.Barrier(6)
 

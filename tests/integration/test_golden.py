@@ -17,8 +17,9 @@ from costsim_analytics.drivers.artifacts import LocalArtifactStore
 from costsim_analytics.drivers.database import make_engine
 from costsim_analytics.drivers.locks import canary_lock
 from costsim_analytics.drivers.models import golden_datasets_table
-from costsim_analytics.engines.canary import Sample
-from costsim_analytics.engines.canary_command import RunCanary
+from costsim_analytics.engines.canary.command import RunCanary
+from costsim_analytics.engines.canary.evaluation import Sample
+from costsim_analytics.engines.canary.synthetic import synthetic_samples
 from costsim_analytics.engines.cost_models import load_cost_model
 from costsim_analytics.engines.errors import (
     AlreadyExists,
@@ -26,24 +27,37 @@ from costsim_analytics.engines.errors import (
     NotFound,
     RequestIdReused,
 )
-from costsim_analytics.engines.golden import CompareGolden, GoldenConfig
-from costsim_analytics.engines.golden_datasets import GoldenSample, export_jsonl, parse_jsonl
+from costsim_analytics.engines.golden.commands import (
+    ActivateGoldenDataset,
+    CompareGolden,
+    CreateGoldenDataset,
+    GetGoldenDataset,
+    ListGoldenDatasets,
+    PromoteCanaryRun,
+)
+from costsim_analytics.engines.golden.comparison import GoldenConfig
+from costsim_analytics.engines.golden.datasets import GoldenSample, export_jsonl, parse_jsonl
 from costsim_analytics.engines.reports import ReportFilter
-from costsim_analytics.engines.synthetic import synthetic_samples
 from costsim_analytics.handlers.canary import CanaryRunHandler
 from costsim_analytics.handlers.golden import (
-    ActivateGoldenDataset,
     ActivateGoldenDatasetHandler,
     CompareGoldenHandler,
-    CreateGoldenDataset,
     CreateGoldenDatasetHandler,
-    GetGoldenDataset,
     GetGoldenDatasetHandler,
     ListGoldenDatasetsHandler,
-    PromoteCanaryRun,
     PromoteCanaryRunHandler,
 )
+from costsim_analytics.handlers.registry import (
+    OP_CANARY_RUN,
+    OP_GOLDEN_ACTIVATE,
+    OP_GOLDEN_COMPARE,
+    OP_GOLDEN_CREATE,
+    OP_GOLDEN_GET,
+    OP_GOLDEN_LIST,
+    OP_GOLDEN_PROMOTE,
+)
 from costsim_analytics.handlers.uow import SqlAlchemyUnitOfWorkFactory
+from tests.seam import served
 
 NOW = datetime(2026, 11, 26, 6, 0, tzinfo=UTC)
 GOLDEN_TABLES = {"costsim_golden_datasets", "costsim_golden_samples"}
@@ -65,13 +79,12 @@ def uow(engine):
 
 
 def create(uow, name, samples, **kw):
-    return CreateGoldenDatasetHandler(uow, clock=lambda: NOW)(
-        CreateGoldenDataset(name, samples=samples, **kw)
-    )
+    handler = served(OP_GOLDEN_CREATE, CreateGoldenDatasetHandler(uow, clock=lambda: NOW), uow)
+    return handler(CreateGoldenDataset(name, samples=samples, **kw))
 
 
 def get(uow, name, version=None):
-    return GetGoldenDatasetHandler(uow)(GetGoldenDataset(name, version))
+    return served(OP_GOLDEN_GET, GetGoldenDatasetHandler(uow), uow)(GetGoldenDataset(name, version))
 
 
 class ReadOnlyOnly:
@@ -113,13 +126,15 @@ def test_versions_are_immutable_and_only_activation_moves(uow):
     assert get(uow, "ref").version == 1  # a new version is not activated by itself
     assert export_jsonl(get(uow, "ref", 1).samples) == first_export
 
-    activate = ActivateGoldenDatasetHandler(uow)
+    activate = served(OP_GOLDEN_ACTIVATE, ActivateGoldenDatasetHandler(uow), uow)
     assert activate(ActivateGoldenDataset("ref", 3)).active
     assert get(uow, "ref").version == 3
     assert activate(ActivateGoldenDataset("ref", 3)).version == 3  # idempotent
     with pytest.raises(NotFound):
         activate(ActivateGoldenDataset("ref", 9))
-    listed = ListGoldenDatasetsHandler(ReadOnlyOnly(uow))()
+    listed = served(OP_GOLDEN_LIST, ListGoldenDatasetsHandler(ReadOnlyOnly(uow)), uow)(
+        ListGoldenDatasets()
+    )
     assert [(d.name, d.version, d.active) for d in listed] == [
         ("ref", 1, False),
         ("ref", 2, False),
@@ -153,7 +168,7 @@ def test_lookups_that_find_nothing(uow):
     with pytest.raises(NotFound, match="version 4"):
         get(uow, "ref", 4)
     with pytest.raises(NotFound):
-        CompareGoldenHandler(uow)(CompareGolden("nope"))
+        served(OP_GOLDEN_COMPARE, CompareGoldenHandler(uow), uow)(CompareGolden("nope"))
 
 
 def test_request_id_replays_and_refuses_another_request(uow):
@@ -171,7 +186,9 @@ def test_request_id_replays_and_refuses_another_request(uow):
 
 def test_compare_reads_only_and_judges_the_candidate(uow):
     create(uow, "ref", samples_for("v1"))
-    compare = CompareGoldenHandler(ReadOnlyOnly(uow), GoldenConfig())
+    compare = served(
+        OP_GOLDEN_COMPARE, CompareGoldenHandler(ReadOnlyOnly(uow), GoldenConfig()), uow
+    )
     against_itself = compare(CompareGolden("ref", candidate_model="v1"))
     assert against_itself.passed and against_itself.candidate.within_tolerance_share == 1.0
     assert against_itself.direction == "unchanged"
@@ -209,14 +226,16 @@ def test_concurrent_imports_of_one_name_get_consecutive_versions(engine, uow):
 
 
 def canary(engine, root: Path, **kw):
-    return CanaryRunHandler(
-        SqlAlchemyUnitOfWorkFactory(engine),
+    uow = SqlAlchemyUnitOfWorkFactory(engine)
+    handler = CanaryRunHandler(
+        uow,
         LocalArtifactStore(root),
         lambda: canary_lock(engine, root),
         lock_timeout_s=0.2,
         clock=lambda: NOW,
         **kw,
     )
+    return served(OP_CANARY_RUN, handler, uow)
 
 
 def stored_reports(uow):
@@ -246,6 +265,12 @@ def test_a_failing_golden_comparison_fails_the_canary(engine, uow, tmp_path):
     create(uow, "ref", samples_for("v1"))  # the baseline's outputs: v2 is far from them
     create(uow, "other", samples_for("v2"))
     handler = canary(engine, tmp_path, golden_dataset="other")
+    # With the default thresholds V2's drift from V1 fails the canary on its own...
+    default = handler(RunCanary(samples=EXPLICIT)).report
+    assert (default.status, default.passed) == ("fail", False)
+    assert default.golden_comparison is not None and default.golden_comparison.passed
+    assert "GOLDEN_COMPARISON_FAILED" not in {r.code for r in default.reasons}
+    # ...so the golden verdict is shown with the drift rules opened up.
     drift_only = handler(
         RunCanary(
             samples=EXPLICIT, major_drift_max_pct=1.0, drift_threshold=99, outlier_max_pct=1.0
@@ -279,7 +304,11 @@ def test_canary_with_an_unknown_golden_dataset_stores_nothing(engine, uow, tmp_p
 
 def test_promote_a_real_canary_run(engine, uow, tmp_path):
     run = canary(engine, tmp_path)(RunCanary(samples=EXPLICIT)).report
-    promote = PromoteCanaryRunHandler(uow, LocalArtifactStore(tmp_path), clock=lambda: NOW)
+    promote = served(
+        OP_GOLDEN_PROMOTE,
+        PromoteCanaryRunHandler(uow, LocalArtifactStore(tmp_path), clock=lambda: NOW),
+        uow,
+    )
     result = promote(PromoteCanaryRun(run.run_id, "from-canary", request_id="p-1"))
     d = result.dataset
     assert (d.name, d.version, d.active, d.source) == (
@@ -291,7 +320,7 @@ def test_promote_a_real_canary_run(engine, uow, tmp_path):
     assert d.sample_count == 60 and "v1 outputs" in d.description
     # The baseline's outputs are the expectations: V1 matches it exactly, byte for byte.
     assert export_jsonl(get(uow, "from-canary").samples) == export_jsonl(samples_for("v1"))
-    compare = CompareGoldenHandler(uow)
+    compare = served(OP_GOLDEN_COMPARE, CompareGoldenHandler(uow), uow)
     assert compare(CompareGolden("from-canary", candidate_model="v1")).passed
     assert promote(PromoteCanaryRun(run.run_id, "from-canary", request_id="p-1")).replayed
     with pytest.raises(AlreadyExists):

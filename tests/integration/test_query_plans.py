@@ -66,7 +66,7 @@ def big_database(postgres: Any) -> str:
 def plan(url: str, stmt: Select[Any]) -> list[dict[str, Any]]:
     """Every node of the plan PostgreSQL picks for ``stmt`` (driver SQL, driver parameters)."""
     compiled = stmt.compile(
-        dialect=postgresql.psycopg.dialect(),  # type: ignore[attr-defined]
+        dialect=postgresql.psycopg.dialect(),
         compile_kwargs={"render_postcompile": True},
     )
     u = make_engine(url).url

@@ -17,6 +17,7 @@ from costsim_analytics.drivers.models import idempotency_table, provenance_table
 from costsim_analytics.engines.errors import InvalidArgument
 from costsim_analytics.engines.provenance import prepare_batch
 from costsim_analytics.engines.retention import RetentionPolicy
+from costsim_analytics.handlers.call import Call
 from costsim_analytics.handlers.retention import RetentionHandler
 from costsim_analytics.handlers.uow import SqlAlchemyUnitOfWorkFactory
 from tests.factories import canary_report, provenance_input
@@ -51,7 +52,8 @@ def seeded(engine, tmp_path):
         w.idempotency.claim("analytics.provenance_batch", "old", "h", NOW - timedelta(days=90))
         w.idempotency.claim("analytics.provenance_batch", "new", "h", NOW)
         w.commit()
-    return RetentionHandler(uow, store, clock=lambda: NOW), store
+    handler = RetentionHandler(uow, store, clock=lambda: NOW)
+    return (lambda policy: handler(policy, Call())), store
 
 
 def test_dry_run_counts_and_removes_nothing(engine, seeded):
@@ -132,3 +134,31 @@ def test_cli_retention(database_url, seeded, tmp_path):
         timeout=60,
     )
     assert refused.returncode == 2 and "INVALID_ARGUMENT" in refused.stderr
+
+
+# --- partition upkeep ------------------------------------------------------------------------
+
+
+def test_upkeep_creates_partitions_ahead_and_the_health_probe_never_does(engine, tmp_path):
+    from costsim_analytics.bootstrap import health_probe
+    from costsim_analytics.handlers.retention import PartitionUpkeepHandler
+
+    upkeep = PartitionUpkeepHandler(SqlAlchemyUnitOfWorkFactory(engine), clock=lambda: NOW)
+    if engine.dialect.name != "postgresql":
+        assert upkeep(None, Call()).created == ()  # one plain table: nothing to do
+        return
+    ahead = partitions.partition_for(partitions.add_months(partitions.month_start(NOW), 2))
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {ahead.name}")
+
+    def names() -> set[str]:
+        with engine.connect() as conn:
+            return {p.name for p in partitions.list_partitions(conn)}
+
+    probe = health_probe(engine)
+    for _ in range(3):
+        probe()
+    assert ahead.name not in names()  # the probe only reads
+    assert ahead.name in upkeep(None, Call()).created
+    assert ahead.name in names()
+    assert upkeep(None, Call()).created == ()  # idempotent

@@ -25,7 +25,7 @@ class Aborted(Exception):
 class FakeContext:
     def __init__(self, metadata=()):
         self.metadata = metadata
-        self.status = None
+        self.status: grpc.Status | None = None
 
     def invocation_metadata(self):
         return self.metadata
@@ -35,7 +35,8 @@ class FakeContext:
         raise Aborted
 
 
-def decode(status: grpc.Status):
+def decode(status: grpc.Status | None):
+    assert status is not None, "the call was not aborted"
     [raw] = [v for k, v in status.trailing_metadata if k == "grpc-status-details-bin"]
     rich = status_pb2.Status.FromString(raw)
     info = error_details_pb2.ErrorInfo()
@@ -67,7 +68,7 @@ class Svc:
 def call_unary(exc, metadata=()):
     ctx = FakeContext(metadata)
     with pytest.raises(Aborted):
-        asyncio.run(Svc(exc).Unary(None, ctx))
+        asyncio.run(Svc(exc).Unary(None, ctx))  # type: ignore[arg-type]  # decorated coroutine
     return ctx.status
 
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from costsim_analytics.engines.canary import (
+from costsim_analytics.engines.canary.evaluation import (
     COMPARISONS_FILE,
     DIFFS_FILE,
     CanaryConfig,
@@ -211,7 +211,7 @@ def test_choose_is_deterministic_for_a_seed():
 
 
 def test_real_models_on_the_synthetic_set_are_judged():
-    from costsim_analytics.engines.synthetic import synthetic_samples
+    from costsim_analytics.engines.canary.synthetic import synthetic_samples
 
     sample_list = [Sample(i, p) for i, p in synthetic_samples()]
     ev = evaluate(

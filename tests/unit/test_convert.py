@@ -50,5 +50,6 @@ def test_report_status_and_unknown_enum():
     msg = convert_canary.canary_report(report)
     assert msg.status == pb.CANARY_STATUS_FAIL
     assert not msg.HasField("median_cost_diff") and msg.p90_cost_diff == 0.5
-    query = convert.report_query(pb.QueryCanaryReportsRequest(status=17))
+    unknown = pb.QueryCanaryReportsRequest(status=17)  # type: ignore[arg-type]  # no such enum
+    query = convert_canary.report_query(unknown)
     assert query.filter.status.startswith("<unknown")

@@ -23,7 +23,7 @@ from costsim_analytics.engines.cost_models.plans import KNOWN_SKILLS
 from costsim_analytics.engines.errors import FailedPrecondition, InvalidArgument
 
 V1, V2 = V1CostModel(), V2CostModel()
-MODELS = [V1, V2]
+MODELS: list[CostModel] = [V1, V2]
 
 
 def step(skill, iterations=None, **params):
@@ -287,7 +287,7 @@ def test_params_a_skill_does_not_read_are_not_checked():
     assert run(V1, step("kv_get", prompt=5, url=[], timeout_s="x", command=None)).feasible
 
 
-MALFORMED = [
+MALFORMED: list[tuple[object, str]] = [
     ([], "plan input must be a mapping"),
     (None, "plan input must be a mapping"),
     ({"budget_cents": 1}, "plan is required"),
@@ -344,7 +344,9 @@ def test_malformed_plans(model, plan_input, message):
 
 PROMPT_CHARS = st.sampled_from([0, 1, 999, 1000, 1999, 2000, 2001, 3999, 4000, 4001, 6000, 7000])
 NUMBER = st.one_of(st.integers(0, 100), st.floats(0, 100), st.integers(0, 100).map(float))
-BAD = st.sampled_from([None, -1, 0, 1.5, "x", True, math.nan, [], {}, 2**60])
+BAD: st.SearchStrategy[object] = st.sampled_from(
+    [None, -1, 0, 1.5, "x", True, math.nan, [], {}, 2**60]
+)
 
 
 def rarely(draw, n):

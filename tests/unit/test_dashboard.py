@@ -18,18 +18,28 @@ from costsim_analytics.api.dashboard.markup import Markup, html, join, num, pct
 from costsim_analytics.api.dashboard.pages import error_page, golden_page, reports_page
 from costsim_analytics.api.dashboard.report_page import report_page
 from costsim_analytics.api.metrics import ServiceMetrics
-from costsim_analytics.engines.canary_command import RunCanaryResult
-from costsim_analytics.engines.errors import NotFound, Unavailable
-from costsim_analytics.engines.golden_datasets import GoldenDataset
-from costsim_analytics.engines.provenance import WriteBatchResult
-from costsim_analytics.engines.reports import (
-    ArtifactRef,
-    FailureReason,
+from costsim_analytics.engines.canary.command import RunCanary, RunCanaryResult
+from costsim_analytics.engines.errors import (
+    AlreadyExists,
+    DatabaseUnavailable,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    RequestIdReused,
+    SchemaOutOfDate,
+    Unavailable,
+)
+from costsim_analytics.engines.findings import FailureReason
+from costsim_analytics.engines.golden.datasets import GoldenDataset
+from costsim_analytics.engines.golden.results import (
     FeasibilityConfusion,
     GoldenComparison,
     GoldenSampleResult,
     GoldenSummary,
 )
+from costsim_analytics.engines.provenance import WriteBatch, WriteBatchResult
+from costsim_analytics.engines.reports import ArtifactRef, CanaryReport, GetReport, ReportQuery
+from costsim_analytics.handlers.call import Call
 from costsim_analytics.handlers.registry import (
     OP_CANARY_REPORT,
     OP_CANARY_REPORTS,
@@ -38,6 +48,7 @@ from costsim_analytics.handlers.registry import (
     OP_PROVENANCE_BATCH,
     OperationRegistry,
 )
+from costsim_analytics.handlers.streams import ResultStream
 from tests.factories import canary_report
 
 EVIL = '<script>alert("x")</script>&'
@@ -116,7 +127,8 @@ def test_html_escapes_every_argument_unless_it_is_markup():
     )
     assert html('<a title="{}">', '" onmouseover="x') == '<a title="&quot; onmouseover=&quot;x">'
     assert html("<p>{}</p>", Markup("<b>ok</b>")) == "<p><b>ok</b></p>"
-    assert join(["<i>", Markup("<b>")]) == "&lt;i&gt;<b>"
+    assert join([Markup("<b>"), Markup("<i>")]) == "<b><i>"
+    assert join(["<i>", "<b>"]) == "&lt;i&gt;&lt;b&gt;"  # type: ignore[list-item]  # str escapes
 
 
 def test_numbers_for_people():
@@ -212,7 +224,6 @@ def test_golden_page():
     )
     assert "script" not in Elements(text).tags
     assert "1 dataset, 2 versions" in text and "ef" * 32 in text and "active" in text
-    assert "no golden dataset store" in golden_page(None)
     assert "No golden datasets yet" in golden_page([])
 
 
@@ -249,19 +260,18 @@ class Stream:
         return iter((r, "token") for r in self.reports)
 
 
-def fake_registry(reports, *, golden=True) -> OperationRegistry:
+def fake_registry(reports) -> OperationRegistry:
     registry = OperationRegistry()
-    registry.register(OP_CANARY_REPORTS, lambda query: Stream(reports[: query.page_size]))
+    registry.register(OP_CANARY_REPORTS, lambda query, call: Stream(reports[: query.page_size]))
 
-    def get(run_id):
+    def get(command: GetReport, call: Call) -> CanaryReport:
         for r in reports:
-            if r.run_id == run_id:
+            if r.run_id == command.run_id:
                 return r
-        raise NotFound(f"no canary report with run_id {run_id!r}")
+        raise NotFound(f"no canary report with run_id {command.run_id!r}")
 
     registry.register(OP_CANARY_REPORT, get)
-    if golden:
-        registry.register(OP_GOLDEN_LIST, lambda name: [])
+    registry.register(OP_GOLDEN_LIST, lambda command, call: [])
     return registry
 
 
@@ -297,37 +307,74 @@ def test_routes_and_error_statuses():
 
 
 def test_a_failing_store_is_503_and_a_bug_is_500():
-    def down(query):
+    def down(query: ReportQuery, call: Call) -> ResultStream[CanaryReport]:
         raise Unavailable("database unavailable")
+
+    def bug(command: GetReport, call: Call) -> CanaryReport:
+        raise ZeroDivisionError("a bug")
 
     registry = OperationRegistry()
     registry.register(OP_CANARY_REPORTS, down)
-    registry.register(OP_CANARY_REPORT, lambda run_id: 1 / 0)
+    registry.register(OP_CANARY_REPORT, bug)
     with ThreadPoolExecutor(1) as pool:
         app = Dashboard(registry, pool, ServiceMetrics(), lambda: True)
         assert call(app, "/").status == 503
         broken = call(app, "/reports/x")
         assert broken.status == 500 and b"error id" in broken.body
-        assert b"no golden dataset store" in call(app, "/golden").body
+        assert b"a bug" not in broken.body
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (InvalidArgument.field("run_id", "bad"), 400),
+        (NotFound("gone"), 404),
+        (AlreadyExists("taken"), 409),
+        (RequestIdReused("reused"), 409),
+        (FailedPrecondition("not now"), 412),
+        (SchemaOutOfDate("stale"), 412),
+        (Unavailable("down"), 503),
+        (DatabaseUnavailable("down"), 503),
+    ],
+)
+def test_domain_errors_map_to_http_as_to_grpc(error, status):
+    """The dashboard maps through the same table as the servicer (409/412 included)."""
+
+    def fail(command: GetReport, call: Call) -> CanaryReport:
+        raise error
+
+    registry = OperationRegistry()
+    registry.register(OP_CANARY_REPORT, fail)
+    with ThreadPoolExecutor(1) as pool:
+        page = call(Dashboard(registry, pool, ServiceMetrics(), lambda: True), "/reports/x")
+    assert page.status == status
+    assert error.message.encode() in page.body
 
 
 # --- domain counters -------------------------------------------------------------------------
 
 
-def test_instrumented_operations_count_rows_and_canary_outcomes_but_not_replays():
+def test_metrics_middleware_counts_rows_and_canary_outcomes_but_not_replays():
     metrics = ServiceMetrics()
     registry = OperationRegistry()
-    registry.register(OP_PROVENANCE_BATCH, lambda cmd: WriteBatchResult((1, 2, 3), replayed=cmd))
-    registry.register(OP_CANARY_RUN, lambda cmd: RunCanaryResult(canary_report(1), replayed=cmd))
-    registry.register(OP_CANARY_REPORT, lambda run_id: run_id)
-    ops = metrics.instrument(registry)
-    assert ops.names() == registry.names()
-    ops.get(OP_PROVENANCE_BATCH)(False)
-    ops.get(OP_PROVENANCE_BATCH)(True)
-    ops.get(OP_CANARY_RUN)(False)
-    ops.get(OP_CANARY_RUN)(True)
-    assert ops.get(OP_CANARY_REPORT)("same") == "same"
+    registry.register(
+        OP_PROVENANCE_BATCH,
+        lambda cmd, call: WriteBatchResult((1, 2, 3), replayed=cmd.request_id == "again"),
+    )
+    registry.register(
+        OP_CANARY_RUN,
+        lambda cmd, call: RunCanaryResult(canary_report(1), replayed=cmd.request_id == "again"),
+    )
+    registry.register(OP_CANARY_REPORT, lambda cmd, call: canary_report(2))
+    registry.wrap(metrics.middleware())
+    registry.get(OP_PROVENANCE_BATCH)(WriteBatch([], request_id="first"), Call())
+    registry.get(OP_PROVENANCE_BATCH)(WriteBatch([], request_id="again"), Call())
+    registry.get(OP_CANARY_RUN)(RunCanary(request_id="first"), Call())
+    registry.get(OP_CANARY_RUN)(RunCanary(request_id="again"), Call())
+    assert registry.get(OP_CANARY_REPORT)(GetReport("x"), Call()).run_id == canary_report(2).run_id
     text = metrics.exposition().decode()
     assert "costsim_provenance_rows_written_total 3.0" in text
-    assert 'costsim_canary_runs_total{status="fail"} 1.0' in text
-    assert 'costsim_canary_runs_total{status="pass"} 0.0' in text
+    status = canary_report(1).status
+    assert f'costsim_canary_runs_total{{status="{status}"}} 1.0' in text
+    others = [s for s in ("pass", "fail", "error", "skipped") if s != status]
+    assert all(f'costsim_canary_runs_total{{status="{s}"}} 0.0' in text for s in others)

@@ -5,11 +5,15 @@ import pytest
 from costsim_analytics.engines.errors import InvalidArgument, NotFound, RequestIdReused
 from costsim_analytics.engines.pagination import decode_token, filter_fingerprint
 from costsim_analytics.engines.provenance import ProvenanceFilter, ProvenanceQuery, WriteBatch
+from costsim_analytics.engines.reports import GetReport
+from costsim_analytics.handlers.call import Call
+from costsim_analytics.handlers.idempotency import ReplayTable, idempotency, request_ids
 from costsim_analytics.handlers.provenance import (
+    BATCH_REPLAY,
     QueryProvenanceHandler,
     WriteProvenanceBatchHandler,
 )
-from costsim_analytics.handlers.registry import OperationRegistry
+from costsim_analytics.handlers.registry import OP_PROVENANCE_BATCH, Operation, OperationRegistry
 from costsim_analytics.handlers.reports import GetCanaryReportHandler
 from tests.factories import canary_report, provenance_input
 from tests.unit.fakes import FakeStore
@@ -17,8 +21,19 @@ from tests.unit.fakes import FakeStore
 NOW = datetime(2026, 11, 26, tzinfo=UTC)
 
 
+CALL = Call()
+
+
 def write_handler(store, **kw):
-    return WriteProvenanceBatchHandler(store, clock=lambda: NOW, **kw)
+    """The batch handler with the middleware bootstrap.py gives it (request ids, idempotency)."""
+    registry = OperationRegistry()
+    registry.register(
+        OP_PROVENANCE_BATCH, WriteProvenanceBatchHandler(store, clock=lambda: NOW, **kw)
+    )
+    table = ReplayTable().add(OP_PROVENANCE_BATCH, BATCH_REPLAY)
+    registry.wrap(request_ids(table), idempotency(store, table))
+    handler = registry.get(OP_PROVENANCE_BATCH)
+    return lambda batch: handler(batch, CALL)
 
 
 def test_write_commits_one_transaction_and_returns_ids_in_order():
@@ -65,7 +80,7 @@ def test_query_opens_read_only_unit_of_work_and_closes_it():
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     store.provenance.rows = [replace_record(i, t0 + timedelta(seconds=i // 2)) for i in range(1, 8)]
     handler = QueryProvenanceHandler(store)
-    stream = handler(ProvenanceQuery(page_size=3))
+    stream = handler(ProvenanceQuery(page_size=3), CALL)
     items = list(stream)
     assert [r.id for r, _ in items] == [7, 6, 5]
     [uow] = store.opened
@@ -73,14 +88,14 @@ def test_query_opens_read_only_unit_of_work_and_closes_it():
     # the last token resumes right after id 5
     fp = filter_fingerprint("provenance", ProvenanceFilter().as_dict())
     assert decode_token(items[-1][1], "provenance", fp).id == 5
-    rest = list(handler(ProvenanceQuery(page_size=10, page_token=items[-1][1])))
+    rest = list(handler(ProvenanceQuery(page_size=10, page_token=items[-1][1]), CALL))
     assert [r.id for r, _ in rest] == [4, 3, 2, 1]
 
 
 def test_bad_token_fails_before_any_transaction():
     store = FakeStore()
     with pytest.raises(InvalidArgument):
-        QueryProvenanceHandler(store)(ProvenanceQuery(page_token="garbage"))
+        QueryProvenanceHandler(store)(ProvenanceQuery(page_token="garbage"), CALL)
     assert store.opened == []
 
 
@@ -88,22 +103,52 @@ def test_get_report_read_only_and_not_found():
     store = FakeStore()
     store.reports.add(canary_report(1))
     handler = GetCanaryReportHandler(store)
-    assert handler("canary-00001").run_id == "canary-00001"
+    assert handler(GetReport("canary-00001"), CALL).run_id == "canary-00001"
     with pytest.raises(NotFound):
-        handler("canary-99999")
-    with pytest.raises(InvalidArgument):
-        handler("")
+        handler(GetReport("canary-99999"), CALL)
+    with pytest.raises(InvalidArgument) as exc:
+        handler(GetReport(""), CALL)
+    assert [v.field for v in exc.value.violations] == ["run_id"]
     assert all(uow.read_only for uow in store.opened)
+
+
+X: Operation[str, str] = Operation("analytics.x")
+Y: Operation[str, str] = Operation("analytics.y")
 
 
 def test_registry_refuses_duplicates_and_unknown_names():
     registry = OperationRegistry()
-    registry.register("analytics.x", lambda c: c)
+    registry.register(X, lambda c, call: c)
     with pytest.raises(ValueError, match=r"already"):
-        registry.register("analytics.x", lambda c: c)
+        registry.register(X, lambda c, call: c)
     with pytest.raises(KeyError, match=r"analytics\.y"):
-        registry.get("analytics.y")
-    assert "analytics.x" in registry
+        registry.get(Y)
+    assert X in registry
+    assert Y not in registry
+
+
+def test_middleware_wraps_every_handler_first_given_outermost():
+    registry = OperationRegistry()
+    registry.register(X, lambda c, call: c + "!")
+    registry.register(Y, lambda c, call: c + "?")
+
+    def tag(label):
+        def wrap(op, handler):
+            return lambda c, call: f"{label}({handler(c, call)})"
+
+        return wrap
+
+    registry.wrap(tag("outer"), tag("inner"))
+    assert registry.get(X)("a", CALL) == "outer(inner(a!))"
+    assert registry.get(Y)("b", CALL) == "outer(inner(b?))"
+
+
+def test_request_id_rule_runs_before_the_handler():
+    store = FakeStore()
+    with pytest.raises(InvalidArgument) as exc:
+        write_handler(store)(WriteBatch([provenance_input(0)], request_id="r" * 129))
+    assert [v.field for v in exc.value.violations] == ["request_id"]
+    assert store.opened == []
 
 
 def replace_record(i, created_at):

@@ -42,10 +42,11 @@ def test_token_is_bound_to_filters_and_kind():
 
 
 def test_fingerprint_depends_on_every_filter_value():
-    base = {"a": "x", "start": datetime(2026, 1, 1, tzinfo=UTC)}
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    base: dict[str, object] = {"a": "x", "start": start}
     assert filter_fingerprint("k", base) == filter_fingerprint("k", dict(base))
     assert filter_fingerprint("k", base) != filter_fingerprint("k", {**base, "a": "y"})
-    shifted = {**base, "start": base["start"] + timedelta(microseconds=1)}
+    shifted = {**base, "start": start + timedelta(microseconds=1)}
     assert filter_fingerprint("k", base) != filter_fingerprint("k", shifted)
 
 

@@ -6,14 +6,15 @@ import pytest
 
 from costsim_analytics.engines.canonical import content_hash
 from costsim_analytics.engines.errors import InvalidArgument
+from costsim_analytics.engines.idempotency import validate_request_id
 from costsim_analytics.engines.provenance import (
     MAX_PAYLOAD_BYTES,
     ProvenanceFilter,
-    batch_fingerprint,
+    WriteBatch,
+    command_fingerprint,
     compute_cost_delta,
     prepare_batch,
     validate_filter,
-    validate_request_id,
 )
 from tests.factories import provenance_input
 
@@ -121,12 +122,16 @@ def test_request_id_length():
     assert fields_of(exc) == ["request_id"]
 
 
-def test_fingerprint_ignores_server_time_but_not_content():
-    a = prepare_batch([provenance_input(0)], max_batch=10, now=NOW)
-    b = prepare_batch([provenance_input(0)], max_batch=10, now=datetime(2030, 1, 1, tzinfo=UTC))
-    c = prepare_batch([provenance_input(0, v2_cost=99.0)], max_batch=10, now=NOW)
-    assert batch_fingerprint(a) == batch_fingerprint(b)
-    assert batch_fingerprint(a) != batch_fingerprint(c)
+def test_fingerprint_is_the_content_not_the_request_id():
+    a = WriteBatch([provenance_input(0)], request_id="a")
+    b = WriteBatch([provenance_input(0)], request_id="b")
+    c = WriteBatch([provenance_input(0, v2_cost=99.0)], request_id="a")
+    struct = WriteBatch([provenance_input(0, payload={"k": 1.0}, payload_json="")])
+    text = WriteBatch([provenance_input(0, payload=None, payload_json='{"k":1.0}')])
+    assert command_fingerprint(a) == command_fingerprint(b)
+    assert command_fingerprint(a) != command_fingerprint(c)
+    # A Struct payload and its canonical JSON text are the same content.
+    assert command_fingerprint(struct) == command_fingerprint(text)
 
 
 def test_filter_validation():
@@ -176,7 +181,7 @@ def test_payload_json_with_given_hashes_is_stored_as_sent():
 def test_bad_payload_json_names_the_field(text, description):
     h = "c" * 64
     for hashes in ({}, {"input_hash": h, "output_hash": h}):
-        record = replace(provenance_input(0, payload=None, payload_json=text), **hashes)
+        record = replace(provenance_input(0, payload=None, payload_json=text), **hashes)  # type: ignore[arg-type]
         with pytest.raises(InvalidArgument) as exc:
             prepare(record)
         [violation] = exc.value.violations

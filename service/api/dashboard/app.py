@@ -2,7 +2,7 @@
 
 Every page reads through the registered read-only handlers (the same ones the RPCs use), in
 the server's worker pool, and renders HTML with the pure functions of ``pages`` and
-``report_page``. Domain errors map to HTTP statuses the way ``api/errors.py`` maps them to gRPC.
+``report_page``. Domain errors map to HTTP statuses by the one table in ``api/errors.py``.
 
 Routes:
     ``/``                  recent canary reports and their trends (``?status=fail&limit=50``)
@@ -25,14 +25,12 @@ from typing import TypeVar
 from costsim_analytics.api.dashboard.httpserver import Request, Response, plain
 from costsim_analytics.api.dashboard.pages import error_page, golden_page, reports_page
 from costsim_analytics.api.dashboard.report_page import report_page
+from costsim_analytics.api.errors import http_status_of
 from costsim_analytics.api.metrics import CONTENT_TYPE, ServiceMetrics
-from costsim_analytics.engines.errors import (
-    CostsimError,
-    InvalidArgument,
-    NotFound,
-    Unavailable,
-)
-from costsim_analytics.engines.reports import CanaryReport, ReportFilter, ReportQuery
+from costsim_analytics.engines.errors import CostsimError, InvalidArgument
+from costsim_analytics.engines.golden.commands import ListGoldenDatasets
+from costsim_analytics.engines.reports import CanaryReport, GetReport, ReportFilter, ReportQuery
+from costsim_analytics.handlers.call import Call
 from costsim_analytics.handlers.registry import (
     OP_CANARY_REPORT,
     OP_CANARY_REPORTS,
@@ -48,12 +46,6 @@ MAX_LIMIT = 500
 # The golden page names the latest report that used each version, among this many.
 GOLDEN_REPORT_WINDOW = 200
 REPORT_PREFIX = "/reports/"
-# HTTP status and title for each domain error, most specific first (as in api/errors.py).
-_STATUSES: tuple[tuple[type[CostsimError], int, str], ...] = (
-    (InvalidArgument, 400, "Bad request"),
-    (NotFound, 404, "Not found"),
-    (Unavailable, 503, "Unavailable"),
-)
 
 
 def html_response(status: int, text: str) -> Response:
@@ -113,10 +105,10 @@ class Dashboard:
         """Run ``render`` in the worker pool; a domain error becomes its HTTP status."""
         try:
             text = await asyncio.get_running_loop().run_in_executor(self._executor, render)
-        except Exception as exc:
-            for cls, status, title in _STATUSES:
-                if isinstance(exc, cls):
-                    return html_response(status, error_page(status, title, exc.message))
+        except CostsimError as exc:
+            status, title = http_status_of(exc)
+            return html_response(status, error_page(status, title, exc.message))
+        except Exception:
             error_id = uuid.uuid4().hex[:12]
             log.exception("dashboard page failed: error_id=%s", error_id)
             message = f"internal error (error id {error_id}); the server log has the details"
@@ -125,7 +117,7 @@ class Dashboard:
 
     def _recent(self, status: str, limit: int) -> list[CanaryReport]:
         stream = self._operations.get(OP_CANARY_REPORTS)(
-            ReportQuery(filter=ReportFilter(status=status), page_size=limit)
+            ReportQuery(filter=ReportFilter(status=status), page_size=limit), Call()
         )
         return [report for report, _token in stream]
 
@@ -134,11 +126,8 @@ class Dashboard:
         return reports_page(self._recent(status, limit), status=status, limit=limit)
 
     def _report(self, run_id: str) -> str:
-        report: CanaryReport = self._operations.get(OP_CANARY_REPORT)(run_id)
-        return report_page(report)
+        return report_page(self._operations.get(OP_CANARY_REPORT)(GetReport(run_id), Call()))
 
     def _golden(self) -> str:
-        if OP_GOLDEN_LIST not in self._operations:
-            return golden_page(None)
-        datasets = self._operations.get(OP_GOLDEN_LIST)("")
+        datasets = self._operations.get(OP_GOLDEN_LIST)(ListGoldenDatasets(), Call())
         return golden_page(datasets, self._recent("", GOLDEN_REPORT_WINDOW))

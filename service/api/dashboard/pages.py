@@ -20,7 +20,7 @@ from costsim_analytics.api.dashboard.markup import (
     table,
     when,
 )
-from costsim_analytics.engines.golden_datasets import GoldenDataset
+from costsim_analytics.engines.golden.datasets import GoldenDataset
 from costsim_analytics.engines.reports import CANARY_STATUSES, CanaryReport
 
 
@@ -155,15 +155,8 @@ def _golden_cell(report: CanaryReport) -> Markup:
     )
 
 
-def golden_page(
-    datasets: Sequence[GoldenDataset] | None, reports: Iterable[CanaryReport] = ()
-) -> str:
-    """``/golden``: every version of every golden dataset; None: no golden backend here."""
-    if datasets is None:
-        body = html(
-            '<h1>Golden datasets</h1><p class="note">This server has no golden dataset store.</p>'
-        )
-        return page("Golden datasets", body, nav="golden")
+def golden_page(datasets: Sequence[GoldenDataset], reports: Iterable[CanaryReport] = ()) -> str:
+    """``/golden``: every version of every golden dataset."""
     latest: dict[tuple[str, int], Markup] = {}
     for r in reports:  # newest first: the first one seen is the latest
         c = r.golden_comparison

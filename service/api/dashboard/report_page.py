@@ -17,15 +17,13 @@ from costsim_analytics.api.dashboard.markup import (
     when,
 )
 from costsim_analytics.api.dashboard.pages import major_drift_share
-from costsim_analytics.engines.reports import (
-    CanaryReport,
-    FailureReason,
+from costsim_analytics.engines.findings import FailureReason, Interval
+from costsim_analytics.engines.golden.results import (
     FeasibilityConfusion,
     GoldenComparison,
     GoldenSummary,
-    Interval,
-    ReportStatistics,
 )
+from costsim_analytics.engines.reports import CanaryReport, ReportStatistics
 
 NONE = Markup('<span class="muted">-</span>')
 

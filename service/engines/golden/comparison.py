@@ -4,7 +4,7 @@ Pure and vectorised (numpy, no grpc, no SQL); the definitions are docs/golden.md
 candidate and the baseline run over every sample with ``estimate_batch`` (the plans are read
 once for both); per sample, the absolute cost error ``|predicted - expected|``, the relative
 error ``absolute / max(expected, 1)`` and feasibility agreement; per model a
-:class:`~costsim_analytics.engines.reports.GoldenSummary`; then the verdict (at least
+:class:`~costsim_analytics.engines.golden.results.GoldenSummary`; then the verdict (at least
 ``min_share`` of the samples within ``tolerance``, at most ``max_feasibility_flips`` flips) and
 whether the candidate moved toward the reference or away from it, compared with the baseline.
 :func:`judge_report` adds a failed comparison to a canary report as its reasons.
@@ -22,15 +22,16 @@ import numpy.typing as npt
 from costsim_analytics.engines import statistics as st
 from costsim_analytics.engines.cost_models import BatchEstimates, CostModel, PlanBatch
 from costsim_analytics.engines.errors import FieldViolation
-from costsim_analytics.engines.golden_datasets import GoldenDataset, GoldenSample, raise_if
-from costsim_analytics.engines.reports import (
-    CanaryReport,
-    FailureReason,
+from costsim_analytics.engines.findings import FailureReason
+from costsim_analytics.engines.golden.commands import CompareGolden
+from costsim_analytics.engines.golden.datasets import GoldenDataset, GoldenSample, raise_if
+from costsim_analytics.engines.golden.results import (
     FeasibilityConfusion,
     GoldenComparison,
     GoldenSampleResult,
     GoldenSummary,
 )
+from costsim_analytics.engines.reports import CanaryReport
 
 MAX_WORST = 1000
 FAILED = "GOLDEN_COMPARISON_FAILED"
@@ -44,20 +45,6 @@ class GoldenConfig:
     min_share: float = 0.95
     max_feasibility_flips: int = 0
     worst_samples: int = 10
-
-
-@dataclass(frozen=True, slots=True)
-class CompareGolden:
-    """The CompareGolden command; None means "the configured default"."""
-
-    name: str
-    version: int | None = None
-    candidate_model: str = ""
-    baseline_model: str = ""
-    tolerance: float | None = None
-    min_share: float | None = None
-    max_feasibility_flips: int | None = None
-    worst_samples: int | None = None
 
 
 # --- comparison --------------------------------------------------------------------------------

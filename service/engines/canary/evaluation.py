@@ -9,8 +9,9 @@ more than 5 % of samples are outliers (drift_score > 0.5), or when more than 10 
 drift (MAJOR_DRIFT + MISMATCH). Optionally (off by default) fail when the bootstrap confidence
 interval of the median relative delta lies wholly outside ±tolerance. Fail closed: no samples,
 mostly malformed samples, or fewer valid samples than ``min_samples`` give status ``error``,
-never ``pass``. A golden comparison (``engines/golden.py: judge_report``, applied by the handler)
-adds its ``GOLDEN_COMPARISON_FAILED`` reasons and fails a report that would pass.
+never ``pass``. A golden comparison (``engines/golden/comparison.py: judge_report``, applied
+by the handler) adds its ``GOLDEN_COMPARISON_FAILED`` reasons and fails a report that would
+pass.
 """
 
 from __future__ import annotations
@@ -27,10 +28,9 @@ import numpy.typing as npt
 
 from costsim_analytics.engines import statistics as st
 from costsim_analytics.engines.cost_models import BatchEstimates, CostModel, PlanBatch
+from costsim_analytics.engines.findings import FailureReason, Interval
 from costsim_analytics.engines.reports import (
     CanaryReport,
-    FailureReason,
-    Interval,
     PairedTestSummary,
     ReportStatistics,
     report_to_json,

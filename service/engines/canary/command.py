@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from costsim_analytics.engines.canary import CanaryConfig, Sample
+from costsim_analytics.engines.canary.evaluation import CanaryConfig, Sample
 from costsim_analytics.engines.canonical import content_hash
 from costsim_analytics.engines.errors import FieldViolation, InvalidArgument
-from costsim_analytics.engines.golden_datasets import name_violations
+from costsim_analytics.engines.golden.datasets import name_violations
 from costsim_analytics.engines.reports import CanaryReport
 
 MAX_SAMPLES = 100_000

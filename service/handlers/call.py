@@ -1,0 +1,38 @@
+"""What every handler receives beside its command: the call's context, and the clock.
+
+Example:
+    >>> Call(trace_id="req-1").claim is None
+    True
+
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from costsim_analytics.handlers.idempotency import Claim
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    """The server clock (the one every handler uses unless a test passes its own)."""
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One call's context, filled by the transport and by the middleware.
+
+    Attributes:
+        trace_id: the caller's ``x-request-id`` (or a new one), for log lines.
+        claim: the idempotency key the handler must take in its write transaction; set by
+            the idempotency middleware when the command carries a ``request_id``.
+    """
+
+    trace_id: str = ""
+    claim: Claim | None = None
