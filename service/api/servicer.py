@@ -16,7 +16,7 @@ import grpc
 from costsim.analytics.v1 import analytics_pb2 as pb
 from costsim.analytics.v1 import analytics_pb2_grpc as pb_grpc
 from costsim_analytics.api import convert, convert_canary, convert_golden
-from costsim_analytics.api.errors import request_id_of, streaming, unary
+from costsim_analytics.api.errors import streaming, unary
 from costsim_analytics.handlers.call import Call
 from costsim_analytics.handlers.registry import (
     OP_CANARY_REPORT,
@@ -59,9 +59,8 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         to hundreds of milliseconds: on the event loop it would stall every other call.
         """
         handler = self._registry.get(op)
-        call = Call(trace_id=request_id_of(context))
         return await asyncio.get_running_loop().run_in_executor(
-            self._executor, lambda: handler(to_command(request), call)
+            self._executor, lambda: handler(to_command(request), Call())
         )
 
     async def _drain(self, stream: ResultStream[T]) -> AsyncIterator[tuple[T, str]]:

@@ -57,25 +57,8 @@ _COLUMNS = (
 _SELECT_COLUMNS = [t.c[name] for name in _COLUMNS]
 
 
-# Columns stored as they are in the report (the others are JSON or named differently).
-_PLAIN = (
-    "id",
-    "run_id",
-    "timestamp",
-    "status",
-    "total_samples",
-    "matching_samples",
-    "minor_drift_samples",
-    "major_drift_samples",
-    "median_cost_diff",
-    "p90_cost_diff",
-    "kl_divergence",
-    "outlier_count",
-    "passed",
-    "created_at",
-    "baseline_model",
-    "candidate_model",
-)
+# Columns stored as they are in the report (the others hold JSON).
+_PLAIN = tuple(name for name in _COLUMNS if not name.endswith("_json"))
 
 
 def _report(row: Row[Any]) -> CanaryReport:

@@ -1,7 +1,7 @@
 """What every handler receives beside its command: the call's context, and the clock.
 
 Example:
-    >>> Call(trace_id="req-1").claim is None
+    >>> Call().claim is None
     True
 
 """
@@ -29,10 +29,8 @@ class Call:
     """One call's context, filled by the transport and by the middleware.
 
     Attributes:
-        trace_id: the caller's ``x-request-id`` (or a new one), for log lines.
         claim: the idempotency key the handler must take in its write transaction; set by
             the idempotency middleware when the command carries a ``request_id``.
     """
 
-    trace_id: str = ""
     claim: Claim | None = None

@@ -116,18 +116,12 @@ def idempotency(uow_factory: UnitOfWorkFactory, table: ReplayTable) -> Middlewar
     return wrap
 
 
+@dataclass(frozen=True, slots=True)
 class _Idempotent(Generic[C, R]):
-    def __init__(
-        self,
-        operation: str,
-        spec: Replay[C, R],
-        handler: Handler[C, R],
-        uow_factory: UnitOfWorkFactory,
-    ) -> None:
-        self._operation = operation
-        self._spec = spec
-        self._handler = handler
-        self._uow_factory = uow_factory
+    _operation: str
+    _spec: Replay[C, R]
+    _handler: Handler[C, R]
+    _uow_factory: UnitOfWorkFactory
 
     def __call__(self, command: C, call: Call, /) -> R:
         request_id = self._spec.request_id(command)

@@ -63,7 +63,7 @@ class Handler(Protocol[C_contra, R_co]):
         """Run the operation (raising the domain errors of ``engines/errors.py``)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)  # no slots: Operation[C, R](name) sets __orig_class__, frozen ignores it
 class Operation(Generic[OpC, OpR]):
     """The key of one operation; its type parameters are its command and result types."""
 
@@ -77,37 +77,23 @@ class Middleware(Protocol):
         """The wrapped handler."""
 
 
-OP_PROVENANCE_BATCH: Operation[WriteBatch, WriteBatchResult] = Operation(
-    "analytics.provenance_batch"
-)
-OP_PROVENANCE_QUERY: Operation[ProvenanceQuery, ResultStream[ProvenanceRecord]] = Operation(
+OP_PROVENANCE_BATCH = Operation[WriteBatch, WriteBatchResult]("analytics.provenance_batch")
+OP_PROVENANCE_QUERY = Operation[ProvenanceQuery, ResultStream[ProvenanceRecord]](
     "analytics.provenance_query"
 )
-OP_DRIFT_STATS: Operation[DriftStatsQuery, DriftStats] = Operation("analytics.drift_stats")
-OP_CANARY_REPORTS: Operation[ReportQuery, ResultStream[CanaryReport]] = Operation(
-    "analytics.canary_reports"
-)
-OP_CANARY_REPORT: Operation[GetReport, CanaryReport] = Operation("analytics.canary_report")
-OP_CANARY_RUN: Operation[RunCanary, RunCanaryResult] = Operation("analytics.canary_run")
-OP_CANARY_RECONCILE: Operation[Reconcile, ReconcileResult] = Operation("analytics.canary_reconcile")
-OP_GOLDEN_CREATE: Operation[CreateGoldenDataset, StoredVersion] = Operation(
-    "analytics.golden_create"
-)
-OP_GOLDEN_PROMOTE: Operation[PromoteCanaryRun, StoredVersion] = Operation(
-    "analytics.golden_promote"
-)
-OP_GOLDEN_GET: Operation[GetGoldenDataset, GoldenDataset] = Operation("analytics.golden_get")
-OP_GOLDEN_LIST: Operation[ListGoldenDatasets, list[GoldenDataset]] = Operation(
-    "analytics.golden_list"
-)
-OP_GOLDEN_ACTIVATE: Operation[ActivateGoldenDataset, GoldenDataset] = Operation(
-    "analytics.golden_activate"
-)
-OP_GOLDEN_COMPARE: Operation[CompareGolden, GoldenComparison] = Operation(
-    "analytics.golden_compare"
-)
-OP_RETENTION: Operation[RetentionPolicy, RetentionResult] = Operation("analytics.retention")
-OP_PARTITION_UPKEEP: Operation[None, UpkeepResult] = Operation("analytics.partition_upkeep")
+OP_DRIFT_STATS = Operation[DriftStatsQuery, DriftStats]("analytics.drift_stats")
+OP_CANARY_REPORTS = Operation[ReportQuery, ResultStream[CanaryReport]]("analytics.canary_reports")
+OP_CANARY_REPORT = Operation[GetReport, CanaryReport]("analytics.canary_report")
+OP_CANARY_RUN = Operation[RunCanary, RunCanaryResult]("analytics.canary_run")
+OP_CANARY_RECONCILE = Operation[Reconcile, ReconcileResult]("analytics.canary_reconcile")
+OP_GOLDEN_CREATE = Operation[CreateGoldenDataset, StoredVersion]("analytics.golden_create")
+OP_GOLDEN_PROMOTE = Operation[PromoteCanaryRun, StoredVersion]("analytics.golden_promote")
+OP_GOLDEN_GET = Operation[GetGoldenDataset, GoldenDataset]("analytics.golden_get")
+OP_GOLDEN_LIST = Operation[ListGoldenDatasets, list[GoldenDataset]]("analytics.golden_list")
+OP_GOLDEN_ACTIVATE = Operation[ActivateGoldenDataset, GoldenDataset]("analytics.golden_activate")
+OP_GOLDEN_COMPARE = Operation[CompareGolden, GoldenComparison]("analytics.golden_compare")
+OP_RETENTION = Operation[RetentionPolicy, RetentionResult]("analytics.retention")
+OP_PARTITION_UPKEEP = Operation[None, UpkeepResult]("analytics.partition_upkeep")
 
 
 class OperationRegistry:
