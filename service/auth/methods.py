@@ -7,7 +7,7 @@ cannot ship unclassified); health and reflection are public; any other method is
 Example:
     >>> from costsim_analytics.auth.principal import Principal, Role
     >>> writer = Principal("sim", frozenset({Role.WRITER}), frozenset({"acme"}), "token")
-    >>> authorize(writer, WRITE, (("records[0].tenant_id", "acme"),)).role
+    >>> authorize(writer, WRITE, ["acme", "acme"]).role
     <Role.WRITER: 'writer'>
 
 """
@@ -26,9 +26,6 @@ SERVICE = "costsim.analytics.v1.AnalyticsService"
 # At most this many refused records are listed: the status travels in trailing metadata,
 # which clients cap at 8 KiB by default, and a 1,000-record refusal must still arrive.
 MAX_VIOLATIONS = 50
-
-# (field path, tenant id) pairs that a request names; see requested_tenants().
-TenantFields = Sequence[tuple[str, str]]
 
 
 class TenantsFrom(Enum):
@@ -99,27 +96,35 @@ class _Batch(Protocol):
     def records(self) -> Sequence[_HasTenant]: ...
 
 
-def requested_tenants(method: str, request: object) -> tuple[tuple[str, str], ...]:
-    """The ``(field, tenant)`` pairs a request names, for :func:`authorize`.
+def requested_tenants(method: str, request: object) -> tuple[str, ...]:
+    """The tenant ids a request names, in request order, for :func:`authorize`.
 
-    Reads the request by attribute (any object with ``records[i].tenant_id`` or
-    ``tenant_id``), so this module needs no generated code. An empty query filter names no
-    tenant: the handler then limits the query to the principal's tenant scope.
+    For a batch, one per record (``records[i].tenant_id``); for a query, its ``tenant_id``
+    filter when set. Reads the request by attribute, so this module needs no generated code.
+    An empty query filter names no tenant: the handler then limits the query to the
+    principal's :meth:`~Principal.tenant_scope`.
     """
     rule = METHODS.get(method)
     if rule is None or rule.tenants is TenantsFrom.NONE:
         return ()
     if rule.tenants is TenantsFrom.RECORDS:
         batch: _Batch = request  # type: ignore[assignment]
-        return tuple(
-            (f"records[{i}].tenant_id", record.tenant_id) for i, record in enumerate(batch.records)
-        )
+        return tuple(record.tenant_id for record in batch.records)
     tenant = getattr(request, "tenant_id", "")
-    return (("tenant_id", tenant),) if tenant else ()
+    return (tenant,) if tenant else ()
 
 
-def authorize(principal: Principal, method: str, tenants: TenantFields = ()) -> MethodRule:
+def _field(rule: MethodRule, index: int) -> str:
+    return f"records[{index}].tenant_id" if rule.tenants is TenantsFrom.RECORDS else "tenant_id"
+
+
+def authorize(principal: Principal, method: str, tenants: Sequence[str] = ()) -> MethodRule:
     """Allow the call or raise; returns the method's rule.
+
+    Args:
+        principal: who is calling.
+        method: the full method name (``/package.Service/Method``).
+        tenants: the tenant ids the request names, from :func:`requested_tenants`.
 
     Raises:
         PermissionDenied: reason ``METHOD_NOT_ALLOWED`` (metadata ``method``, ``role``) when the
@@ -141,23 +146,22 @@ def authorize(principal: Principal, method: str, tenants: TenantFields = ()) -> 
             reason="METHOD_NOT_ALLOWED",
             metadata={"method": method, "role": rule.role.value},
         )
-    if principal.all_tenants or not tenants:
+    # The common case, a batch of granted tenants, is one set operation: no per-record work.
+    if principal.all_tenants or principal.tenants.issuperset(tenants):
         return rule
-    refused = [(field, tenant) for field, tenant in tenants if not principal.may_tenant(tenant)]
-    if not refused:
-        return rule
+    refused = [(i, t) for i, t in enumerate(tenants) if t not in principal.tenants]
     violations = [
-        FieldViolation(field, f"tenant {tenant!r} is not granted to this caller")
-        for field, tenant in refused[:MAX_VIOLATIONS]
+        FieldViolation(_field(rule, i), f"tenant {tenant!r} is not granted to this caller")
+        for i, tenant in refused[:MAX_VIOLATIONS]
     ]
     if len(refused) > MAX_VIOLATIONS:
         violations.append(
             FieldViolation("records", f"and {len(refused) - MAX_VIOLATIONS} more refused records")
         )
-    first_field, first_tenant = refused[0]
+    first_index, first_tenant = refused[0]
     more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
     raise PermissionDenied(
-        f"{first_field}: tenant {first_tenant!r} is not granted to this caller{more}",
+        f"{_field(rule, first_index)}: tenant {first_tenant!r} is not granted to this caller{more}",
         violations,
         reason="TENANT_NOT_ALLOWED",
         metadata={"method": method, "tenant": first_tenant},
