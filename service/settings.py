@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Values of COSTSIM_HTTP_LISTEN that turn the HTTP side port off.
 HTTP_OFF = ("", "off", "none", "false", "no")
+
+# COSTSIM_METRICS_AUTH: "open" leaves /metrics, /healthz and /readyz open; "metrics" protects
+# /metrics (reader role); "all" protects the probes too. Booleans map to metrics / open.
+MetricsAuth = Literal["open", "metrics", "all"]
+_METRICS_AUTH_ALIASES = {
+    **dict.fromkeys(("", "false", "0", "no", "off"), "open"),
+    **dict.fromkeys(("true", "1", "yes", "on"), "metrics"),
+}
 
 
 class Settings(BaseSettings):
@@ -83,3 +95,159 @@ class Settings(BaseSettings):
     golden_max_feasibility_flips: int = Field(
         0, ge=0, description="Golden feasibility flips above which a comparison fails"
     )
+
+    # --- identity and authorization (docs/security.md) ----------------------------------------
+    tls_cert: Path | None = Field(None, description="PEM certificate chain of both ports")
+    tls_key: Path | None = Field(None, description="PEM private key of COSTSIM_TLS_CERT")
+    tls_client_ca: Path | None = Field(
+        None, description="PEM CA bundle; set, client certificates are required (mTLS)"
+    )
+    jwt_jwks_file: Path | None = Field(None, description="Local JWKS of the token issuers")
+    jwt_hs256_secret_file: Path | None = Field(None, description="HS256 secret (small setups)")
+    jwt_audience: str = Field("costsim-analytics", min_length=1, description="Required aud")
+    jwt_issuer: str | None = Field(None, description="Required iss, when set")
+    policy_file: Path | None = Field(None, description="TOML: identities -> roles and tenants")
+    insecure: bool = Field(
+        False, description="Allow an insecure setup (no policy, or no TLS) on a public address"
+    )
+    metrics_auth: MetricsAuth = Field(
+        "open", description="open | metrics | all: which of /metrics, /healthz, /readyz need auth"
+    )
+
+    @field_validator(
+        "tls_cert",
+        "tls_key",
+        "tls_client_ca",
+        "jwt_jwks_file",
+        "jwt_hs256_secret_file",
+        "policy_file",
+        "jwt_issuer",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """An empty variable (``COSTSIM_TLS_CERT=``) means unset, not the current directory."""
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("metrics_auth", mode="before")
+    @classmethod
+    def _metrics_auth(cls, value: object) -> object:
+        """Booleans are accepted too: true is ``metrics``, false is ``open``."""
+        if isinstance(value, bool):
+            return "metrics" if value else "open"
+        if isinstance(value, str):
+            lowered = value.strip().lower()
+            return _METRICS_AUTH_ALIASES.get(lowered, lowered)
+        return value
+
+
+# --- security mode ----------------------------------------------------------------------------
+
+
+class SecurityConfigError(ValueError):
+    """The TLS, token and policy settings do not make a coherent setup."""
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityMode:
+    """What :func:`security_mode` decided.
+
+    ``insecure`` is the explicit insecure mode: no policy, every caller is the insecure
+    principal. ``tls`` is whether both ports speak TLS; ``mtls`` whether client certificates
+    are required; ``tokens`` which bearer-token keys are configured (``""``: none).
+    """
+
+    insecure: bool
+    tls: bool
+    mtls: bool
+    tokens: Literal["", "jwks", "hs256"]
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def exposed_safely(self) -> bool:
+        """Whether a non-loopback listen address is acceptable without ``COSTSIM_INSECURE``."""
+        return not self.insecure and self.tls
+
+
+def security_mode(settings: Settings) -> SecurityMode:
+    """Decide between the secure and the explicit insecure mode from the settings.
+
+    Secure mode is a policy file plus at least one way to authenticate (a client CA or token
+    keys); without a policy the service runs in the explicit insecure mode (logged as a
+    warning by the caller). Half a setup is refused rather than guessed at.
+
+    Raises:
+        SecurityConfigError: a certificate without its key (or the reverse), a client CA
+            without a certificate, both JWKS and HS256 keys, credentials without a policy,
+            or a policy without any way to authenticate.
+    """
+    s = settings
+    if (s.tls_cert is None) != (s.tls_key is None):
+        raise SecurityConfigError("COSTSIM_TLS_CERT and COSTSIM_TLS_KEY must be set together")
+    tls = s.tls_cert is not None
+    if s.tls_client_ca is not None and not tls:
+        raise SecurityConfigError("COSTSIM_TLS_CLIENT_CA needs COSTSIM_TLS_CERT and _KEY")
+    if s.jwt_jwks_file is not None and s.jwt_hs256_secret_file is not None:
+        raise SecurityConfigError(
+            "set COSTSIM_JWT_JWKS_FILE or COSTSIM_JWT_HS256_SECRET_FILE, not both"
+        )
+    tokens: Literal["", "jwks", "hs256"] = (
+        "jwks" if s.jwt_jwks_file is not None else "hs256" if s.jwt_hs256_secret_file else ""
+    )
+    mtls = s.tls_client_ca is not None
+    if s.policy_file is None:
+        if mtls or tokens:
+            # Identities without a policy would be granted nothing: a half-done setup.
+            raise SecurityConfigError(
+                "client certificates or tokens are configured but COSTSIM_POLICY_FILE is not"
+            )
+        return SecurityMode(
+            insecure=True,
+            tls=tls,
+            mtls=False,
+            tokens="",
+            warnings=("insecure mode: no COSTSIM_POLICY_FILE, every caller may do everything",),
+        )
+    if not mtls and not tokens:
+        raise SecurityConfigError(
+            "COSTSIM_POLICY_FILE needs a way to authenticate: COSTSIM_TLS_CLIENT_CA or "
+            "COSTSIM_JWT_JWKS_FILE / COSTSIM_JWT_HS256_SECRET_FILE"
+        )
+    warnings = () if tls else ("bearer tokens over plaintext: set COSTSIM_TLS_CERT and _KEY",)
+    return SecurityMode(insecure=False, tls=tls, mtls=mtls, tokens=tokens, warnings=warnings)
+
+
+def is_loopback(address: str) -> bool:
+    """Whether ``host:port`` listens on loopback only (``127.0.0.0/8``, ``::1``, localhost).
+
+    Example:
+        >>> is_loopback("127.0.0.1:50051"), is_loopback("[::1]:0"), is_loopback("0.0.0.0:1")
+        (True, True, False)
+
+    """
+    host = address.rpartition(":")[0] if ":" in address else address
+    host = host.strip().strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a hostname may resolve to anything: treat it as public
+
+
+def check_listen(mode: SecurityMode, addresses: Iterable[str], *, allow_insecure: bool) -> None:
+    """Refuse to expose an insecure setup beyond loopback unless explicitly allowed.
+
+    Raises:
+        SecurityConfigError: an address is not loopback, the setup is insecure (no policy, or
+            no TLS) and ``allow_insecure`` (``--insecure`` / ``COSTSIM_INSECURE``) is False.
+    """
+    if mode.exposed_safely or allow_insecure:
+        return
+    for address in addresses:
+        if address and not is_loopback(address):
+            why = "without a policy" if mode.insecure else "without TLS"
+            raise SecurityConfigError(
+                f"refusing to listen on {address} {why}: use a loopback address, configure "
+                "TLS and a policy (docs/security.md), or pass --insecure / COSTSIM_INSECURE=true"
+            )

@@ -3,9 +3,10 @@
 The servicer maps through :func:`status_of` (gRPC), the dashboard through :func:`http_status_of`.
 
 Every non-OK status carries a ``google.rpc.ErrorInfo`` (AIP-193) with domain
-``costsim.analytics.v1`` and the error's stable reason; INVALID_ARGUMENT also carries a
-``google.rpc.BadRequest`` naming each offending field. Anything unexpected becomes INTERNAL
-with a generic message, and the log line carries the error id and the request id.
+``costsim.analytics.v1``, the error's stable reason and its metadata; INVALID_ARGUMENT (and
+PERMISSION_DENIED for refused batch records) also carries a ``google.rpc.BadRequest`` naming
+each offending field. Anything unexpected becomes INTERNAL with a generic message, and the log
+line carries the error id and the request id.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from costsim_analytics.engines.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
+    Unauthenticated,
     Unavailable,
 )
 
@@ -43,6 +46,8 @@ _CODES: tuple[tuple[type[CostsimError], int, int, str], ...] = (
     (AlreadyExists, code_pb2.ALREADY_EXISTS, 409, "Conflict"),
     (FailedPrecondition, code_pb2.FAILED_PRECONDITION, 412, "Precondition failed"),
     (Unavailable, code_pb2.UNAVAILABLE, 503, "Unavailable"),
+    (Unauthenticated, code_pb2.UNAUTHENTICATED, 401, "Unauthenticated"),
+    (PermissionDenied, code_pb2.PERMISSION_DENIED, 403, "Forbidden"),
 )
 INTERNAL_HTTP = (500, "Internal error")
 
@@ -84,11 +89,13 @@ def status_of(error: CostsimError, request_id: str) -> grpc.Status:
     details = [
         _pack(
             error_details_pb2.ErrorInfo(
-                reason=error.reason, domain=DOMAIN, metadata={"request_id": request_id}
+                reason=error.reason,
+                domain=DOMAIN,
+                metadata={**error.metadata, "request_id": request_id},
             )
         )
     ]
-    if isinstance(error, InvalidArgument) and error.violations:
+    if isinstance(error, InvalidArgument | PermissionDenied) and error.violations:
         details.append(
             _pack(
                 error_details_pb2.BadRequest(

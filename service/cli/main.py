@@ -22,7 +22,7 @@ from costsim_analytics.bootstrap import (
     build_server,
     configure_logging,
 )
-from costsim_analytics.cli import canary, golden, retention
+from costsim_analytics.cli import canary, golden, retention, token
 from costsim_analytics.cli.common import (
     AsJson,
     DatabaseUrl,
@@ -50,6 +50,7 @@ provenance_app = typer.Typer(help="Write and query provenance records.")
 app.add_typer(provenance_app, name="provenance")
 app.add_typer(canary.app, name="canary")
 app.add_typer(golden.app, name="golden")
+app.add_typer(token.app, name="token")
 app.command("retention")(retention.retention)
 
 

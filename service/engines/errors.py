@@ -9,15 +9,21 @@
      │    └── RequestIdReused         same request_id, different request
      ├── FailedPrecondition           the system is not in a state to do this
      │    └── SchemaOutOfDate         database schema behind the code's migrations
-     └── Unavailable                  a dependency is down; retrying later may work
-          └── DatabaseUnavailable     the database cannot be reached
+     ├── Unavailable                  a dependency is down; retrying later may work
+     │    └── DatabaseUnavailable     the database cannot be reached
+     ├── Unauthenticated              no credentials, or credentials that do not verify
+     └── PermissionDenied             a known caller asked for something the policy refuses;
+                                      carries field violations (``records[3].tenant_id``)
+
+Any error may carry ``metadata``: short string pairs that name what the error is about
+(``{"method": ..., "tenant": ...}``), sent to callers beside the reason.
 
 ``api/errors.py`` maps these to gRPC status codes; anything else is an internal error.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 
@@ -34,11 +40,14 @@ class CostsimError(Exception):
 
     reason = "COSTSIM_ERROR"
 
-    def __init__(self, message: str, *, reason: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, reason: str | None = None, metadata: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         if reason is not None:
             self.reason = reason
+        self.metadata: dict[str, str] = dict(metadata or {})
 
 
 class InvalidArgument(CostsimError):
@@ -108,3 +117,26 @@ class DatabaseUnavailable(Unavailable):
     """The database cannot be reached or dropped the connection."""
 
     reason = "DATABASE_UNAVAILABLE"
+
+
+class Unauthenticated(CostsimError):
+    """The caller presented no usable credentials (reasons in ``auth/authn.py``)."""
+
+    reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(CostsimError):
+    """The caller is known but may not do this; ``violations`` names refused request fields."""
+
+    reason = "PERMISSION_DENIED"
+
+    def __init__(
+        self,
+        message: str,
+        violations: Iterable[FieldViolation] = (),
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.violations = tuple(violations)

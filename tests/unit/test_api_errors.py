@@ -13,8 +13,10 @@ from costsim_analytics.engines.errors import (
     FieldViolation,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     RequestIdReused,
     SchemaOutOfDate,
+    Unauthenticated,
 )
 
 
@@ -133,3 +135,32 @@ def test_errors_after_the_first_streamed_message_are_mapped_too():
     rich, info, _ = decode(ctx.status)
     assert rich.code == code_pb2.UNAVAILABLE
     assert info.reason == "DATABASE_UNAVAILABLE"
+
+
+def test_auth_errors_map_to_their_codes_with_metadata():
+    exc = Unauthenticated("bearer token expired", reason="TOKEN_EXPIRED")
+    rich, info, bad = decode(call_unary(exc))
+    assert (rich.code, info.reason, bad) == (code_pb2.UNAUTHENTICATED, "TOKEN_EXPIRED", None)
+    method = "/costsim.analytics.v1.AnalyticsService/RunCanary"
+    denied = PermissionDenied(
+        "needs canary", reason="METHOD_NOT_ALLOWED", metadata={"method": method}
+    )
+    rich, info, _ = decode(call_unary(denied, metadata=(("x-request-id", "r-1"),)))
+    assert rich.code == code_pb2.PERMISSION_DENIED
+    assert dict(info.metadata) == {"method": method, "request_id": "r-1"}
+
+
+def test_a_refused_batch_lists_its_records_in_bad_request():
+    exc = PermissionDenied(
+        "records[1].tenant_id: tenant 'globex' is not granted",
+        [FieldViolation("records[1].tenant_id", "tenant 'globex' is not granted")],
+        reason="TENANT_NOT_ALLOWED",
+        metadata={"tenant": "globex"},
+    )
+    rich, info, bad = decode(call_unary(exc))
+    assert (rich.code, info.reason, info.metadata["tenant"]) == (
+        code_pb2.PERMISSION_DENIED,
+        "TENANT_NOT_ALLOWED",
+        "globex",
+    )
+    assert [v.field for v in bad.field_violations] == ["records[1].tenant_id"]

@@ -1,0 +1,1 @@
+"""Identity and authorization: principals, the policy, tokens, TLS, the audit log."""
