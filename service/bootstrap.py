@@ -58,9 +58,12 @@ from costsim_analytics.handlers.registry import (
 from costsim_analytics.handlers.reports import GetCanaryReportHandler, QueryCanaryReportsHandler
 from costsim_analytics.handlers.retention import PartitionUpkeepHandler, RetentionHandler
 from costsim_analytics.handlers.uow import SqlAlchemyUnitOfWorkFactory
-from costsim_analytics.settings import Settings
+from costsim_analytics.settings import Settings, check_listen, security_mode
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
+    from costsim_analytics.api.auth import Security
     from costsim_analytics.api.metrics import ServiceMetrics
     from costsim_analytics.api.server import AnalyticsServer
 
@@ -108,7 +111,8 @@ def build_registry(
     The middleware, outermost first (each skips the operations it does not concern):
 
     1. metrics: counts the results of writes and canary runs (the server's only);
-    2. (the caller's principal and its authorization will go here);
+    2. (the caller's principal is decided at the transport edge, ``api/auth.py``, once per
+       RPC, and reaches handlers as ``Call.principal``);
     3. (admission control will go here);
     4. request ids: the one length rule for every idempotent operation;
     5. idempotency: replay a finished request, or let the handler take the key.
@@ -179,17 +183,59 @@ def build_canary_handler(
     )
 
 
+def build_security(settings: Settings) -> Security:
+    """Authentication, TLS and policy for ``settings`` (docs/security.md).
+
+    Raises:
+        SecurityConfigError: half a setup (a certificate without its key, tokens without a
+            policy, ...), or an insecure setup on a non-loopback address without
+            ``COSTSIM_INSECURE``.
+        TlsError, PolicyError, KeyConfigError: a file that cannot be used.
+    """
+    from costsim_analytics.api.auth import Security
+    from costsim_analytics.auth.authn import Authenticator
+    from costsim_analytics.auth.policy import PolicyStore
+    from costsim_analytics.auth.tls import ReloadingTls, TlsFiles
+    from costsim_analytics.auth.tokens import JwksFile, KeySource, StaticSecret, TokenVerifier
+
+    mode = security_mode(settings)
+    check_listen(mode, [settings.listen, settings.http_listen], allow_insecure=settings.insecure)
+    for warning in mode.warnings:
+        log.warning("%s", warning)
+    tls = None
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        tls = ReloadingTls(TlsFiles(settings.tls_cert, settings.tls_key, settings.tls_client_ca))
+    if mode.insecure:
+        return Security(Authenticator.insecure(), tls)
+    keys: KeySource | None = None
+    if settings.jwt_jwks_file is not None:
+        keys = JwksFile(settings.jwt_jwks_file)
+    elif settings.jwt_hs256_secret_file is not None:
+        keys = StaticSecret.from_file(settings.jwt_hs256_secret_file)
+    verifier = None
+    if keys is not None:
+        verifier = TokenVerifier(
+            keys, audience=settings.jwt_audience, issuer=settings.jwt_issuer or None
+        )
+    assert settings.policy_file is not None  # security_mode: not insecure means a policy
+    policy = PolicyStore(settings.policy_file)
+    return Security(Authenticator(policy, verifier), tls, policy)
+
+
 def health_probe(engine: Engine) -> Callable[[], None]:
     """The server's health probe: reads the schema version, writes nothing."""
     return lambda: check_schema(engine)
 
 
-def build_server(engine: Engine, settings: Settings) -> AnalyticsServer:
-    """The gRPC server for ``settings`` on ``engine``."""
+def build_server(
+    engine: Engine, settings: Settings, security: Security | None = None
+) -> AnalyticsServer:
+    """The gRPC server for ``settings`` on ``engine`` (``security`` built from them if None)."""
     # Imported here so that in-process users of the handlers need not load grpc.
     from costsim_analytics.api.metrics import ServiceMetrics
     from costsim_analytics.api.server import AnalyticsServer
 
+    security = security or build_security(settings)
     metrics = ServiceMetrics()
     registry = build_registry(engine, settings, metrics)
     upkeep = registry.get(OP_PARTITION_UPKEEP)
@@ -197,6 +243,7 @@ def build_server(engine: Engine, settings: Settings) -> AnalyticsServer:
         registry,
         probe=health_probe(engine),
         metrics=metrics,
+        security=security,
         upkeep=lambda: upkeep(None, Call()),
         listen=settings.listen,
         workers=settings.workers,

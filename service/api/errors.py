@@ -133,7 +133,8 @@ def request_id_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     return uuid.uuid4().hex
 
 
-async def _abort(exc: Exception, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+async def abort(exc: Exception, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    """End the call with the status of ``exc`` (logged; INTERNAL for anything unexpected)."""
     request_id = request_id_of(context)
     if isinstance(exc, CostsimError):
         level = logging.WARNING if isinstance(exc, Unavailable) else logging.INFO
@@ -164,7 +165,7 @@ def unary(
         try:
             return await method(self, request, context)
         except Exception as exc:
-            await _abort(exc, method.__name__, context)
+            await abort(exc, method.__name__, context)
             raise AssertionError("abort_with_status returned") from exc
 
     return wrapper
@@ -181,6 +182,6 @@ def streaming(
             async for message in method(self, request, context):
                 yield message
         except Exception as exc:
-            await _abort(exc, method.__name__, context)
+            await abort(exc, method.__name__, context)
 
     return wrapper

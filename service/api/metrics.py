@@ -110,6 +110,12 @@ class ServiceMetrics:
             "1 while the database probe passes (the gRPC health status is SERVING), else 0.",
             registry=self.registry,
         )
+        self.auth_failures = Counter(
+            "costsim_auth_failures",
+            "Calls refused by authentication or authorization, by ErrorInfo reason.",
+            ("reason",),
+            registry=self.registry,
+        )
         self.http_requests = Counter(
             "costsim_http_requests",
             "Requests to the HTTP side port, by route and status.",
@@ -151,7 +157,8 @@ class ServiceMetrics:
             self.canary_runs.labels(status=result.report.status).inc()
 
 
-def _code_name(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException | None) -> str:
+def code_name(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException | None) -> str:
+    """The status code name a call ended with (``exc``: what escaped its handler, if any)."""
     if isinstance(exc, asyncio.CancelledError | GeneratorExit):
         return "CANCELLED"  # the client went away, or the deadline passed
     code: Any = context.code()
@@ -209,7 +216,7 @@ class MetricsInterceptor(_Interceptor):
         context: grpc.aio.ServicerContext[Any, Any],
         exc: BaseException | None,
     ) -> None:
-        code = _code_name(context, exc)
+        code = code_name(context, exc)
         self._metrics.rpc_handled.labels(**labels, grpc_code=code).inc()
         self._metrics.rpc_seconds.labels(**labels, grpc_code=code).observe(
             time.perf_counter() - started

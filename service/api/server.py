@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 
 from costsim.analytics.v1 import analytics_pb2 as pb
 from costsim.analytics.v1 import analytics_pb2_grpc as pb_grpc
+from costsim_analytics.api.auth import AuthInterceptor, Security
 from costsim_analytics.api.dashboard.app import Dashboard
 from costsim_analytics.api.dashboard.httpserver import HttpServer
 from costsim_analytics.api.metrics import MetricsInterceptor, ServiceMetrics
@@ -66,6 +67,7 @@ class AnalyticsServer:
         probe: Probe,
         *,
         metrics: ServiceMetrics,
+        security: Security,
         upkeep: Callable[[], object] | None = None,
         listen: str,
         workers: int = 8,
@@ -80,8 +82,13 @@ class AnalyticsServer:
         self._health_interval_s = health_interval_s
         self._grace_period_s = grace_period_s
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="handler")
+        self._security = security
         self._server = grpc.aio.server(
-            interceptors=[MetricsInterceptor(self.metrics)],
+            # Metrics outermost: a refused call is counted with the code it was refused with.
+            interceptors=[
+                MetricsInterceptor(self.metrics),
+                AuthInterceptor(security.authenticator, self.metrics),
+            ],
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
@@ -97,7 +104,10 @@ class AnalyticsServer:
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
-        self.port = self._server.add_insecure_port(listen)
+        if security.tls is None:
+            self.port = self._server.add_insecure_port(listen)
+        else:
+            self.port = self._server.add_secure_port(listen, security.tls.grpc_credentials())
         if self.port == 0:
             raise OSError(f"cannot listen on {listen}")
         self._listen_host = listen.rsplit(":", 1)[0]
@@ -171,6 +181,13 @@ class AnalyticsServer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)
 
+    def _reload(self) -> None:
+        log.info("SIGHUP: reloading the policy and the TLS certificates")
+        try:
+            self._security.reload()
+        except Exception:  # a reload must never take the server down; the old files stay
+            log.exception("reload failed; keeping the policy and certificates in force")
+
     def request_stop(self) -> None:
         """Begin a graceful shutdown (safe from a signal handler)."""
         self._stopping.set()
@@ -181,6 +198,7 @@ class AnalyticsServer:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self._reload)
         # Known to the health service from the first call on; SERVING once the probe passes.
         await self._set_serving(False, "starting")
         if self._http is not None:

@@ -16,7 +16,9 @@ import grpc
 from costsim.analytics.v1 import analytics_pb2 as pb
 from costsim.analytics.v1 import analytics_pb2_grpc as pb_grpc
 from costsim_analytics.api import convert, convert_canary, convert_golden
+from costsim_analytics.api.auth import PRINCIPAL
 from costsim_analytics.api.errors import streaming, unary
+from costsim_analytics.engines.errors import Unauthenticated
 from costsim_analytics.handlers.call import Call
 from costsim_analytics.handlers.registry import (
     OP_CANARY_REPORT,
@@ -59,8 +61,12 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         to hundreds of milliseconds: on the event loop it would stall every other call.
         """
         handler = self._registry.get(op)
+        principal = PRINCIPAL.get()
+        if principal is None:  # fail closed: this server runs behind the AuthInterceptor
+            raise Unauthenticated("the call was not authenticated", reason="CREDENTIALS_MISSING")
+        call = Call(principal=principal)
         return await asyncio.get_running_loop().run_in_executor(
-            self._executor, lambda: handler(to_command(request), Call())
+            self._executor, lambda: handler(to_command(request), call)
         )
 
     async def _drain(self, stream: ResultStream[T]) -> AsyncIterator[tuple[T, str]]:

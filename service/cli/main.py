@@ -19,6 +19,7 @@ from costsim_analytics.api.client import AnalyticsClient, JsonDict
 from costsim_analytics.bootstrap import (
     build_engine,
     build_registry,
+    build_security,
     build_server,
     configure_logging,
 )
@@ -89,16 +90,33 @@ def serve(
     http_listen: Annotated[
         str | None, typer.Option(help="Overrides COSTSIM_HTTP_LISTEN; 'off' turns it off.")
     ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            help="Allow the insecure mode (no policy or no TLS) on a non-loopback address; "
+            "sets COSTSIM_INSECURE.",
+        ),
+    ] = False,
 ) -> None:
-    """Serve the gRPC API (and the dashboard on the HTTP side port) until SIGTERM or SIGINT."""
+    """Serve the gRPC API (and the dashboard on the HTTP side port) until SIGTERM or SIGINT.
+
+    SIGHUP re-reads the policy file and the TLS certificates.
+    """
     settings = settings_with(
         database_url=database_url,
         listen=listen,
         artifacts_dir=artifacts_dir,
         max_batch=max_batch,
         http_listen=http_listen,
+        insecure=True if insecure else None,
     )
     configure_logging(settings.log_level)
+    try:
+        security = build_security(settings)
+    except ValueError as exc:  # the security settings or files: refuse to start, say why
+        err.print(f"[red]refusing to start[/red]: {exc}")
+        raise typer.Exit(2) from None
     engine = build_engine(settings)
     try:
         schema.check_schema(engine)
@@ -109,7 +127,7 @@ def serve(
         err.print(f"[yellow]database unreachable ({exc.message}); starting NOT_SERVING[/yellow]")
 
     async def main() -> None:
-        server = build_server(engine, settings)
+        server = build_server(engine, settings, security)
 
         def ready(address: str) -> None:
             if server.http_address:

@@ -74,6 +74,8 @@ def _where(flt: ProvenanceFilter) -> list[ColumnElement[bool]]:
         value = getattr(flt, name)
         if value:
             clauses.append(t.c[name] == value)
+    if flt.tenant_scope is not None:
+        clauses.append(t.c.tenant_id.in_(flt.tenant_scope))
     if flt.start_time is not None:
         clauses.append(t.c.created_at >= flt.start_time)
     if flt.end_time is not None:
@@ -224,6 +226,7 @@ class SqlProvenanceDriver:
             variant_slug=query.variant_slug,
             start_time=query.start_time,
             end_time=query.end_time,
+            tenant_scope=query.tenant_scope,
         )
         where = and_(t.c.cost_delta.is_not(None), *_where(flt))
         d = t.c.cost_delta

@@ -28,6 +28,8 @@ class DriftStatsQuery:
     variant_slug: str = ""
     start_time: datetime | None = None
     end_time: datetime | None = None
+    # The tenants the caller may read (None: all), set by the handler from the principal.
+    tenant_scope: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

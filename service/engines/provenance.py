@@ -141,7 +141,11 @@ class WriteBatchResult:
 
 @dataclass(frozen=True, slots=True)
 class ProvenanceFilter:
-    """Filters shared by provenance queries; empty strings and None match everything."""
+    """Filters shared by provenance queries; empty strings and None match everything.
+
+    ``tenant_scope`` is not the caller's: it is the tenants the caller may read (None: all),
+    set by the handler from the call's principal.
+    """
 
     tenant_id: str = ""
     variant_slug: str = ""
@@ -150,9 +154,11 @@ class ProvenanceFilter:
     run_id: str = ""
     start_time: datetime | None = None
     end_time: datetime | None = None
+    tenant_scope: tuple[str, ...] | None = None
 
     def as_dict(self) -> dict[str, object]:
-        """The filters by name, for fingerprints."""
+        """The filters by name, for fingerprints (a page token stays bound to the scope)."""
+        scope = {} if self.tenant_scope is None else {"tenant_scope": list(self.tenant_scope)}
         return {
             "tenant_id": self.tenant_id,
             "variant_slug": self.variant_slug,
@@ -161,6 +167,7 @@ class ProvenanceFilter:
             "run_id": self.run_id,
             "start_time": self.start_time,
             "end_time": self.end_time,
+            **scope,
         }
 
 

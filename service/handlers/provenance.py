@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from costsim_analytics.engines.drift import DriftStats, DriftStatsQuery, validate_drift_query
@@ -75,18 +76,23 @@ class QueryProvenanceHandler:
         self._uow_factory = uow_factory
         self._max_page_size = max_page_size
 
-    def __call__(self, query: ProvenanceQuery, _call: Call, /) -> ResultStream[ProvenanceRecord]:
-        """Validate everything, then open the stream (errors come before the first message)."""
+    def __call__(self, query: ProvenanceQuery, call: Call, /) -> ResultStream[ProvenanceRecord]:
+        """Validate everything, then open the stream (errors come before the first message).
+
+        The caller sees only the tenants it may read: the scope joins the filter (and the
+        fingerprint its page tokens are bound to).
+        """
         validate_filter(query.filter)
         check_window(query.filter.start_time, query.filter.end_time)
+        flt = replace(query.filter, tenant_scope=call.tenant_scope())
         return open_stream(
             self._uow_factory,
             kind=QUERY_KIND,
-            filters=query.filter.as_dict(),
+            filters=flt.as_dict(),
             page_size=query.page_size,
             page_token=query.page_token,
             max_page_size=self._max_page_size,
-            query=lambda uow, after, limit: uow.provenance.stream(query.filter, after, limit),
+            query=lambda uow, after, limit: uow.provenance.stream(flt, after, limit),
             cursor_of=_cursor,
         )
 
@@ -97,8 +103,8 @@ class DriftStatsHandler:
     def __init__(self, uow_factory: UnitOfWorkFactory) -> None:
         self._uow_factory = uow_factory
 
-    def __call__(self, query: DriftStatsQuery, _call: Call, /) -> DriftStats:
-        """Validate, then aggregate in a read-only transaction."""
+    def __call__(self, query: DriftStatsQuery, call: Call, /) -> DriftStats:
+        """Validate, then aggregate the caller's tenants in a read-only transaction."""
         validate_drift_query(query)
         with self._uow_factory(read_only=True) as uow:
-            return uow.provenance.drift_stats(query)
+            return uow.provenance.drift_stats(replace(query, tenant_scope=call.tenant_scope()))
