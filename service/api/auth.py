@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from costsim_analytics.api.errors import abort, request_id_of
+from costsim_analytics.api.errors import abort, code_of, request_id_of
 from costsim_analytics.api.metrics import ServiceMetrics, code_name
 from costsim_analytics.auth import audit, methods
 from costsim_analytics.auth.authn import Authenticator
@@ -43,6 +43,7 @@ else:
     _Handler = grpc.RpcMethodHandler
 
 Context = grpc.aio.ServicerContext[Any, Any]
+_CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 
 
 class AuthInterceptor(_Interceptor):
@@ -103,13 +104,17 @@ class AuthInterceptor(_Interceptor):
         principal: Principal | None,
         exc: BaseException | None,
     ) -> None:
+        if isinstance(exc, CostsimError):  # not yet on the context: name its mapped code
+            outcome = _CODE_NAMES.get(code_of(exc), "UNKNOWN")
+        else:
+            outcome = code_name(context, exc)
         audit.audit(
             principal=principal.id if principal else None,
             authenticated_by=principal.authenticated_by if principal else "",
             method=method,
             tenants=tenants,
             request_id=request_id_of(context),
-            outcome=code_name(context, exc),
+            outcome=outcome,
             reason=exc.reason if isinstance(exc, CostsimError) else "",
         )
 

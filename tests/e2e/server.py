@@ -33,14 +33,16 @@ class ServerProcess:
             **env,
         }
         self.proc: subprocess.Popen[str] | None = None
+        # TLS (and a client certificate) for the channels this harness opens; None: plaintext.
+        self.credentials: grpc.ChannelCredentials | None = None
         self.address = ""
         self.http_url = ""  # http://host:port of the dashboard, when it is on
         self._lines: list[str] = []
 
-    def start(self, timeout_s: float = 30.0) -> ServerProcess:
+    def start(self, timeout_s: float = 30.0, listen: str = "127.0.0.1:0") -> ServerProcess:
         self._log_file = self.log_path.open("a")
         self.proc = subprocess.Popen(
-            [CLI, "serve", "--database-url", self.database_url, "--listen", "127.0.0.1:0"],
+            [CLI, "serve", "--database-url", self.database_url, "--listen", listen],
             stdout=subprocess.PIPE,
             stderr=self._log_file,
             text=True,
@@ -59,16 +61,23 @@ class ServerProcess:
                     ready.set()
 
         threading.Thread(target=read, daemon=True).start()
-        if not ready.wait(timeout_s):
-            self.stop()
-            raise RuntimeError(f"server did not start:\n{self.log()}")
+        deadline = time.monotonic() + timeout_s
+        while not ready.wait(0.1):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"server did not start:\n{self.log()}")
         return self
 
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
 
-    def channel(self) -> grpc.Channel:
-        return grpc.insecure_channel(self.address)
+    def channel(self, credentials: grpc.ChannelCredentials | None = None) -> grpc.Channel:
+        credentials = credentials or self.credentials
+        if credentials is None:
+            return grpc.insecure_channel(self.address)
+        # Each channel its own subchannel: a new handshake, so a rotated certificate is seen.
+        options = [("grpc.use_local_subchannel_pool", 1)]
+        return grpc.secure_channel(self.address, credentials, options=options)
 
     def stub(self, channel: grpc.Channel) -> pb_grpc.AnalyticsServiceStub:
         return pb_grpc.AnalyticsServiceStub(channel)
