@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.engine import make_url
 
 from costsim_analytics.drivers import schema
@@ -124,6 +124,21 @@ def engine(database_url: str) -> Iterator[Engine]:
     eng = make_engine(database_url)
     yield eng
     eng.dispose()
+
+
+@pytest.fixture
+def tx(engine: Engine) -> Iterator[Connection]:
+    """A connection inside an outer transaction rolled back after the test.
+
+    For tests of code that never commits (the drivers): what they write is gone afterwards,
+    and the test sees the same transaction the driver wrote in.
+    """
+    with engine.connect() as conn:
+        outer = conn.begin()
+        try:
+            yield conn
+        finally:
+            outer.rollback()
 
 
 @pytest.fixture(params=BACKENDS)

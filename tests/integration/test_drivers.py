@@ -3,6 +3,7 @@
 import random
 import threading
 from datetime import timedelta
+from types import SimpleNamespace
 
 import numpy as np
 import psycopg
@@ -10,7 +11,9 @@ import pytest
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, select
 
+from costsim_analytics.drivers.canary_report_driver import SqlCanaryReportDriver
 from costsim_analytics.drivers.models import provenance_table
+from costsim_analytics.drivers.provenance_driver import SqlProvenanceDriver
 from costsim_analytics.engines.drift import DriftStatsQuery
 from costsim_analytics.engines.errors import AlreadyExists, RequestIdReused
 from costsim_analytics.engines.pagination import Cursor
@@ -34,25 +37,22 @@ def count(engine):
         return conn.execute(select(func.count()).select_from(provenance_table)).scalar_one()
 
 
-def test_insert_batch_returns_real_ids_in_request_order(engine):
-    uow = SqlAlchemyUnitOfWorkFactory(engine)
-    with uow() as w:
-        ids = w.provenance.insert_batch(rows(50))
-        w.commit()
+# Driver tests run inside the rolled-back outer transaction of the ``tx`` fixture: drivers
+# never commit, so nothing they write outlives the test.
+
+
+def test_insert_batch_returns_real_ids_in_request_order(tx):
+    ids = SqlProvenanceDriver(tx).insert_batch(rows(50))
     assert len(set(ids)) == 50
-    with engine.connect() as conn:
-        stored = dict(conn.execute(select(provenance_table.c.id, provenance_table.c.run_id)).all())
+    stored = dict(tx.execute(select(provenance_table.c.id, provenance_table.c.run_id)).all())
     assert [stored[i] for i in ids] == [f"run-{i}" for i in range(50)]
 
 
-def test_rows_round_trip_exactly(engine):
-    uow = SqlAlchemyUnitOfWorkFactory(engine)
+def test_rows_round_trip_exactly(tx):
+    provenance = SqlProvenanceDriver(tx)
     [new] = rows(1)
-    with uow() as w:
-        [row_id] = w.provenance.insert_batch([new])
-        w.commit()
-    with uow(read_only=True) as r:
-        [[record]] = list(r.provenance.stream(ProvenanceFilter(), None, 10))
+    [row_id] = provenance.insert_batch([new])
+    [[record]] = list(provenance.stream(ProvenanceFilter(), None, 10))
     assert record.id == row_id
     assert record.payload == new.payload
     assert record.created_at == new.created_at and record.created_at.tzinfo is not None
@@ -98,47 +98,48 @@ def test_read_only_unit_of_work_cannot_write(engine):
     assert count(engine) == 1
 
 
-def test_stream_is_newest_first_filtered_and_resumable(engine):
-    uow = SqlAlchemyUnitOfWorkFactory(engine)
-    with uow() as w:
-        for minute in range(5):  # 5 batches of 10, each batch shares its created_at
-            w.provenance.insert_batch(rows(10, now=T0 + timedelta(minutes=minute)))
-        w.commit()
-    with uow(read_only=True) as r:
-        everything = [
-            rec
-            for chunk in r.provenance.stream(ProvenanceFilter(), None, 1000, chunk_size=7)
-            for rec in chunk
-        ]
-        keys = [(rec.created_at, rec.id) for rec in everything]
-        assert keys == sorted(keys, reverse=True) and len(keys) == 50
-        # resume after the 23rd row: no gap, no duplicate
-        cut = everything[22]
-        rest = [
-            rec
-            for chunk in r.provenance.stream(
-                ProvenanceFilter(), Cursor(cut.created_at, cut.id), 1000
-            )
-            for rec in chunk
-        ]
-        assert [x.id for x in everything[:23] + rest] == [x.id for x in everything]
-        window = ProvenanceFilter(
-            tenant_id="tenant-1",
-            start_time=T0 + timedelta(minutes=1),
-            end_time=T0 + timedelta(minutes=3),
-        )
-        got = [rec for chunk in r.provenance.stream(window, None, 1000) for rec in chunk]
-        assert got and all(
-            rec.tenant_id == "tenant-1"
-            and T0 + timedelta(minutes=1) <= rec.created_at < T0 + timedelta(minutes=3)
-            for rec in got
-        )
-        assert len(got) == 2 * len([i for i in range(10) if i % 3 == 1])
+def test_stream_is_newest_first_filtered_and_resumable(tx):
+    r = SimpleNamespace(provenance=SqlProvenanceDriver(tx))
+    for minute in range(5):  # 5 batches of 10, each batch shares its created_at
+        r.provenance.insert_batch(rows(10, now=T0 + timedelta(minutes=minute)))
+    everything = [
+        rec
+        for chunk in r.provenance.stream(ProvenanceFilter(), None, 1000, chunk_size=7)
+        for rec in chunk
+    ]
+    keys = [(rec.created_at, rec.id) for rec in everything]
+    assert keys == sorted(keys, reverse=True) and len(keys) == 50
+    # resume after the 23rd row: no gap, no duplicate
+    cut = everything[22]
+    rest = [
+        rec
+        for chunk in r.provenance.stream(ProvenanceFilter(), Cursor(cut.created_at, cut.id), 1000)
+        for rec in chunk
+    ]
+    assert [x.id for x in everything[:23] + rest] == [x.id for x in everything]
+    window = ProvenanceFilter(
+        tenant_id="tenant-1",
+        start_time=T0 + timedelta(minutes=1),
+        end_time=T0 + timedelta(minutes=3),
+    )
+    got = [rec for chunk in r.provenance.stream(window, None, 1000) for rec in chunk]
+    assert got and all(
+        rec.tenant_id == "tenant-1"
+        and T0 + timedelta(minutes=1) <= rec.created_at < T0 + timedelta(minutes=3)
+        for rec in got
+    )
+    assert len(got) == 2 * len([i for i in range(10) if i % 3 == 1])
+    # The caller's tenant scope: only those tenants, and none for an empty scope.
+    scoped = ProvenanceFilter(tenant_scope=("tenant-1", "tenant-2"))
+    seen = {rec.tenant_id for chunk in r.provenance.stream(scoped, None, 1000) for rec in chunk}
+    assert seen == {"tenant-1", "tenant-2"}
+    nothing = ProvenanceFilter(tenant_scope=())
+    assert [c for c in r.provenance.stream(nothing, None, 1000) if c] == []
 
 
-def test_drift_stats_match_numpy(engine):
+def test_drift_stats_match_numpy(tx):
     rng = random.Random(7)
-    uow = SqlAlchemyUnitOfWorkFactory(engine)
+    provenance = SqlProvenanceDriver(tx)
     batch = [
         provenance_input(
             i, variant_slug="v2", v1_cost=rng.uniform(0, 100), v2_cost=rng.uniform(0, 100)
@@ -149,13 +150,14 @@ def test_drift_stats_match_numpy(engine):
         provenance_input(201, variant_slug="v1"),
     ]
     prepared = prepare_batch(batch, max_batch=1000, now=T0)
-    with uow() as w:
-        w.provenance.insert_batch(prepared)
-        w.commit()
+    provenance.insert_batch(prepared)
     deltas = np.array([r.cost_delta for r in prepared[:101]])
-    with uow(read_only=True) as r:
-        stats = r.provenance.drift_stats(DriftStatsQuery(variant_slug="v2"))
-        empty = r.provenance.drift_stats(DriftStatsQuery(tenant_id="nobody"))
+    stats = provenance.drift_stats(DriftStatsQuery(variant_slug="v2"))
+    empty = provenance.drift_stats(DriftStatsQuery(tenant_id="nobody"))
+    scoped = provenance.drift_stats(DriftStatsQuery(variant_slug="v2", tenant_scope=("tenant-1",)))
+    in_scope = np.array([r.cost_delta for r in prepared[:101] if r.tenant_id == "tenant-1"])
+    assert scoped.total == len(in_scope) > 0
+    assert scoped.avg_delta == pytest.approx(in_scope.mean())
     assert stats.total == 101
     assert stats.avg_delta == pytest.approx(deltas.mean())
     assert stats.min_delta == pytest.approx(deltas.min())
@@ -166,27 +168,23 @@ def test_drift_stats_match_numpy(engine):
     assert empty.total == 0 and empty.p90_delta == 0.0
 
 
-def test_reports_add_get_stream_and_unique_run_id(engine):
-    uow = SqlAlchemyUnitOfWorkFactory(engine)
-    with uow() as w:
-        for i in range(12):
-            w.reports.add(canary_report(i))
-        w.commit()
-    with pytest.raises(AlreadyExists), uow() as w:
-        w.reports.add(canary_report(3))
-    with uow(read_only=True) as r:
-        got = r.reports.get_by_run_id("canary-00005")
-        assert got is not None and got.failure_reasons == canary_report(5).failure_reasons
-        assert got.timestamp == canary_report(5).timestamp
-        assert r.reports.get_by_run_id("nope") is None
-        fails = [
-            x for chunk in r.reports.stream(ReportFilter(status="fail"), None, 100) for x in chunk
-        ]
-        assert [x.run_id for x in fails] == ["canary-00009", "canary-00005", "canary-00001"]
-        not_passed = [
-            x for chunk in r.reports.stream(ReportFilter(passed=False), None, 100) for x in chunk
-        ]
-        assert {x.status for x in not_passed} == {"fail", "error"}
+def test_reports_add_get_stream_and_unique_run_id(tx):
+    r = SimpleNamespace(reports=SqlCanaryReportDriver(tx))
+    for i in range(12):
+        r.reports.add(canary_report(i))
+    # A savepoint: on PostgreSQL a failed statement would end the outer transaction.
+    with pytest.raises(AlreadyExists), tx.begin_nested():
+        r.reports.add(canary_report(3))
+    got = r.reports.get_by_run_id("canary-00005")
+    assert got is not None and got.failure_reasons == canary_report(5).failure_reasons
+    assert got.timestamp == canary_report(5).timestamp
+    assert r.reports.get_by_run_id("nope") is None
+    fails = [x for chunk in r.reports.stream(ReportFilter(status="fail"), None, 100) for x in chunk]
+    assert [x.run_id for x in fails] == ["canary-00009", "canary-00005", "canary-00001"]
+    not_passed = [
+        x for chunk in r.reports.stream(ReportFilter(passed=False), None, 100) for x in chunk
+    ]
+    assert {x.status for x in not_passed} == {"fail", "error"}
 
 
 @pytest.mark.parametrize("same_records", [True, False])
