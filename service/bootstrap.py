@@ -17,6 +17,7 @@ from costsim_analytics.drivers.partitions import PartitionKeeper
 from costsim_analytics.drivers.schema import check_schema
 from costsim_analytics.engines.canary import CanaryConfig, Progress
 from costsim_analytics.engines.golden import GoldenConfig
+from costsim_analytics.engines.judge import JUDGES
 from costsim_analytics.handlers.canary import CanaryRunHandler, ReconcileHandler
 from costsim_analytics.handlers.golden import (
     ActivateGoldenDatasetHandler,
@@ -124,6 +125,9 @@ def canary_config(settings: Settings) -> CanaryConfig:
         min_samples=settings.canary_min_samples,
         median_delta_tolerance=settings.canary_median_delta_tolerance,
         bootstrap_resamples=settings.canary_bootstrap_resamples,
+        judge=JUDGES[settings.canary_judge],
+        alpha=settings.canary_alpha,
+        permutations=settings.canary_permutations,
     )
 
 

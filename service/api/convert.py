@@ -32,6 +32,7 @@ STATUS_TO_PROTO = {
     "fail": pb.CANARY_STATUS_FAIL,
     "error": pb.CANARY_STATUS_ERROR,
     "skipped": pb.CANARY_STATUS_SKIPPED,
+    "inconclusive": pb.CANARY_STATUS_INCONCLUSIVE,
 }
 STATUS_FROM_PROTO = {value: key for key, value in STATUS_TO_PROTO.items()}
 

@@ -14,7 +14,38 @@ from costsim.analytics.v1 import analytics_pb2 as pb
 from costsim_analytics.api import convert, convert_golden
 from costsim_analytics.engines.canary import Sample
 from costsim_analytics.engines.canary_command import RunCanary, RunCanaryResult
-from costsim_analytics.engines.reports import CanaryReport, ReportStatistics
+from costsim_analytics.engines.reports import CanaryReport, Judgement, ReportStatistics
+
+
+def _judgement(j: Judgement | None) -> pb.CanaryJudgement | None:
+    if j is None:
+        return None
+    return pb.CanaryJudgement(
+        judge=j.judge,
+        kl_bin_method=j.kl_bin_method,
+        kl_bins=j.kl_bins,
+        kl_smoothing=j.kl_smoothing,
+        kl=j.kl,
+        js=j.js,
+        permutations=j.permutations,
+        permutation_seed=j.permutation_seed,
+        kl_p_value=j.kl_p_value,
+        alpha=j.alpha,
+        correction=j.correction,
+        rules=[
+            pb.RuleDecision(
+                rule=r.rule,
+                metric=r.metric,
+                observed=r.observed,
+                threshold=r.threshold,
+                decision=r.decision,
+                p_value=r.p_value,
+                level=r.level,
+                upper_bound=r.upper_bound,
+            )
+            for r in j.rules
+        ],
+    )
 
 
 def _statistics(s: ReportStatistics | None) -> pb.CanaryStatistics | None:
@@ -39,6 +70,7 @@ def _statistics(s: ReportStatistics | None) -> pb.CanaryStatistics | None:
         kl_epsilon=s.kl_epsilon,
         outlier_share=s.outlier_share,
         major_drift_share=s.major_drift_share,
+        judgement=_judgement(s.judgement),
     )
 
 
@@ -97,6 +129,7 @@ def run_canary(request: pb.RunCanaryRequest) -> RunCanary:
         seed=request.seed,
         request_id=request.request_id,
         golden_dataset=request.golden_dataset,
+        judge=request.judge,
     )
 
 

@@ -38,6 +38,7 @@ from costsim_analytics.cli.common import (
 )
 from costsim_analytics.drivers import partitions, schema
 from costsim_analytics.engines.errors import DatabaseUnavailable, SchemaOutOfDate
+from costsim_analytics.engines.reports import CANARY_STATUSES
 
 app = typer.Typer(help="costsim-analytics: provenance, drift and canary reports over gRPC.")
 provenance_app = typer.Typer(help="Write and query provenance records.")
@@ -253,7 +254,7 @@ def drift_stats(
 @app.command()
 def reports(
     target: Target = "",
-    status: Annotated[str, typer.Option(help="pass, fail, error or skipped")] = "",
+    status: Annotated[str, typer.Option(help="pass, fail, error, skipped or inconclusive")] = "",
     passed: Annotated[bool | None, typer.Option("--passed/--failed", show_default=False)] = None,
     start: Start = None,
     end: End = None,
@@ -262,8 +263,8 @@ def reports(
     as_json: AsJson = False,
 ) -> None:
     """Stream canary reports, newest first."""
-    if status and status not in ("pass", "fail", "error", "skipped"):
-        err.print("[red]--status[/red] must be pass, fail, error or skipped")
+    if status and status not in CANARY_STATUSES:
+        err.print("[red]--status[/red] must be pass, fail, error, skipped or inconclusive")
         raise typer.Exit(2)
     with AnalyticsClient(target or default_target()) as client:
         items = stream(

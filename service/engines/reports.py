@@ -13,7 +13,7 @@ from typing import Any
 
 from costsim_analytics.engines.errors import InvalidArgument
 
-CANARY_STATUSES = ("pass", "fail", "error", "skipped")
+CANARY_STATUSES = ("pass", "fail", "error", "skipped", "inconclusive")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +41,45 @@ class PairedTestSummary:
 
 
 @dataclass(frozen=True, slots=True)
+class RuleDecision:
+    """One verdict rule's evidence and decision (``pass``, ``fail`` or ``inconclusive``)."""
+
+    rule: str
+    metric: str
+    observed: float
+    threshold: float
+    decision: str
+    p_value: float | None = None
+    level: float | None = None
+    """The Holm-adjusted level the p-value was compared with (calibrated judge)."""
+    upper_bound: float | None = None
+    """One-sided upper confidence bound of a share (calibrated judge)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    """How the verdict was reached: the judge, its KL binning, each rule (docs/statistics.md)."""
+
+    judge: str
+    kl_bin_method: str
+    kl_bins: int
+    kl_smoothing: str
+    kl: float
+    """The KL divergence the verdict used (under this binning; the report's
+    ``kl_divergence`` keeps the predecessor's equal-width definition)."""
+    js: float
+    permutations: int
+    """Sign-flip permutations behind the KL p-value; 0 when the judge runs none."""
+    permutation_seed: int
+    kl_p_value: float | None
+    alpha: float
+    """The family-wise false-alarm budget the rules share (calibrated judge)."""
+    correction: str
+    """``"holm"`` or ``"none"``."""
+    rules: tuple[RuleDecision, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class ReportStatistics:
     """Statistics beyond the report's columns (see docs/statistics.md)."""
 
@@ -53,6 +92,7 @@ class ReportStatistics:
     kl_epsilon: float
     outlier_share: float
     major_drift_share: float
+    judgement: Judgement | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +249,12 @@ def _interval(data: dict[str, Any] | None) -> Interval | None:
     return None if data is None else Interval(**data)
 
 
+def _judgement(data: dict[str, Any] | None) -> Judgement | None:
+    if data is None:
+        return None
+    return Judgement(**{**data, "rules": tuple(RuleDecision(**r) for r in data["rules"])})
+
+
 def _reason(data: dict[str, Any]) -> FailureReason:
     return FailureReason(**{**data, "interval": _interval(data.get("interval"))})
 
@@ -256,6 +302,7 @@ def details_from_json(data: dict[str, Any] | None) -> dict[str, Any]:
                 "median_cost_diff_ci": _interval(stats["median_cost_diff_ci"]),
                 "p90_cost_diff_ci": _interval(stats["p90_cost_diff_ci"]),
                 "median_relative_delta_ci": _interval(stats["median_relative_delta_ci"]),
+                "judgement": _judgement(stats.get("judgement")),
             }
         )
     return {

@@ -19,6 +19,7 @@ from costsim_analytics.engines.canary import (
     sample_artifacts,
 )
 from costsim_analytics.engines.cost_models import BatchEstimates, load_cost_model
+from costsim_analytics.engines.judge import JUDGES
 
 NOW = datetime(2026, 11, 26, 6, 0, tzinfo=UTC)
 
@@ -113,14 +114,31 @@ def test_thresholds_are_overridable():
     assert run(samples(pairs), lenient).report.status == "pass"
 
 
+LEGACY = CanaryConfig(judge=JUDGES["legacy"])
+
+
 def test_feasibility_flip_alone_is_major_drift():
     # drift_score 0.4 is MISMATCH, which counts as major drift; 10 of 100 is not above 10 %.
     flips = [Sample(f"s{i}", {"a": 5, "b": 5, "b_feasible": i >= 10}) for i in range(100)]
+    assert (run(flips, LEGACY).report.major_drift_samples, run(flips, LEGACY).report.status) == (
+        10,
+        "pass",
+    )
+    # The calibrated judge cannot tell 10 of 100 from a share above 10 %: the one-sided 95 %
+    # upper bound is 16 %, so neither pass nor fail.
     r = run(flips).report
-    assert (r.major_drift_samples, r.status) == (10, "pass")
+    assert (r.major_drift_samples, r.status, r.passed) == (10, "inconclusive", False)
+    assert [x.code for x in r.reasons] == ["MAJOR_DRIFT_INCONCLUSIVE"]
     flips = [Sample(f"s{i}", {"a": 5, "b": 5, "b_feasible": i >= 11}) for i in range(100)]
+    assert (run(flips, LEGACY).report.major_drift_samples, run(flips, LEGACY).report.status) == (
+        11,
+        "fail",
+    )
+    # 11 of 100 is above the limit but not significantly above 5 % (p = 0.011 > 0.01 / 3).
+    assert run(flips).report.status == "inconclusive"
+    flips = [Sample(f"s{i}", {"a": 5, "b": 5, "b_feasible": i >= 14}) for i in range(100)]
     r = run(flips).report
-    assert (r.major_drift_samples, r.status) == (11, "fail")
+    assert (r.status, [x.code for x in r.reasons]) == ("fail", ["MAJOR_DRIFT_HIGH"])
 
 
 @pytest.mark.parametrize(
@@ -151,11 +169,18 @@ def test_fail_closed(sample_list, code):
 )
 def test_never_passes_when_it_cannot_judge(valid, invalid, min_samples):
     sample_list = samples([(7, 7)] * valid) + [Sample(f"x{i}", {}) for i in range(invalid)]
-    r = run(sample_list, CanaryConfig(min_samples=min_samples)).report
     total = valid + invalid
     cannot_judge = total == 0 or invalid / total > 0.5 or valid < min_samples
+    legacy = run(sample_list, CanaryConfig(min_samples=min_samples, judge=JUDGES["legacy"]))
+    assert (legacy.report.status == "error") == cannot_judge
+    assert legacy.report.passed == (not cannot_judge)
+    r = run(sample_list, CanaryConfig(min_samples=min_samples)).report
     assert (r.status == "error") == cannot_judge
-    assert r.passed == (not cannot_judge)
+    # Identical costs: the calibrated judge passes once the sample can show the outlier share
+    # is within 5 % (59 samples at 95 %), and is inconclusive below that, never a pass.
+    if not cannot_judge:
+        assert r.status == ("pass" if valid >= 59 else "inconclusive")
+    assert r.passed == (r.status == "pass")
     assert r.total_samples == valid and r.invalid_samples == invalid
 
 
