@@ -331,3 +331,30 @@ def test_instrumented_operations_count_rows_and_canary_outcomes_but_not_replays(
     assert "costsim_provenance_rows_written_total 3.0" in text
     assert 'costsim_canary_runs_total{status="fail"} 1.0' in text
     assert 'costsim_canary_runs_total{status="pass"} 0.0' in text
+
+
+def test_an_inconclusive_report_shows_its_badge_and_each_rules_decision():
+    from costsim_analytics.engines.canary import CanaryConfig, Sample, evaluate
+    from costsim_analytics.engines.cost_models import load_cost_model
+    from costsim_analytics.engines.synthetic import synthetic_samples
+
+    v1 = load_cost_model("v1")
+    report = evaluate(
+        [Sample(i, p) for i, p in synthetic_samples()[:40]],
+        v1,
+        v1,
+        CanaryConfig(),
+        run_id="canary-inconclusive",
+        timestamp=T0,
+        seed=0,
+        sample_source="explicit",
+    ).report
+    text = report_page(report)
+    assert '<span class="badge inconclusive">inconclusive</span>' in text
+    assert "OUTLIERS_INCONCLUSIVE" in text and "a pass needs at least 59 samples" in text
+    # Tied costs merge quantile edges: fewer than 10 bins, and the page says how many.
+    bins = report.statistics.judgement.kl_bins
+    assert f"quantile, {bins} bins, laplace smoothing" in text
+    assert "0.01 (holm)" in text and "1,000 sign flips" in text
+    listing = reports_page([report])
+    assert "1 inconclusive" in listing and "badge inconclusive" in listing
