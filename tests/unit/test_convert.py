@@ -81,7 +81,7 @@ def test_inconclusive_report_and_its_judgement_convert():
         1000,
         "holm",
     )
-    outliers = [r for r in j.rules if r.rule == "outliers"][0]
+    outliers = next(r for r in j.rules if r.rule == "outliers")
     assert outliers.decision == "inconclusive" and outliers.HasField("upper_bound")
     assert convert.STATUS_FROM_PROTO[msg.status] == "inconclusive"
     request = convert_canary.run_canary(pb.RunCanaryRequest(judge="legacy"))
