@@ -16,6 +16,7 @@ from costsim_analytics.drivers.database import EngineOptions, make_engine
 from costsim_analytics.drivers.locks import canary_lock
 from costsim_analytics.drivers.schema import check_schema
 from costsim_analytics.engines.canary.evaluation import CanaryConfig, Progress
+from costsim_analytics.engines.canary.judge import JUDGES
 from costsim_analytics.engines.golden.comparison import GoldenConfig
 from costsim_analytics.handlers.call import Call
 from costsim_analytics.handlers.canary import RUN_REPLAY, CanaryRunHandler, ReconcileHandler
@@ -154,6 +155,9 @@ def canary_config(settings: Settings) -> CanaryConfig:
         min_samples=settings.canary_min_samples,
         median_delta_tolerance=settings.canary_median_delta_tolerance,
         bootstrap_resamples=settings.canary_bootstrap_resamples,
+        judge=JUDGES[settings.canary_judge],
+        alpha=settings.canary_alpha,
+        permutations=settings.canary_permutations,
     )
 
 

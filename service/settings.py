@@ -11,6 +11,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from costsim_analytics.engines.canary.judge import JUDGES
+
 # Values of COSTSIM_HTTP_LISTEN that turn the HTTP side port off.
 HTTP_OFF = ("", "off", "none", "false", "no")
 
@@ -79,6 +81,24 @@ class Settings(BaseSettings):
         None, ge=0, description="Enables the significance rule (off when unset)"
     )
     canary_bootstrap_resamples: int = Field(2000, ge=100, le=100_000, description="Bootstrap")
+    canary_judge: str = Field(
+        "calibrated", description="Verdict rule: calibrated (default) or legacy (predecessor's)"
+    )
+    canary_alpha: float = Field(
+        0.01, gt=0, lt=1, description="False-alarm budget the calibrated judge's rules share"
+    )
+    canary_permutations: int = Field(
+        1000, ge=100, le=100_000, description="Sign-flip permutations of the KL test"
+    )
+
+    @field_validator("canary_judge")
+    @classmethod
+    def _canary_judge(cls, value: str) -> str:
+        """One of the judges ``engines/canary/judge.py`` defines."""
+        if value not in JUDGES:
+            raise ValueError(f"must be one of {sorted(JUDGES)}")
+        return value
+
     canary_lock_timeout_s: float = Field(2.0, ge=0, description="Wait for the run lock")
     canary_synthetic_fallback: bool = Field(
         True, description="Use the built-in samples when no recent provenance exists"

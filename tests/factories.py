@@ -77,7 +77,7 @@ def canary_report(i: int = 0, **overrides: Any) -> CanaryReport:
         "p90_cost_diff": 0.1,
         "kl_divergence": 0.05,
         "outlier_count": 1,
-        "passed": status in ("pass", "skipped"),
+        "passed": status == "pass",
         "failure_reasons": ("KL divergence 0.31 > 0.2",) if status == "fail" else (),
         "artifact_paths": (f"artifacts/canary-{i:05d}/report.json",),
     }

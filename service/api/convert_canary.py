@@ -17,6 +17,7 @@ from costsim_analytics.engines.canary.evaluation import Sample
 from costsim_analytics.engines.reports import (
     CanaryReport,
     GetReport,
+    Judgement,
     ReportFilter,
     ReportQuery,
     ReportStatistics,
@@ -27,6 +28,7 @@ STATUS_TO_PROTO = {
     "fail": pb.CANARY_STATUS_FAIL,
     "error": pb.CANARY_STATUS_ERROR,
     "skipped": pb.CANARY_STATUS_SKIPPED,
+    "inconclusive": pb.CANARY_STATUS_INCONCLUSIVE,
 }
 STATUS_FROM_PROTO = {value: key for key, value in STATUS_TO_PROTO.items()}
 
@@ -54,6 +56,37 @@ def report_query(request: pb.QueryCanaryReportsRequest) -> ReportQuery:
     )
 
 
+def _judgement(j: Judgement | None) -> pb.CanaryJudgement | None:
+    if j is None:
+        return None
+    return pb.CanaryJudgement(
+        judge=j.judge,
+        kl_bin_method=j.kl_bin_method,
+        kl_bins=j.kl_bins,
+        kl_smoothing=j.kl_smoothing,
+        kl=j.kl,
+        js=j.js,
+        permutations=j.permutations,
+        permutation_seed=j.permutation_seed,
+        kl_p_value=j.kl_p_value,
+        alpha=j.alpha,
+        correction=j.correction,
+        rules=[
+            pb.RuleDecision(
+                rule=r.rule,
+                metric=r.metric,
+                observed=r.observed,
+                threshold=r.threshold,
+                decision=r.decision,
+                p_value=r.p_value,
+                level=r.level,
+                upper_bound=r.upper_bound,
+            )
+            for r in j.rules
+        ],
+    )
+
+
 def _statistics(s: ReportStatistics | None) -> pb.CanaryStatistics | None:
     if s is None:
         return None
@@ -76,6 +109,7 @@ def _statistics(s: ReportStatistics | None) -> pb.CanaryStatistics | None:
         kl_epsilon=s.kl_epsilon,
         outlier_share=s.outlier_share,
         major_drift_share=s.major_drift_share,
+        judgement=_judgement(s.judgement),
     )
 
 
@@ -134,6 +168,7 @@ def run_canary(request: pb.RunCanaryRequest) -> RunCanary:
         seed=request.seed,
         request_id=request.request_id,
         golden_dataset=request.golden_dataset,
+        judge=request.judge,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -33,6 +34,12 @@ app = typer.Typer(help="Run canary comparisons and reconcile their artifacts.")
 
 EXIT_FAIL = 1
 EXIT_ERROR = 3
+# Another run held the lock: nothing was judged. Non-zero, so a scheduler sees it.
+EXIT_SKIPPED = 4
+# The evidence could not decide (docs/statistics.md, section 6): not a pass either.
+EXIT_INCONCLUSIVE = 5
+# With --wait: seconds between asks while the run lock is held elsewhere.
+RETRY_S = 5.0
 
 
 def _request(**fields: Any) -> JsonDict:
@@ -62,7 +69,13 @@ def _print(report: JsonDict, as_json: bool) -> None:
         print(json.dumps(report))
         return
     status = report.get("status", "").removeprefix("CANARY_STATUS_").lower()
-    colour = {"pass": "green", "fail": "red", "error": "red", "skipped": "yellow"}.get(status, "")
+    colour = {
+        "pass": "green",
+        "fail": "red",
+        "error": "red",
+        "skipped": "yellow",
+        "inconclusive": "yellow",
+    }.get(status, "")
     out.print(f"canary {report.get('run_id')}: [{colour}]{status}[/{colour}]")
     keys = (
         "total_samples",
@@ -85,6 +98,17 @@ def _print(report: JsonDict, as_json: bool) -> None:
     rows.append(
         ["paired test", f"{test.get('method')} p={test.get('p_value')} r={test.get('effect_size')}"]
     )
+    judgement = stats.get("judgement")
+    if judgement:
+        rows.append(
+            [
+                "judge",
+                f"{judgement.get('judge')} ({judgement.get('kl_bin_method')} bins, "
+                f"{judgement.get('permutations', 0)} permutations)",
+            ]
+        )
+        for rule in judgement.get("rules", []):
+            rows.append([f"rule {rule.get('rule')}", rule.get("decision")])
     table("metrics", ["metric", "value"], rows)
     golden = report.get("golden_comparison")
     if golden:
@@ -102,12 +126,21 @@ def _print(report: JsonDict, as_json: bool) -> None:
 
 
 def _exit_code(report: JsonDict) -> int:
+    """0 pass, 1 fail, 3 error (or no status), 4 skipped, 5 inconclusive."""
     status = report.get("status", "")
+    if status.endswith("PASS"):
+        return 0
     if status.endswith("FAIL"):
         return EXIT_FAIL
-    if status.endswith("ERROR") or not status:
-        return EXIT_ERROR
-    return 0
+    if status.endswith("SKIPPED"):
+        return EXIT_SKIPPED
+    if status.endswith("INCONCLUSIVE"):
+        return EXIT_INCONCLUSIVE
+    return EXIT_ERROR
+
+
+def _skipped(report: JsonDict) -> bool:
+    return str(report.get("status", "")).endswith("SKIPPED")
 
 
 @app.command("run")
@@ -134,9 +167,19 @@ def run(
     golden_dataset: Annotated[
         str, typer.Option(help="Judge against this golden dataset (default: configured).")
     ] = "",
+    judge: Annotated[
+        str, typer.Option(help="Verdict rule: calibrated or legacy (default: configured).")
+    ] = "",
+    wait: Annotated[
+        float,
+        typer.Option(
+            help="While another run holds the lock, ask again for up to this many seconds "
+            "(0: answer skipped at once)."
+        ),
+    ] = 0.0,
     as_json: AsJson = False,
 ) -> None:
-    """Run a canary; exit 1 when it fails, 3 when it errors, 0 when it passes or skips."""
+    """Run a canary; exit 0 pass, 1 fail, 3 error, 4 skipped, 5 inconclusive."""
     request = _request(
         sample_count=sample_count,
         lookback_days=lookback_days,
@@ -151,14 +194,22 @@ def run(
         min_samples=min_samples,
         median_delta_tolerance=median_delta_tolerance,
         golden_dataset=golden_dataset,
+        judge=judge,
         samples=_load_samples(samples) if samples else None,
     )
-    if not local:
-        with AnalyticsClient(target or default_target()) as client:
-            response = rpc(lambda: client.run_canary(request))
-        report = response.get("report", {})
-    else:
-        report = _run_local(request, database_url, artifacts_dir)
+    deadline = time.monotonic() + max(0.0, wait)
+    while True:
+        if not local:
+            with AnalyticsClient(target or default_target()) as client:
+                response = rpc(lambda: client.run_canary(request))
+            report = response.get("report", {})
+        else:
+            report = _run_local(request, database_url, artifacts_dir)
+        remaining = deadline - time.monotonic()
+        if not _skipped(report) or remaining <= 0:
+            break
+        err.print(f"run lock held elsewhere; asking again ({remaining:.0f} s left)")
+        time.sleep(min(RETRY_S, remaining))
     _print(report, as_json)
     raise typer.Exit(_exit_code(report))
 

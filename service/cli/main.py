@@ -43,6 +43,7 @@ from costsim_analytics.cli.common import (
 )
 from costsim_analytics.drivers import schema
 from costsim_analytics.engines.errors import DatabaseUnavailable, SchemaOutOfDate
+from costsim_analytics.engines.reports import CANARY_STATUSES
 from costsim_analytics.handlers.call import Call
 from costsim_analytics.handlers.registry import OP_PARTITION_UPKEEP
 
@@ -278,7 +279,7 @@ def drift_stats(
 @app.command()
 def reports(
     target: Target = "",
-    status: Annotated[str, typer.Option(help="pass, fail, error or skipped")] = "",
+    status: Annotated[str, typer.Option(help="pass, fail, error, skipped or inconclusive")] = "",
     passed: Annotated[bool | None, typer.Option("--passed/--failed", show_default=False)] = None,
     start: Start = None,
     end: End = None,
@@ -287,8 +288,8 @@ def reports(
     as_json: AsJson = False,
 ) -> None:
     """Stream canary reports, newest first."""
-    if status and status not in ("pass", "fail", "error", "skipped"):
-        err.print("[red]--status[/red] must be pass, fail, error or skipped")
+    if status and status not in CANARY_STATUSES:
+        err.print("[red]--status[/red] must be pass, fail, error, skipped or inconclusive")
         raise typer.Exit(2)
     with AnalyticsClient(target or default_target()) as client:
         items = stream(

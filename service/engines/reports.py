@@ -25,7 +25,7 @@ from costsim_analytics.engines.golden.results import (
     golden_to_json,
 )
 
-CANARY_STATUSES = ("pass", "fail", "error", "skipped")
+CANARY_STATUSES = ("pass", "fail", "error", "skipped", "inconclusive")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +42,45 @@ class PairedTestSummary:
 
 
 @dataclass(frozen=True, slots=True)
+class RuleDecision:
+    """One verdict rule's evidence and decision (``pass``, ``fail`` or ``inconclusive``)."""
+
+    rule: str
+    metric: str
+    observed: float
+    threshold: float
+    decision: str
+    p_value: float | None = None
+    level: float | None = None
+    """The Holm-adjusted level the p-value was compared with (calibrated judge)."""
+    upper_bound: float | None = None
+    """One-sided upper confidence bound of a share (calibrated judge)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    """How the verdict was reached: the judge, its KL binning, each rule (docs/statistics.md)."""
+
+    judge: str
+    kl_bin_method: str
+    kl_bins: int
+    kl_smoothing: str
+    kl: float
+    """The KL divergence the verdict used (under this binning; the report's
+    ``kl_divergence`` keeps the predecessor's equal-width definition)."""
+    js: float
+    permutations: int
+    """Sign-flip permutations behind the KL p-value; 0 when the judge runs none."""
+    permutation_seed: int
+    kl_p_value: float | None
+    alpha: float
+    """The family-wise false-alarm budget the rules share (calibrated judge)."""
+    correction: str
+    """``"holm"`` or ``"none"``."""
+    rules: tuple[RuleDecision, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class ReportStatistics:
     """Statistics beyond the report's columns (see docs/statistics.md)."""
 
@@ -54,6 +93,7 @@ class ReportStatistics:
     kl_epsilon: float
     outlier_share: float
     major_drift_share: float
+    judgement: Judgement | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +145,12 @@ def details_to_json(report: CanaryReport) -> dict[str, Any]:
     return {name: plain(getattr(report, name)) for name in DETAIL_FIELDS}
 
 
+def _judgement(data: dict[str, Any] | None) -> Judgement | None:
+    if data is None:
+        return None
+    return Judgement(**{**data, "rules": tuple(RuleDecision(**r) for r in data["rules"])})
+
+
 def details_from_json(data: dict[str, Any] | None) -> dict[str, Any]:
     """Keyword arguments for :class:`CanaryReport` from :func:`details_to_json` output."""
     if not data:
@@ -119,6 +165,7 @@ def details_from_json(data: dict[str, Any] | None) -> dict[str, Any]:
                 "median_cost_diff_ci": interval_from_json(stats["median_cost_diff_ci"]),
                 "p90_cost_diff_ci": interval_from_json(stats["p90_cost_diff_ci"]),
                 "median_relative_delta_ci": interval_from_json(stats["median_relative_delta_ci"]),
+                "judgement": _judgement(stats.get("judgement")),
             }
         )
     return {

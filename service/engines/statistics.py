@@ -38,10 +38,12 @@ from costsim_analytics.engines.resampling import (
     bootstrap_replicates,
     order_statistic_replicates,
 )
+from costsim_analytics.engines.signed_rank import exact_p_value
 
 __all__ = [
     "BOOTSTRAP_STATISTICS",
     "CHUNK_ELEMENTS",
+    "EXACT_TIES_METHOD",
     "MAJOR_DRIFT",
     "MATCH",
     "MAX_BINS",
@@ -80,8 +82,10 @@ VERDICT_EDGES = (0.05, 0.15, 0.30)
 MAX_BINS = 100
 # Paired test: below this many non-zero differences the sign test replaces Wilcoxon.
 MIN_WILCOXON_PAIRS = 10
-# Wilcoxon's exact null distribution is used up to this many non-zero differences (no ties).
+# Wilcoxon's exact null distribution is used up to this many non-zero differences; with tied
+# magnitudes the exact conditional one given the average ranks (``EXACT_TIES_METHOD``).
 MAX_EXACT_PAIRS = 50
+EXACT_TIES_METHOD = "exact (ties)"
 
 # --- Per-sample drift --------------------------------------------------------------------------
 
@@ -307,7 +311,8 @@ class PairedTest:
     n_positive: int = 0
     n_negative: int = 0
     p_value_method: str = ""
-    """``"exact"``, ``"asymptotic"`` (Wilcoxon), ``"binomial exact"`` (sign) or ``""``."""
+    """``"exact"``, ``"exact (ties)"``, ``"asymptotic"`` (Wilcoxon), ``"binomial exact"``
+    (sign) or ``""``."""
 
 
 def _sign_test(n: int, n_pos: int, n_neg: int, median: float) -> PairedTest:
@@ -327,7 +332,9 @@ def paired_test(baseline: npt.ArrayLike, candidate: npt.ArrayLike) -> PairedTest
     drops them too). With fewer than ``MIN_WILCOXON_PAIRS`` non-zero differences, or when
     scipy raises or returns no p-value, the exact binomial sign test answers instead. The
     Wilcoxon p-value is exact up to ``MAX_EXACT_PAIRS`` differences without tied magnitudes,
-    otherwise the normal approximation with tie correction and continuity correction.
+    with tied magnitudes up to ``MAX_EXACT_PAIRS`` the exact conditional distribution given the
+    average ranks (``EXACT_TIES_METHOD``); above it the normal approximation with tie
+    correction and continuity correction.
 
     Example:
         >>> paired_test([0.0] * 10, [1.5, -0.5, 2, 3, 4, -2.5, 5, 6, 7, 8]).p_value
@@ -356,6 +363,21 @@ def paired_test(baseline: npt.ArrayLike, candidate: npt.ArrayLike) -> PairedTest
     r_minus = float(ranks.sum()) - r_plus
     tied = np.unique(magnitude).size < magnitude.size
     exact = nonzero.size <= MAX_EXACT_PAIRS and not tied
+    if nonzero.size <= MAX_EXACT_PAIRS and tied:
+        # scipy's exact table assumes untied ranks; the exact conditional distribution
+        # given these average ranks (engines/signed_rank.py) replaces the normal approximation.
+        return PairedTest(
+            "wilcoxon",
+            n,
+            int(nonzero.size),
+            min(r_plus, r_minus),
+            exact_p_value(ranks, r_plus),
+            (r_plus - r_minus) / (r_plus + r_minus),
+            median,
+            n_pos,
+            n_neg,
+            EXACT_TIES_METHOD,
+        )
     try:
         result = stats.wilcoxon(
             nonzero,

@@ -157,7 +157,8 @@ def test_loser_of_the_run_lock_skips_without_work(engine, tmp_path):
     finally:
         lock.release()
     r = result.report
-    assert (r.status, r.passed, r.total_samples) == ("skipped", True, 0)
+    # Nothing was judged, so nothing passed: a held lock must not make the canary look green.
+    assert (r.status, r.passed, r.total_samples) == ("skipped", False, 0)
     assert r.reasons[0].code == "RUN_IN_PROGRESS" and "in progress" in r.failure_reasons[0]
     assert stored_reports(engine) == []
     assert [p for p in tmp_path.iterdir() if p.is_dir()] == []  # no artifacts either

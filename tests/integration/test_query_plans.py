@@ -28,7 +28,7 @@ INSERT INTO costsim_canary_reports (run_id, timestamp, status, total_samples, ma
   minor_drift_samples, major_drift_samples, outlier_count, passed, failure_reasons_json,
   artifact_paths_json, created_at, baseline_model, candidate_model)
 SELECT 'r-' || g, now() - g * interval '10 minutes', s.status, 100, 80, 12, 8, 0,
-  s.status IN ('pass', 'skipped'), '[]', '[]', now(), 'v1', 'v2'
+  s.status = 'pass', '[]', '[]', now(), 'v1', 'v2'
 FROM generate_series(1, %(reports)s) g,
   LATERAL (SELECT (ARRAY['pass','pass','pass','pass','pass','pass','pass','pass','fail',
                          'error'])[abs(hashtext(g::text)) %% 10 + 1] AS status) s

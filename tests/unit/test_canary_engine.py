@@ -1,6 +1,7 @@
 """The canary engine with stand-in models whose costs are read from the plan input."""
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -18,6 +19,7 @@ from costsim_analytics.engines.canary.evaluation import (
     report_artifact,
     sample_artifacts,
 )
+from costsim_analytics.engines.canary.judge import JUDGES
 from costsim_analytics.engines.cost_models import BatchEstimates, load_cost_model
 
 NOW = datetime(2026, 11, 26, 6, 0, tzinfo=UTC)
@@ -113,14 +115,31 @@ def test_thresholds_are_overridable():
     assert run(samples(pairs), lenient).report.status == "pass"
 
 
+LEGACY = CanaryConfig(judge=JUDGES["legacy"])
+
+
 def test_feasibility_flip_alone_is_major_drift():
     # drift_score 0.4 is MISMATCH, which counts as major drift; 10 of 100 is not above 10 %.
     flips = [Sample(f"s{i}", {"a": 5, "b": 5, "b_feasible": i >= 10}) for i in range(100)]
+    assert (run(flips, LEGACY).report.major_drift_samples, run(flips, LEGACY).report.status) == (
+        10,
+        "pass",
+    )
+    # The calibrated judge cannot tell 10 of 100 from a share above 10 %: the one-sided 95 %
+    # upper bound is 16 %, so neither pass nor fail.
     r = run(flips).report
-    assert (r.major_drift_samples, r.status) == (10, "pass")
+    assert (r.major_drift_samples, r.status, r.passed) == (10, "inconclusive", False)
+    assert [x.code for x in r.reasons] == ["MAJOR_DRIFT_INCONCLUSIVE"]
     flips = [Sample(f"s{i}", {"a": 5, "b": 5, "b_feasible": i >= 11}) for i in range(100)]
+    assert (run(flips, LEGACY).report.major_drift_samples, run(flips, LEGACY).report.status) == (
+        11,
+        "fail",
+    )
+    # 11 of 100 is above the limit but not significantly above 5 % (p = 0.011 > 0.01 / 3).
+    assert run(flips).report.status == "inconclusive"
+    flips = [Sample(f"s{i}", {"a": 5, "b": 5, "b_feasible": i >= 14}) for i in range(100)]
     r = run(flips).report
-    assert (r.major_drift_samples, r.status) == (11, "fail")
+    assert (r.status, [x.code for x in r.reasons]) == ("fail", ["MAJOR_DRIFT_HIGH"])
 
 
 @pytest.mark.parametrize(
@@ -151,11 +170,18 @@ def test_fail_closed(sample_list, code):
 )
 def test_never_passes_when_it_cannot_judge(valid, invalid, min_samples):
     sample_list = samples([(7, 7)] * valid) + [Sample(f"x{i}", {}) for i in range(invalid)]
-    r = run(sample_list, CanaryConfig(min_samples=min_samples)).report
     total = valid + invalid
     cannot_judge = total == 0 or invalid / total > 0.5 or valid < min_samples
+    legacy = run(sample_list, CanaryConfig(min_samples=min_samples, judge=JUDGES["legacy"]))
+    assert (legacy.report.status == "error") == cannot_judge
+    assert legacy.report.passed == (not cannot_judge)
+    r = run(sample_list, CanaryConfig(min_samples=min_samples)).report
     assert (r.status == "error") == cannot_judge
-    assert r.passed == (not cannot_judge)
+    # Identical costs: the calibrated judge passes once the sample can show the outlier share
+    # is within 5 % (59 samples at 95 %), and is inconclusive below that, never a pass.
+    if not cannot_judge:
+        assert r.status == ("pass" if valid >= 59 else "inconclusive")
+    assert r.passed == (r.status == "pass")
     assert r.total_samples == valid and r.invalid_samples == invalid
 
 
@@ -228,3 +254,106 @@ def test_real_models_on_the_synthetic_set_are_judged():
     assert r.total_samples == 120 and r.invalid_samples == 0
     assert r.status in ("pass", "fail")
     assert r.matching_samples + r.minor_drift_samples + r.major_drift_samples == 120
+
+
+# --- judges ------------------------------------------------------------------------------------
+
+
+def test_a_skipped_run_is_not_passed():
+    from costsim_analytics.engines.canary.evaluation import skipped
+
+    r = skipped("canary-x", NOW, "v1", "v2")
+    assert (r.status, r.passed, r.reasons[0].code) == ("skipped", False, "RUN_IN_PROGRESS")
+
+
+def test_report_records_the_judge_binning_and_permutations():
+    pairs = [(c, c + (c % 3 == 0)) for c in range(10, 210)]
+    ev = run(samples(pairs))
+    j = ev.report.statistics.judgement
+    assert (j.judge, j.kl_bin_method, j.kl_smoothing, j.correction) == (
+        "calibrated",
+        "quantile",
+        "laplace",
+        "holm",
+    )
+    assert (j.permutations, j.permutation_seed, j.alpha) == (1000, 3, 0.01)
+    assert [r.rule for r in j.rules] == ["kl_divergence", "outliers", "major_drift"]
+    assert all(r.p_value is not None and r.level is not None for r in j.rules)
+    # The report column keeps the predecessor's equal-width KL; the judged one is beside it.
+    from costsim_analytics.engines import statistics as stats
+
+    assert (
+        ev.report.kl_divergence == stats.divergence([a for a, _ in pairs], [b for _, b in pairs]).kl
+    )
+    artifact = json.loads(report_artifact(ev, ev.report, {}))
+    assert artifact["config"]["judge"] == "calibrated"
+    assert artifact["config"]["permutations"] == 1000
+    assert artifact["judge_binning"]["method"] == "quantile"
+    assert sum(artifact["judge_binning"]["baseline_counts"]) == 200
+    assert artifact["statistics"]["judgement"]["rules"][0]["rule"] == "kl_divergence"
+
+
+def test_judgement_round_trips_through_the_stored_json():
+    from costsim_analytics.engines.reports import report_from_json, report_to_json
+
+    report = run(samples([(c, c) for c in range(1, 101)])).report
+    back = report_from_json(json.loads(json.dumps(report_to_json(report))))
+    assert back.statistics == report.statistics and back.status == "pass"
+
+
+def test_legacy_judge_reproduces_the_predecessor_verdict():
+    pairs = [(10, 10)] * 80 + [(10, 30)] * 20
+    legacy = run(samples(pairs), LEGACY).report
+    calibrated = run(samples(pairs)).report
+    assert legacy.status == calibrated.status == "fail"
+    assert legacy.statistics.judgement.judge == "legacy"
+    assert legacy.statistics.judgement.permutations == 0
+    assert all(r.p_value is None for r in legacy.statistics.judgement.rules)
+    assert legacy.kl_divergence == calibrated.kl_divergence
+
+
+def test_kl_above_threshold_but_not_significant_is_inconclusive():
+    # Three of 30 pairs move up a bin: KL is above a strict threshold, but one swap pattern
+    # in eight (all three up) gives as much, so the sign-flip null cannot call it real.
+    pairs = [(float(c), float(c)) for c in range(100, 190, 3)]
+    for i in (4, 12, 20):
+        pairs[i] = (pairs[i][0], pairs[i][0] * 1.3)
+    config = CanaryConfig(drift_threshold=0.01, outlier_max_pct=1.0, major_drift_max_pct=1.0)
+    r = run(samples(pairs), config).report
+    kl = r.statistics.judgement.rules[0]
+    assert kl.observed > 0.01 and kl.p_value > kl.level
+    assert (r.status, r.reasons[0].code) == ("inconclusive", "KL_DIVERGENCE_INCONCLUSIVE")
+    assert run(samples(pairs), replace(config, judge=JUDGES["legacy"])).report.status == "fail"
+
+
+def test_median_delta_rule_shares_the_false_alarm_budget():
+    pairs = [(100.0, 100.0 + (i % 7)) for i in range(200)]
+    config = CanaryConfig(median_delta_tolerance=0.01)
+    r = run(samples(pairs), config).report
+    rules = {x.rule: x for x in r.statistics.judgement.rules}
+    assert set(rules) == {"kl_divergence", "outliers", "major_drift", "median_delta"}
+    assert rules["median_delta"].decision == "fail" and rules["median_delta"].p_value <= 0.0025
+    assert "MEDIAN_DELTA_SIGNIFICANT" in [x.code for x in r.reasons]
+
+
+def test_a_failed_golden_comparison_fails_an_inconclusive_report():
+    from costsim_analytics.engines.findings import FailureReason
+    from costsim_analytics.engines.golden.comparison import judge_report
+
+    report = run(samples([(7, 7)] * 40)).report
+    assert report.status == "inconclusive"
+
+    class Comparison:
+        reasons = (FailureReason("GOLDEN_COMPARISON_FAILED", "m", 0.5, 0.9, "<", "golden"),)
+
+    judged = judge_report(report, Comparison())  # type: ignore[arg-type]  # only .reasons is read
+    assert (judged.status, judged.passed) == ("fail", False)
+
+
+def test_an_unknown_judge_is_refused():
+    from costsim_analytics.engines.canary.command import RunCanary, resolve_config, validate
+    from costsim_analytics.engines.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument, match="judge"):
+        validate(RunCanary(judge="strict"))
+    assert resolve_config(RunCanary(judge="legacy"), CanaryConfig()).judge == JUDGES["legacy"]

@@ -53,3 +53,37 @@ def test_report_status_and_unknown_enum():
     unknown = pb.QueryCanaryReportsRequest(status=17)  # type: ignore[arg-type]  # no such enum
     query = convert_canary.report_query(unknown)
     assert query.filter.status.startswith("<unknown")
+
+
+def test_inconclusive_report_and_its_judgement_convert():
+    from costsim_analytics.engines.canary.evaluation import CanaryConfig, Sample, evaluate
+    from costsim_analytics.engines.canary.synthetic import synthetic_samples
+    from costsim_analytics.engines.cost_models import load_cost_model
+
+    samples = [Sample(i, p) for i, p in synthetic_samples()[:40]]
+    v1 = load_cost_model("v1")
+    report = evaluate(
+        samples,
+        v1,
+        v1,
+        CanaryConfig(),
+        run_id="r",
+        timestamp=datetime(2026, 1, 1, tzinfo=UTC),
+        seed=0,
+        sample_source="explicit",
+    ).report
+    assert report.status == "inconclusive"  # 40 samples cannot show outliers <= 5 %
+    msg = convert_canary.canary_report(report)
+    assert msg.status == pb.CANARY_STATUS_INCONCLUSIVE and not msg.passed
+    j = msg.statistics.judgement
+    assert (j.judge, j.kl_bin_method, j.permutations, j.correction) == (
+        "calibrated",
+        "quantile",
+        1000,
+        "holm",
+    )
+    outliers = next(r for r in j.rules if r.rule == "outliers")
+    assert outliers.decision == "inconclusive" and outliers.HasField("upper_bound")
+    assert convert_canary.STATUS_FROM_PROTO[msg.status] == "inconclusive"
+    request = convert_canary.run_canary(pb.RunCanaryRequest(judge="legacy"))
+    assert request.judge == "legacy"

@@ -38,7 +38,13 @@ from costsim_analytics.engines.golden.results import (
     GoldenSummary,
 )
 from costsim_analytics.engines.provenance import WriteBatch, WriteBatchResult
-from costsim_analytics.engines.reports import ArtifactRef, CanaryReport, GetReport, ReportQuery
+from costsim_analytics.engines.reports import (
+    CANARY_STATUSES,
+    ArtifactRef,
+    CanaryReport,
+    GetReport,
+    ReportQuery,
+)
 from costsim_analytics.handlers.call import Call
 from costsim_analytics.handlers.registry import (
     OP_CANARY_REPORT,
@@ -376,5 +382,33 @@ def test_metrics_middleware_counts_rows_and_canary_outcomes_but_not_replays():
     assert "costsim_provenance_rows_written_total 3.0" in text
     status = canary_report(1).status
     assert f'costsim_canary_runs_total{{status="{status}"}} 1.0' in text
-    others = [s for s in ("pass", "fail", "error", "skipped") if s != status]
+    others = [s for s in CANARY_STATUSES if s != status]
     assert all(f'costsim_canary_runs_total{{status="{s}"}} 0.0' in text for s in others)
+
+
+def test_an_inconclusive_report_shows_its_badge_and_each_rules_decision():
+    from costsim_analytics.engines.canary.evaluation import CanaryConfig, Sample, evaluate
+    from costsim_analytics.engines.canary.synthetic import synthetic_samples
+    from costsim_analytics.engines.cost_models import load_cost_model
+
+    v1 = load_cost_model("v1")
+    report = evaluate(
+        [Sample(i, p) for i, p in synthetic_samples()[:40]],
+        v1,
+        v1,
+        CanaryConfig(),
+        run_id="canary-inconclusive",
+        timestamp=T0,
+        seed=0,
+        sample_source="explicit",
+    ).report
+    text = report_page(report)
+    assert '<span class="badge inconclusive">inconclusive</span>' in text
+    assert "OUTLIERS_INCONCLUSIVE" in text and "a pass needs at least 59 samples" in text
+    # Tied costs merge quantile edges: fewer than 10 bins, and the page says how many.
+    assert report.statistics is not None and report.statistics.judgement is not None
+    bins = report.statistics.judgement.kl_bins
+    assert f"quantile, {bins} bins, laplace smoothing" in text
+    assert "0.01 (holm)" in text and "1,000 sign flips" in text
+    listing = reports_page([report])
+    assert "1 inconclusive" in listing and "badge inconclusive" in listing

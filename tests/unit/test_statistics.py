@@ -311,17 +311,34 @@ def test_wilcoxon_drops_zero_differences():
     assert result.p_value == pytest.approx(20 / 1024)
 
 
-def test_wilcoxon_with_ties_uses_the_corrected_normal_approximation():
+def test_wilcoxon_with_ties_and_small_n_is_exact_given_the_ties():
     diffs = [1.0, 1.0, 2.0, 2.0, 2.0, -3.0, 4.0, 5.0, 6.0, -7.0, 8.0, 9.0]
     # Average ranks: 1.5, 1.5, 4, 4, 4, 6, ..., 12; R- = 6 + 10 = 16, R+ = 78 - 16 = 62.
-    # Mean 12*13/4 = 39; variance 12*13*25/24 - ((2^3 - 2) + (3^3 - 3))/48 = 161.875.
-    z = (62 - 39 - 0.5) / math.sqrt(161.875)
+    ranks = np.array([1.5, 1.5, 4, 4, 4, 6, 7, 8, 9, 10, 11, 12])
+    signs = np.array(list(itertools.product([0, 1], repeat=12)), dtype=float)
+    null = signs @ ranks  # R+ under each of the 4,096 sign patterns, ties kept
+    exact = 2 * min(np.mean(null <= 62), np.mean(null >= 62))
     result = paired_test([0.0] * 12, diffs)
-    assert result.method == "wilcoxon"
-    assert result.p_value_method == "asymptotic"
+    assert (result.method, result.p_value_method) == ("wilcoxon", "exact (ties)")
     assert result.statistic == 16.0
-    assert result.p_value == pytest.approx(math.erfc(z / math.sqrt(2)), rel=1e-9)
+    assert result.p_value == pytest.approx(exact, rel=1e-12)
     assert result.effect_size == pytest.approx(46 / 78)
+    # The normal approximation it replaces (mean 39, variance 161.875) says 0.0770, not 0.0728.
+    z = (62 - 39 - 0.5) / math.sqrt(161.875)
+    assert not math.isclose(math.erfc(z / math.sqrt(2)), exact, rel_tol=0.05)
+
+
+def test_wilcoxon_with_ties_above_fifty_uses_the_corrected_normal_approximation():
+    diffs = np.array([1.0, 1.0, 2.0, 2.0, 2.0, -3.0, 4.0, 5.0, 6.0, -7.0, 8.0, 9.0] * 5)
+    ranks = scipy_stats.rankdata(np.abs(diffs))
+    r_plus = ranks[diffs > 0].sum()
+    n = diffs.size
+    _, ties = np.unique(np.abs(diffs), return_counts=True)
+    variance = n * (n + 1) * (2 * n + 1) / 24 - ((ties**3 - ties).sum()) / 48
+    z = (r_plus - n * (n + 1) / 4 - 0.5) / math.sqrt(variance)
+    result = paired_test([0.0] * n, diffs)
+    assert result.p_value_method == "asymptotic"
+    assert result.p_value == pytest.approx(math.erfc(z / math.sqrt(2)), rel=1e-9)
 
 
 def test_sign_test_below_ten_nonzero_differences():

@@ -23,6 +23,8 @@ from html import escape
 from typing import Any
 from urllib.parse import quote
 
+from costsim_analytics.engines.reports import CANARY_STATUSES
+
 
 class Markup(str):
     """A string of trusted HTML (made by the helpers in this module)."""
@@ -83,7 +85,7 @@ def when(value: datetime | None) -> str:
 
 def status_badge(status: str) -> Markup:
     """A coloured status label (colour is never the only cue: the word is there too)."""
-    known = status if status in ("pass", "fail", "error", "skipped") else "unknown"
+    known = status if status in CANARY_STATUSES else "unknown"
     return html('<span class="badge {}">{}</span>', known, status or "-")
 
 
@@ -103,7 +105,8 @@ def definitions(items: Iterable[tuple[str, Any]]) -> Markup:
 
 STYLE = """
 :root { --fg:#1b1f24; --muted:#57606a; --line:#d0d7de; --bg:#ffffff; --panel:#f6f8fa;
-  --pass:#1a7f37; --fail:#cf222e; --error:#9a6700; --skipped:#57606a; }
+  --pass:#1a7f37; --fail:#cf222e; --error:#9a6700; --skipped:#57606a;
+  --inconclusive:#8250df; }
 * { box-sizing:border-box; }
 body { margin:0; font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;
   color:var(--fg); background:var(--bg); }
@@ -129,6 +132,7 @@ dt { color:var(--muted); } dd { margin:0; }
   font-size:12px; }
 .badge.pass { background:var(--pass); } .badge.fail { background:var(--fail); }
 .badge.error { background:var(--error); }
+.badge.inconclusive { background:var(--inconclusive); }
 .badge.skipped, .badge.unknown { background:var(--skipped); }
 .reasons { margin:0; padding-left:18px; } .muted { color:var(--muted); }
 .charts { display:grid; grid-template-columns:repeat(auto-fit, minmax(520px, 1fr)); gap:16px; }

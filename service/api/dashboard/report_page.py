@@ -23,7 +23,7 @@ from costsim_analytics.engines.golden.results import (
     GoldenComparison,
     GoldenSummary,
 )
-from costsim_analytics.engines.reports import CanaryReport, ReportStatistics
+from costsim_analytics.engines.reports import CanaryReport, Judgement, ReportStatistics
 
 NONE = Markup('<span class="muted">-</span>')
 
@@ -97,6 +97,51 @@ def _statistics(stats: ReportStatistics | None) -> Markup:
         ),
     )
     return html("{}{}", overview, intervals)
+
+
+def _optional(value: float | None) -> object:
+    return NONE if value is None else num(value)
+
+
+def judgement_section(j: Judgement | None) -> Markup:
+    """The judge behind the verdict and each rule's decision (pass, fail, inconclusive)."""
+    if j is None:
+        return html('<p class="muted">No judgement recorded (a report from before judges).</p>')
+    overview = definitions(
+        [
+            ("Judge", j.judge),
+            ("KL binning", f"{j.kl_bin_method}, {j.kl_bins} bins, {j.kl_smoothing} smoothing"),
+            ("KL / JS under it", f"{num(j.kl)} / {num(j.js)}"),
+            (
+                "KL permutation test",
+                "none"
+                if not j.permutations
+                else f"p {num(j.kl_p_value)} over {num(j.permutations)} sign flips "
+                f"(seed {j.permutation_seed})",
+            ),
+            (
+                "False-alarm budget",
+                "-" if j.correction == "none" else f"{j.alpha} ({j.correction})",
+            ),
+        ]
+    )
+    rules = table(
+        ("Rule", "Observed", "Threshold", "p-value", "Level", "Upper bound", "Decision"),
+        (
+            (
+                html('<span class="code">{}</span>', r.rule),
+                num(r.observed),
+                num(r.threshold),
+                _optional(r.p_value),
+                _optional(r.level),
+                _optional(r.upper_bound),
+                status_badge(r.decision),
+            )
+            for r in j.rules
+        ),
+        cls="rules",
+    )
+    return html("{}{}", overview, rules)
 
 
 def _artifacts(report: CanaryReport) -> Markup:
@@ -279,12 +324,13 @@ def report_page(report: CanaryReport) -> str:
     )
     body = html(
         '<h1>Canary report <span class="mono">{}</span></h1>{}'
-        "<h2>Metrics</h2>{}<h2>Failure reasons</h2>{}<h2>Statistics</h2>{}"
+        "<h2>Metrics</h2>{}<h2>Failure reasons</h2>{}<h2>Verdict</h2>{}<h2>Statistics</h2>{}"
         "<h2>Golden comparison</h2>{}<h2>Artifacts</h2>{}",
         r.run_id,
         overview,
         metrics,
         _reasons_section(r),
+        judgement_section(r.statistics.judgement if r.statistics else None),
         _statistics(r.statistics),
         golden_section(r.golden_comparison, frozenset(x.message for x in r.reasons)),
         _artifacts(r),

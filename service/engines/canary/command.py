@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, replace
 
 from costsim_analytics.engines.canary.evaluation import CanaryConfig, Sample
+from costsim_analytics.engines.canary.judge import JUDGES
 from costsim_analytics.engines.canonical import content_hash
 from costsim_analytics.engines.errors import FieldViolation, InvalidArgument
 from costsim_analytics.engines.golden.datasets import name_violations
@@ -34,6 +35,8 @@ class RunCanary:
     seed: int = 0
     request_id: str = ""
     golden_dataset: str = ""
+    judge: str = ""
+    """``"calibrated"`` or ``"legacy"``; empty: the configured judge."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +75,8 @@ def validate(cmd: RunCanary) -> None:
         bad.append(FieldViolation("request_id", "must be at most 128 characters"))
     if cmd.golden_dataset:
         bad.extend(name_violations(cmd.golden_dataset, "golden_dataset"))
+    if cmd.judge and cmd.judge not in JUDGES:
+        bad.append(FieldViolation("judge", f"must be one of {sorted(JUDGES)}"))
     if bad:
         first = bad[0]
         raise InvalidArgument(f"{first.field}: {first.description}", bad)
@@ -91,6 +96,8 @@ def resolve_config(cmd: RunCanary, defaults: CanaryConfig) -> CanaryConfig:
         )
         if getattr(cmd, name) is not None
     }
+    if cmd.judge:
+        overrides["judge"] = JUDGES[cmd.judge]
     return replace(defaults, **overrides)
 
 
@@ -112,5 +119,6 @@ def fingerprint(cmd: RunCanary) -> str:
             "seed": cmd.seed,
             # Only when set, so that the digests of requests without one did not change.
             **({"golden_dataset": cmd.golden_dataset} if cmd.golden_dataset else {}),
+            **({"judge": cmd.judge} if cmd.judge else {}),
         }
     )

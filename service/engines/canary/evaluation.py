@@ -4,14 +4,16 @@ Pure domain: it takes samples and models and returns an :class:`Evaluation` (the
 everything behind it) and the artifact bytes. Loading samples, the run lock, writing artifacts
 and the report row are the handler's business (``handlers/canary.py``).
 
-Verdict (docs/domain.md defaults, each overridable): fail when KL(baseline ‖ candidate) > 0.2, when
-more than 5 % of samples are outliers (drift_score > 0.5), or when more than 10 % are major
-drift (MAJOR_DRIFT + MISMATCH). Optionally (off by default) fail when the bootstrap confidence
-interval of the median relative delta lies wholly outside ±tolerance. Fail closed: no samples,
-mostly malformed samples, or fewer valid samples than ``min_samples`` give status ``error``,
-never ``pass``. A golden comparison (``engines/golden/comparison.py: judge_report``, applied
-by the handler) adds its ``GOLDEN_COMPARISON_FAILED`` reasons and fails a report that would
-pass.
+Verdict (docs/domain.md defaults, each overridable): the rules are KL(baseline ‖ candidate) above
+0.2, more than 5 % of samples outliers (drift_score > 0.5), more than 10 % major drift
+(MAJOR_DRIFT + MISMATCH), and optionally (off by default) the median relative delta beyond
+±tolerance. The configured judge (``canary/judge.py``, applied by ``canary/verdict.py``)
+decides them: ``calibrated`` (the default) tests each rule, shares one false-alarm budget
+among them (Holm) and answers ``inconclusive`` when the evidence cannot decide; ``legacy``
+is the predecessor's point-estimate rule. Fail closed: no samples, mostly malformed samples,
+or fewer valid samples than ``min_samples`` give status ``error``, never ``pass``. A golden
+comparison (``engines/golden/comparison.py: judge_report``, applied by the handler)
+adds its ``GOLDEN_COMPARISON_FAILED`` reasons and fails a report that would pass or is inconclusive.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import numpy as np
 import numpy.typing as npt
 
 from costsim_analytics.engines import statistics as st
+from costsim_analytics.engines.canary.judge import DEFAULT_JUDGE, JUDGES, JudgeSpec
+from costsim_analytics.engines.canary.verdict import RelativeDelta, VerdictSettings, judge_run
 from costsim_analytics.engines.cost_models import BatchEstimates, CostModel, PlanBatch
 from costsim_analytics.engines.findings import FailureReason, Interval
 from costsim_analytics.engines.reports import (
@@ -56,6 +60,24 @@ class CanaryConfig:
     median_delta_tolerance: float | None = None
     bootstrap_resamples: int = 2000
     confidence_level: float = 0.95
+    judge: JudgeSpec = JUDGES[DEFAULT_JUDGE]
+    alpha: float = 0.01
+    """Family-wise false-alarm budget of the calibrated judge's rules (Holm)."""
+    permutations: int = 1000
+    """Sign-flip permutations of the calibrated judge's KL test."""
+
+    def verdict_settings(self) -> VerdictSettings:
+        """The part of the configuration the verdict reads."""
+        return VerdictSettings(
+            self.drift_threshold,
+            self.outlier_max_pct,
+            self.major_drift_max_pct,
+            self.median_delta_tolerance,
+            self.confidence_level,
+            self.judge,
+            self.alpha,
+            self.permutations,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +99,8 @@ class Evaluation:
     candidate: BatchEstimates | None
     drift: st.Drift | None
     divergence: st.Divergence | None
+    judged_divergence: st.Divergence | None = None
+    """KL/JS under the judge's binning (the one its KL rule read)."""
 
 
 def choose(ids: Sequence[int], k: int, seed: int) -> list[int]:
@@ -127,72 +151,6 @@ def _closed_reasons(total: int, valid: int, config: CanaryConfig) -> list[Failur
             )
         ]
     return []
-
-
-def _verdict_reasons(
-    kl: float,
-    outlier_share: float,
-    major_share: float,
-    rel_ci: st.ConfidenceInterval,
-    config: CanaryConfig,
-) -> list[FailureReason]:
-    reasons = []
-    if kl > config.drift_threshold:
-        reasons.append(
-            _reason(
-                "KL_DIVERGENCE_HIGH",
-                "kl_divergence",
-                kl,
-                ">",
-                config.drift_threshold,
-                f"KL divergence {kl:.4f} > {config.drift_threshold}",
-            )
-        )
-    if outlier_share > config.outlier_max_pct:
-        reasons.append(
-            _reason(
-                "OUTLIERS_HIGH",
-                "outlier_share",
-                outlier_share,
-                ">",
-                config.outlier_max_pct,
-                f"outliers {outlier_share:.1%} of samples > {config.outlier_max_pct:.1%}",
-            )
-        )
-    if major_share > config.major_drift_max_pct:
-        reasons.append(
-            _reason(
-                "MAJOR_DRIFT_HIGH",
-                "major_drift_share",
-                major_share,
-                ">",
-                config.major_drift_max_pct,
-                f"major drift {major_share:.1%} of samples > {config.major_drift_max_pct:.1%}",
-            )
-        )
-    tol = config.median_delta_tolerance
-    if (
-        tol is not None
-        and np.isfinite(rel_ci.estimate)
-        and (rel_ci.low > tol or rel_ci.high < -tol)
-    ):
-        side = "above +" if rel_ci.low > tol else "below -"
-        reasons.append(
-            replace(
-                _reason(
-                    "MEDIAN_DELTA_SIGNIFICANT",
-                    "median_relative_delta",
-                    rel_ci.estimate,
-                    "outside",
-                    tol,
-                    f"median relative cost delta {rel_ci.estimate:+.2%} with "
-                    f"{rel_ci.level:.0%} CI [{rel_ci.low:+.2%}, {rel_ci.high:+.2%}] lies wholly "
-                    f"{side}{tol:.2%}",
-                ),
-                interval=_interval(rel_ci),
-            )
-        )
-    return reasons
 
 
 def _no_samples_judged(
@@ -274,6 +232,24 @@ def evaluate(
     median_ci = st.bootstrap_ci(abs_delta, "median", level=level, resamples=resamples, seed=seed)
     p90_ci = st.bootstrap_ci(abs_delta, "p90", level=level, resamples=resamples, seed=seed + 1)
     rel_ci = st.bootstrap_ci(relative, "median", level=level, resamples=resamples, seed=seed + 2)
+    rel = None
+    if config.median_delta_tolerance is not None:
+        # The same stream as rel_ci's, for the rule's p-value (canary/judge.py: median_rule).
+        replicates = st.bootstrap_replicates(
+            relative, "median", resamples, np.random.default_rng(seed + 2)
+        )
+        rel = RelativeDelta(rel_ci, replicates)
+    judged = None
+    if not closed:
+        judged = judge_run(
+            v1,
+            v2,
+            outliers=outlier_count,
+            major=major,
+            rel=rel,
+            settings=config.verdict_settings(),
+            seed=seed,
+        )
     statistics = ReportStatistics(
         js_divergence=div.js,
         paired_test=PairedTestSummary(
@@ -292,11 +268,10 @@ def evaluate(
         kl_epsilon=div.epsilon,
         outlier_share=outlier_count / n_valid,
         major_drift_share=major / n_valid,
+        judgement=None if judged is None else judged.judgement,
     )
-    reasons = closed or _verdict_reasons(
-        div.kl, outlier_count / n_valid, major / n_valid, rel_ci, config
-    )
-    status = "error" if closed else ("fail" if reasons else "pass")
+    reasons = list(closed) if judged is None else list(judged.reasons)
+    status = "error" if judged is None else judged.status
     report = replace(
         report,
         status=status,
@@ -312,16 +287,21 @@ def evaluate(
         reasons=tuple(reasons),
         failure_reasons=tuple(r.message for r in reasons),
     )
-    return Evaluation(report, config, samples, baseline, candidate, d, div)
+    judged_div = None if judged is None else judged.divergence
+    return Evaluation(report, config, samples, baseline, candidate, d, div, judged_div)
 
 
 def skipped(run_id: str, timestamp: datetime, baseline: str, candidate: str) -> CanaryReport:
-    """The answer of a replica that found another run in progress: skipped, passed."""
+    """The answer of a replica that found another run in progress: skipped, not passed.
+
+    Nothing was judged, so nothing passed: a run that cannot take the lock must not let the
+    nightly canary look green (the CLI exits non-zero for it).
+    """
     message = "another canary run is in progress (run lock held); this request was skipped"
     return replace(
         _no_samples_judged(run_id, timestamp, baseline, candidate),
         status="skipped",
-        passed=True,
+        passed=False,
         failure_reasons=(message,),
         reasons=(_reason("RUN_IN_PROGRESS", "run_lock", 1, "==", 1, message),),
     )
@@ -401,6 +381,9 @@ def report_artifact(ev: Evaluation, report: CanaryReport, request: dict[str, Any
         "median_delta_tolerance": ev.config.median_delta_tolerance,
         "bootstrap_resamples": ev.config.bootstrap_resamples,
         "confidence_level": ev.config.confidence_level,
+        "judge": ev.config.judge.name,
+        "alpha": ev.config.alpha,
+        "permutations": ev.config.permutations,
     }
     if ev.divergence is not None:
         data["kl_binning"] = {
@@ -409,6 +392,20 @@ def report_artifact(ev: Evaluation, report: CanaryReport, request: dict[str, Any
             "candidate_counts": list(ev.divergence.candidate_counts),
             "epsilon": ev.divergence.epsilon,
             "bins": ev.divergence.bins,
+            "log_base": "e",
+        }
+    if ev.judged_divergence is not None:
+        binning = ev.config.judge.binning
+        data["judge_binning"] = {
+            "judge": ev.config.judge.name,
+            "method": binning.method,
+            "smoothing": binning.smoothing,
+            "edges": list(ev.judged_divergence.edges),
+            "baseline_counts": list(ev.judged_divergence.baseline_counts),
+            "candidate_counts": list(ev.judged_divergence.candidate_counts),
+            "bins": ev.judged_divergence.bins,
+            "epsilon": binning.epsilon,
+            "pseudocount": binning.pseudocount,
             "log_base": "e",
         }
     data["request"] = request

@@ -205,10 +205,12 @@ def compare(
 def judge_report(report: CanaryReport, comparison: GoldenComparison) -> CanaryReport:
     """The canary report with the comparison attached; a failed one fails a passing report.
 
-    A report that is already ``fail`` or ``error`` keeps its status and gains the reasons.
+    A failed comparison also fails an ``inconclusive`` report (it is decisive evidence on its
+    own); a report that is already ``fail`` or ``error`` keeps its status and gains the reasons.
     """
     extra = comparison.reasons
-    status = "fail" if report.status == "pass" and extra else report.status
+    decidable = report.status in ("pass", "inconclusive")
+    status = "fail" if decidable and extra else report.status
     return replace(
         report,
         golden_comparison=comparison,

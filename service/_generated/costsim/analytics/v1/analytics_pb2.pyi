@@ -39,6 +39,11 @@ class _CanaryStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CanarySt
     CANARY_STATUS_FAIL: _CanaryStatus.ValueType  # 2
     CANARY_STATUS_ERROR: _CanaryStatus.ValueType  # 3
     CANARY_STATUS_SKIPPED: _CanaryStatus.ValueType  # 4
+    """Another run held the run lock: nothing was judged, so not passed."""
+    CANARY_STATUS_INCONCLUSIVE: _CanaryStatus.ValueType  # 5
+    """The evidence cannot decide (a rule's interval straddles its threshold, or the sample
+    count is below what the rule needs): not a pass. See docs/statistics.md.
+    """
 
 class CanaryStatus(_CanaryStatus, metaclass=_CanaryStatusEnumTypeWrapper):
     """Outcome of a canary run."""
@@ -48,6 +53,11 @@ CANARY_STATUS_PASS: CanaryStatus.ValueType  # 1
 CANARY_STATUS_FAIL: CanaryStatus.ValueType  # 2
 CANARY_STATUS_ERROR: CanaryStatus.ValueType  # 3
 CANARY_STATUS_SKIPPED: CanaryStatus.ValueType  # 4
+"""Another run held the run lock: nothing was judged, so not passed."""
+CANARY_STATUS_INCONCLUSIVE: CanaryStatus.ValueType  # 5
+"""The evidence cannot decide (a rule's interval straddles its threshold, or the sample
+count is below what the rule needs): not a pass. See docs/statistics.md.
+"""
 Global___CanaryStatus: _TypeAlias = CanaryStatus  # noqa: Y015
 
 @_typing.final
@@ -407,6 +417,7 @@ class CanaryStatistics(_message.Message):
     KL_EPSILON_FIELD_NUMBER: _builtins.int
     OUTLIER_SHARE_FIELD_NUMBER: _builtins.int
     MAJOR_DRIFT_SHARE_FIELD_NUMBER: _builtins.int
+    JUDGEMENT_FIELD_NUMBER: _builtins.int
     js_divergence: _builtins.float
     kl_bins: _builtins.int
     kl_epsilon: _builtins.float
@@ -424,6 +435,10 @@ class CanaryStatistics(_message.Message):
     def median_relative_delta_ci(self) -> Global___ConfidenceInterval:
         """Of (candidate - baseline) / max(baseline, 1)."""
 
+    @_builtins.property
+    def judgement(self) -> Global___CanaryJudgement:
+        """How the verdict was reached: the judge, its KL binning, each rule's decision."""
+
     def __init__(
         self,
         *,
@@ -436,14 +451,138 @@ class CanaryStatistics(_message.Message):
         kl_epsilon: _builtins.float = ...,
         outlier_share: _builtins.float = ...,
         major_drift_share: _builtins.float = ...,
+        judgement: Global___CanaryJudgement | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["median_cost_diff_ci", b"median_cost_diff_ci", "median_relative_delta_ci", b"median_relative_delta_ci", "p90_cost_diff_ci", b"p90_cost_diff_ci", "paired_test", b"paired_test"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["judgement", b"judgement", "median_cost_diff_ci", b"median_cost_diff_ci", "median_relative_delta_ci", b"median_relative_delta_ci", "p90_cost_diff_ci", b"p90_cost_diff_ci", "paired_test", b"paired_test"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["js_divergence", b"js_divergence", "kl_bins", b"kl_bins", "kl_epsilon", b"kl_epsilon", "major_drift_share", b"major_drift_share", "median_cost_diff_ci", b"median_cost_diff_ci", "median_relative_delta_ci", b"median_relative_delta_ci", "outlier_share", b"outlier_share", "p90_cost_diff_ci", b"p90_cost_diff_ci", "paired_test", b"paired_test"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["js_divergence", b"js_divergence", "judgement", b"judgement", "kl_bins", b"kl_bins", "kl_epsilon", b"kl_epsilon", "major_drift_share", b"major_drift_share", "median_cost_diff_ci", b"median_cost_diff_ci", "median_relative_delta_ci", b"median_relative_delta_ci", "outlier_share", b"outlier_share", "p90_cost_diff_ci", b"p90_cost_diff_ci", "paired_test", b"paired_test"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CanaryStatistics: _TypeAlias = CanaryStatistics  # noqa: Y015
+
+@_typing.final
+class CanaryJudgement(_message.Message):
+    """The judge behind a canary verdict (docs/statistics.md, section 6)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JUDGE_FIELD_NUMBER: _builtins.int
+    KL_BIN_METHOD_FIELD_NUMBER: _builtins.int
+    KL_BINS_FIELD_NUMBER: _builtins.int
+    KL_SMOOTHING_FIELD_NUMBER: _builtins.int
+    KL_FIELD_NUMBER: _builtins.int
+    JS_FIELD_NUMBER: _builtins.int
+    PERMUTATIONS_FIELD_NUMBER: _builtins.int
+    PERMUTATION_SEED_FIELD_NUMBER: _builtins.int
+    KL_P_VALUE_FIELD_NUMBER: _builtins.int
+    ALPHA_FIELD_NUMBER: _builtins.int
+    CORRECTION_FIELD_NUMBER: _builtins.int
+    RULES_FIELD_NUMBER: _builtins.int
+    judge: _builtins.str
+    """"calibrated" (the default) or "legacy" (the predecessor's rule)."""
+    kl_bin_method: _builtins.str
+    """"quantile", "equal-width" or "log"."""
+    kl_bins: _builtins.int
+    kl_smoothing: _builtins.str
+    """"laplace" (a pseudocount per bin) or "epsilon" (added to each relative frequency)."""
+    kl: _builtins.float
+    """The KL divergence the verdict used, in nats, under this binning (kl_divergence of the
+    report keeps the predecessor's equal-width definition).
+    """
+    js: _builtins.float
+    permutations: _builtins.int
+    """Within-pair sign-flip permutations behind kl_p_value; 0 when the judge runs none."""
+    permutation_seed: _builtins.int
+    kl_p_value: _builtins.float
+    alpha: _builtins.float
+    """Family-wise false-alarm budget the rules share; 0 for the legacy judge."""
+    correction: _builtins.str
+    """"holm" or "none"."""
+    @_builtins.property
+    def rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___RuleDecision]: ...
+    def __init__(
+        self,
+        *,
+        judge: _builtins.str = ...,
+        kl_bin_method: _builtins.str = ...,
+        kl_bins: _builtins.int = ...,
+        kl_smoothing: _builtins.str = ...,
+        kl: _builtins.float = ...,
+        js: _builtins.float = ...,
+        permutations: _builtins.int = ...,
+        permutation_seed: _builtins.int = ...,
+        kl_p_value: _builtins.float | None = ...,
+        alpha: _builtins.float = ...,
+        correction: _builtins.str = ...,
+        rules: _abc.Iterable[Global___RuleDecision] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_kl_p_value", b"_kl_p_value", "kl_p_value", b"kl_p_value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_kl_p_value", b"_kl_p_value", "alpha", b"alpha", "correction", b"correction", "js", b"js", "judge", b"judge", "kl", b"kl", "kl_bin_method", b"kl_bin_method", "kl_bins", b"kl_bins", "kl_p_value", b"kl_p_value", "kl_smoothing", b"kl_smoothing", "permutation_seed", b"permutation_seed", "permutations", b"permutations", "rules", b"rules"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__kl_p_value: _TypeAlias = _typing.Literal["kl_p_value"]  # noqa: Y015
+    _WhichOneofArgType__kl_p_value: _TypeAlias = _typing.Literal["_kl_p_value", b"_kl_p_value"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__kl_p_value) -> _WhichOneofReturnType__kl_p_value | None: ...
+
+Global___CanaryJudgement: _TypeAlias = CanaryJudgement  # noqa: Y015
+
+@_typing.final
+class RuleDecision(_message.Message):
+    """One verdict rule's evidence and decision."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULE_FIELD_NUMBER: _builtins.int
+    METRIC_FIELD_NUMBER: _builtins.int
+    OBSERVED_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    DECISION_FIELD_NUMBER: _builtins.int
+    P_VALUE_FIELD_NUMBER: _builtins.int
+    LEVEL_FIELD_NUMBER: _builtins.int
+    UPPER_BOUND_FIELD_NUMBER: _builtins.int
+    rule: _builtins.str
+    """"kl_divergence", "outliers", "major_drift" or "median_delta"."""
+    metric: _builtins.str
+    observed: _builtins.float
+    threshold: _builtins.float
+    decision: _builtins.str
+    """"pass", "fail" or "inconclusive"."""
+    p_value: _builtins.float
+    level: _builtins.float
+    """The Holm-adjusted level the p-value was compared with."""
+    upper_bound: _builtins.float
+    """One-sided upper confidence bound of a share."""
+    def __init__(
+        self,
+        *,
+        rule: _builtins.str = ...,
+        metric: _builtins.str = ...,
+        observed: _builtins.float = ...,
+        threshold: _builtins.float = ...,
+        decision: _builtins.str = ...,
+        p_value: _builtins.float | None = ...,
+        level: _builtins.float | None = ...,
+        upper_bound: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_level", b"_level", "_p_value", b"_p_value", "_upper_bound", b"_upper_bound", "level", b"level", "p_value", b"p_value", "upper_bound", b"upper_bound"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_level", b"_level", "_p_value", b"_p_value", "_upper_bound", b"_upper_bound", "decision", b"decision", "level", b"level", "metric", b"metric", "observed", b"observed", "p_value", b"p_value", "rule", b"rule", "threshold", b"threshold", "upper_bound", b"upper_bound"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__level: _TypeAlias = _typing.Literal["level"]  # noqa: Y015
+    _WhichOneofArgType__level: _TypeAlias = _typing.Literal["_level", b"_level"]  # noqa: Y015
+    _WhichOneofReturnType__p_value: _TypeAlias = _typing.Literal["p_value"]  # noqa: Y015
+    _WhichOneofArgType__p_value: _TypeAlias = _typing.Literal["_p_value", b"_p_value"]  # noqa: Y015
+    _WhichOneofReturnType__upper_bound: _TypeAlias = _typing.Literal["upper_bound"]  # noqa: Y015
+    _WhichOneofArgType__upper_bound: _TypeAlias = _typing.Literal["_upper_bound", b"_upper_bound"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__level) -> _WhichOneofReturnType__level | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__p_value) -> _WhichOneofReturnType__p_value | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__upper_bound) -> _WhichOneofReturnType__upper_bound | None: ...
+
+Global___RuleDecision: _TypeAlias = RuleDecision  # noqa: Y015
 
 @_typing.final
 class Artifact(_message.Message):
@@ -821,6 +960,7 @@ class RunCanaryRequest(_message.Message):
     MIN_SAMPLES_FIELD_NUMBER: _builtins.int
     MEDIAN_DELTA_TOLERANCE_FIELD_NUMBER: _builtins.int
     GOLDEN_DATASET_FIELD_NUMBER: _builtins.int
+    JUDGE_FIELD_NUMBER: _builtins.int
     sample_count: _builtins.int
     """Samples to load from recent provenance: default 100, at most 100,000."""
     lookback_days: _builtins.int
@@ -850,6 +990,8 @@ class RunCanaryRequest(_message.Message):
     """Name of the golden dataset whose active version the candidate is judged against. Empty:
     the server's COSTSIM_CANARY_GOLDEN_DATASET if set, else no golden comparison.
     """
+    judge: _builtins.str
+    """The judge: "calibrated" or "legacy"; empty: the configured one (default calibrated)."""
     @_builtins.property
     def samples(self) -> _containers.RepeatedCompositeFieldContainer[Global___CanarySample]:
         """Explicit samples instead of loading them."""
@@ -871,10 +1013,11 @@ class RunCanaryRequest(_message.Message):
         min_samples: _builtins.int | None = ...,
         median_delta_tolerance: _builtins.float | None = ...,
         golden_dataset: _builtins.str = ...,
+        judge: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_drift_threshold", b"_drift_threshold", "_major_drift_max_pct", b"_major_drift_max_pct", "_median_delta_tolerance", b"_median_delta_tolerance", "_min_samples", b"_min_samples", "_outlier_max_pct", b"_outlier_max_pct", "_outlier_threshold", b"_outlier_threshold", "drift_threshold", b"drift_threshold", "major_drift_max_pct", b"major_drift_max_pct", "median_delta_tolerance", b"median_delta_tolerance", "min_samples", b"min_samples", "outlier_max_pct", b"outlier_max_pct", "outlier_threshold", b"outlier_threshold"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_drift_threshold", b"_drift_threshold", "_major_drift_max_pct", b"_major_drift_max_pct", "_median_delta_tolerance", b"_median_delta_tolerance", "_min_samples", b"_min_samples", "_outlier_max_pct", b"_outlier_max_pct", "_outlier_threshold", b"_outlier_threshold", "baseline_model", b"baseline_model", "candidate_model", b"candidate_model", "drift_threshold", b"drift_threshold", "golden_dataset", b"golden_dataset", "lookback_days", b"lookback_days", "major_drift_max_pct", b"major_drift_max_pct", "median_delta_tolerance", b"median_delta_tolerance", "min_samples", b"min_samples", "outlier_max_pct", b"outlier_max_pct", "outlier_threshold", b"outlier_threshold", "request_id", b"request_id", "sample_count", b"sample_count", "samples", b"samples", "seed", b"seed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_drift_threshold", b"_drift_threshold", "_major_drift_max_pct", b"_major_drift_max_pct", "_median_delta_tolerance", b"_median_delta_tolerance", "_min_samples", b"_min_samples", "_outlier_max_pct", b"_outlier_max_pct", "_outlier_threshold", b"_outlier_threshold", "baseline_model", b"baseline_model", "candidate_model", b"candidate_model", "drift_threshold", b"drift_threshold", "golden_dataset", b"golden_dataset", "judge", b"judge", "lookback_days", b"lookback_days", "major_drift_max_pct", b"major_drift_max_pct", "median_delta_tolerance", b"median_delta_tolerance", "min_samples", b"min_samples", "outlier_max_pct", b"outlier_max_pct", "outlier_threshold", b"outlier_threshold", "request_id", b"request_id", "sample_count", b"sample_count", "samples", b"samples", "seed", b"seed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__drift_threshold: _TypeAlias = _typing.Literal["drift_threshold"]  # noqa: Y015
     _WhichOneofArgType__drift_threshold: _TypeAlias = _typing.Literal["_drift_threshold", b"_drift_threshold"]  # noqa: Y015
