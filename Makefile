@@ -67,6 +67,7 @@ run: migrate ## Install, migrate and serve on the defaults (SQLite, 127.0.0.1:50
 bench: install ## Benchmarks against PostgreSQL (COSTSIM_BENCH_DATABASE_URL).
 	$(PY) bench/ingest.py
 	$(PY) bench/reports.py
+	$(PY) bench/auth.py
 
 clean: ## Remove the virtualenv, node_modules and local state.
 	rm -rf $(VENV) node_modules var .pytest_cache .mypy_cache .ruff_cache

@@ -15,10 +15,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import psycopg
 from psycopg import sql
 from sqlalchemy.engine import make_url
@@ -69,10 +70,25 @@ def bench_database(base_url: str, name: str, *, keep: bool = False) -> Iterator[
 
 @dataclass(frozen=True)
 class Server:
-    """A running server subprocess."""
+    """A running server subprocess; ``tls_ca`` (PEM) when it serves TLS signed by that CA."""
 
     address: str
     pid: int
+    tls_ca: bytes | None = None
+
+    def channel(self) -> grpc.Channel:
+        """A blocking channel to the server: plaintext, or TLS trusting ``tls_ca``."""
+        if self.tls_ca is None:
+            return grpc.insecure_channel(self.address)
+        credentials = grpc.ssl_channel_credentials(root_certificates=self.tls_ca)
+        return grpc.secure_channel(self.address, credentials)
+
+    def aio_channel(self) -> grpc.aio.Channel:
+        """A grpc.aio channel to the server: plaintext, or TLS trusting ``tls_ca``."""
+        if self.tls_ca is None:
+            return grpc.aio.insecure_channel(self.address)
+        credentials = grpc.ssl_channel_credentials(root_certificates=self.tls_ca)
+        return grpc.aio.secure_channel(self.address, credentials)
 
     def cpu_s(self) -> float:
         """CPU seconds (user + system, all threads) the server has used so far (Linux)."""
@@ -90,10 +106,25 @@ def client_cpu_s() -> float:
 
 
 @contextlib.contextmanager
-def subprocess_server(argv: Sequence[str], timeout_s: float = 30.0) -> Iterator[Server]:
-    """Start a server that prints ``READY + host:port`` when listening; yield it."""
+def subprocess_server(
+    argv: Sequence[str],
+    timeout_s: float = 30.0,
+    *,
+    env: Mapping[str, str] | None = None,
+    tls_ca: bytes | None = None,
+) -> Iterator[Server]:
+    """Start a server that prints ``READY + host:port`` when listening; yield it.
+
+    ``env`` is added to the environment; ``tls_ca`` is handed to the yielded :class:`Server`
+    for its channels (the server itself learns of its certificate through ``env``).
+    """
     # Port 0 for the dashboard too: two benchmark servers must not fight over its default port.
-    env = {**os.environ, "COSTSIM_LOG_LEVEL": "ERROR", "COSTSIM_HTTP_LISTEN": "127.0.0.1:0"}
+    env = {
+        **os.environ,
+        "COSTSIM_LOG_LEVEL": "ERROR",
+        "COSTSIM_HTTP_LISTEN": "127.0.0.1:0",
+        **(env or {}),
+    }
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert proc.stdout is not None
@@ -110,7 +141,7 @@ def subprocess_server(argv: Sequence[str], timeout_s: float = 30.0) -> Iterator[
                 line = lines.get(timeout=remaining)
             except queue.Empty:
                 continue
-        yield Server(line[len(READY) :].strip(), proc.pid)
+        yield Server(line[len(READY) :].strip(), proc.pid, tls_ca)
     finally:
         proc.terminate()
         try:
@@ -120,9 +151,12 @@ def subprocess_server(argv: Sequence[str], timeout_s: float = 30.0) -> Iterator[
             proc.wait()
 
 
-def service_server(url: str) -> contextlib.AbstractContextManager[Server]:
-    """``costsim-analytics serve`` on ``url``, on a free loopback port."""
-    return subprocess_server([CLI, "serve", "--database-url", url, "--listen", "127.0.0.1:0"])
+def service_server(
+    url: str, *, env: Mapping[str, str] | None = None, tls_ca: bytes | None = None
+) -> contextlib.AbstractContextManager[Server]:
+    """``costsim-analytics serve`` on ``url``, on a free loopback port (see subprocess_server)."""
+    argv = [CLI, "serve", "--database-url", url, "--listen", "127.0.0.1:0"]
+    return subprocess_server(argv, env=env, tls_ca=tls_ca)
 
 
 def percentile(values: Sequence[float], p: float) -> float:
