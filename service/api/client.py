@@ -9,9 +9,11 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import grpc
 from google.protobuf import json_format
@@ -35,17 +37,88 @@ def _window(request: Any, start: datetime | None, end: datetime | None) -> None:
         request.end_time.CopyFrom(to_timestamp(end))
 
 
+@dataclass(frozen=True)
+class ClientSecurity:
+    """How a client proves who it is: TLS (a CA to trust, a client certificate), a token.
+
+    ``token_file`` is re-read when it changes, so a rotated token is picked up by a long-lived
+    client; ``token`` wins when both are given.
+    """
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    token: str = ""
+    token_file: Path | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials | None:
+        """TLS credentials, or None for plaintext (no CA and no client certificate)."""
+        if self.ca is None and self.cert is None:
+            return None
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca.read_bytes() if self.ca else None,
+            private_key=self.key.read_bytes() if self.key else None,
+            certificate_chain=self.cert.read_bytes() if self.cert else None,
+        )
+
+
+if TYPE_CHECKING:  # generic in grpc-stubs only
+    _UnaryUnary = grpc.UnaryUnaryClientInterceptor[Any, Any]
+    _UnaryStream = grpc.UnaryStreamClientInterceptor[Any, Any]
+else:
+    _UnaryUnary = grpc.UnaryUnaryClientInterceptor
+    _UnaryStream = grpc.UnaryStreamClientInterceptor
+
+
+class _Bearer(_UnaryUnary, _UnaryStream):
+    """Adds ``authorization: Bearer …`` to every call (plaintext loopback included)."""
+
+    def __init__(self, security: ClientSecurity) -> None:
+        self._security = security
+        self._stamp: tuple[float, int] | None = None
+        self._from_file = ""
+
+    def _token(self) -> str:
+        if self._security.token or self._security.token_file is None:
+            return self._security.token
+        stat = self._security.token_file.stat()
+        if (stat.st_mtime, stat.st_size) != self._stamp:
+            self._from_file = self._security.token_file.read_text().strip()
+            self._stamp = (stat.st_mtime, stat.st_size)
+        return self._from_file
+
+    def _with_token(self, details: Any) -> Any:
+        metadata = [*(details.metadata or ()), ("authorization", f"Bearer {self._token()}")]
+        return details._replace(metadata=metadata)
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        """The call with the token."""
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        """The stream with the token."""
+        return continuation(self._with_token(details), request)
+
+
 class AnalyticsClient:
     """Blocking client over one channel; close it (or use ``with``)."""
 
-    def __init__(self, target: str, *, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, target: str, *, timeout_s: float = 30.0, security: ClientSecurity | None = None
+    ) -> None:
+        security = security or ClientSecurity()
         # No client-side size limit (gRPC's default is 4 MiB): a golden dataset with its samples
         # can be larger; the server enforces COSTSIM_MAX_MESSAGE_MB.
-        self._channel = grpc.insecure_channel(
-            target,
-            options=[("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)],
-        )
-        self._stub = pb_grpc.AnalyticsServiceStub(self._channel)
+        options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+        credentials = security.credentials()
+        if credentials is None:
+            self._channel = grpc.insecure_channel(target, options=options)
+        else:
+            self._channel = grpc.secure_channel(target, credentials, options=options)
+        channel = self._channel
+        if security.token or security.token_file:
+            channel = grpc.intercept_channel(channel, _Bearer(security))
+        self._stub = pb_grpc.AnalyticsServiceStub(channel)
         self._timeout_s = timeout_s
 
     def __enter__(self) -> Self:

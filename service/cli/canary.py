@@ -12,13 +12,13 @@ from google.protobuf import json_format
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from costsim_analytics.api import convert_canary
-from costsim_analytics.api.client import AnalyticsClient, JsonDict
+from costsim_analytics.api.client import JsonDict
 from costsim_analytics.bootstrap import build_engine, build_registry
 from costsim_analytics.cli.common import (
     AsJson,
     DatabaseUrl,
     Target,
-    default_target,
+    connect,
     err,
     out,
     rpc,
@@ -200,7 +200,7 @@ def run(
     deadline = time.monotonic() + max(0.0, wait)
     while True:
         if not local:
-            with AnalyticsClient(target or default_target()) as client:
+            with connect(target) as client:
                 response = rpc(lambda: client.run_canary(request))
             report = response.get("report", {})
         else:

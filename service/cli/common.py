@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from costsim_analytics.api.client import AnalyticsClient, ClientSecurity
 from costsim_analytics.settings import Settings
 
 out = Console()
@@ -39,6 +40,20 @@ PageToken = Annotated[str, typer.Option("--page-token", help="Resume after this 
 def default_target() -> str:
     """The server address when --target is not given."""
     return os.environ.get("COSTSIM_LISTEN", "127.0.0.1:50051")
+
+
+# The options given before the command (one command per process: set once, by the callback).
+_security = [ClientSecurity()]
+
+
+def use_security(security: ClientSecurity) -> None:
+    """Make client commands connect with ``security`` (the root callback's options)."""
+    _security[0] = security
+
+
+def connect(target: str | None) -> AnalyticsClient:
+    """A client for ``target`` with the TLS and token options given before the command."""
+    return AnalyticsClient(target or default_target(), security=_security[0])
 
 
 def settings_with(**overrides: Any) -> Settings:

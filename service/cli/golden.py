@@ -18,7 +18,7 @@ from google.protobuf import json_format
 from costsim.analytics.v1 import analytics_pb2 as pb
 from costsim_analytics.api import convert_golden
 from costsim_analytics.api.client import AnalyticsClient, JsonDict
-from costsim_analytics.cli.common import AsJson, Target, default_target, err, out, rpc, table
+from costsim_analytics.cli.common import AsJson, Target, connect, err, out, rpc, table
 from costsim_analytics.engines.errors import InvalidArgument
 from costsim_analytics.engines.golden import datasets
 
@@ -33,7 +33,7 @@ RequestId = Annotated[str, typer.Option(help="Idempotency key: a retry replays t
 
 
 def _client(target: str) -> AnalyticsClient:
-    return AnalyticsClient(target or default_target())
+    return connect(target)
 
 
 def _print_version(dataset: JsonDict, as_json: bool, replayed: bool = False) -> None:

@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from costsim_analytics.api.client import AnalyticsClient, JsonDict
+from costsim_analytics.api.client import ClientSecurity, JsonDict
 from costsim_analytics.bootstrap import (
     build_engine,
     build_registry,
@@ -32,13 +32,14 @@ from costsim_analytics.cli.common import (
     PageToken,
     Start,
     Target,
-    default_target,
+    connect,
     err,
     out,
     rpc,
     settings_with,
     stream,
     table,
+    use_security,
     utc,
 )
 from costsim_analytics.drivers import schema
@@ -50,6 +51,36 @@ from costsim_analytics.handlers.registry import OP_PARTITION_UPKEEP
 app = typer.Typer(help="costsim-analytics: provenance, drift and canary reports over gRPC.")
 provenance_app = typer.Typer(help="Write and query provenance records.")
 app.add_typer(provenance_app, name="provenance")
+
+
+@app.callback()
+def client_options(
+    token: Annotated[
+        str, typer.Option(envvar="COSTSIM_TOKEN", help="Bearer token for client commands.")
+    ] = "",
+    token_file: Annotated[
+        Path | None,
+        typer.Option(envvar="COSTSIM_TOKEN_FILE", help="File holding the token (re-read)."),
+    ] = None,
+    tls_ca: Annotated[
+        Path | None,
+        typer.Option(envvar="COSTSIM_CLIENT_TLS_CA", help="CA to trust: the server speaks TLS."),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(envvar="COSTSIM_CLIENT_TLS_CERT", help="Client certificate (mTLS)."),
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option(envvar="COSTSIM_CLIENT_TLS_KEY", help="Its private key.")
+    ] = None,
+) -> None:
+    """costsim-analytics: provenance, drift and canary reports over gRPC.
+
+    The options here (before the command) are how client commands reach a secured server.
+    """
+    use_security(ClientSecurity(tls_ca, tls_cert, tls_key, token, token_file))
+
+
 app.add_typer(canary.app, name="canary")
 app.add_typer(golden.app, name="golden")
 app.add_typer(token.app, name="token")
@@ -179,7 +210,7 @@ def provenance_write(
     """Write provenance records from a JSONL file, in batches."""
     stream = sys.stdin if str(file) == "-" else file.open(encoding="utf-8")
     total = 0
-    with stream, AnalyticsClient(target or default_target()) as client:
+    with stream, connect(target) as client:
         for n, batch in enumerate(_batches(stream, batch_size)):
             key = f"{request_id}-{n}" if request_id else ""
             result = rpc(lambda b=batch, k=key: client.write_provenance(b, k))  # type: ignore[misc]
@@ -209,7 +240,7 @@ def provenance_query(
     as_json: AsJson = False,
 ) -> None:
     """Stream provenance records, newest first."""
-    with AnalyticsClient(target or default_target()) as client:
+    with connect(target) as client:
         items = stream(
             client.query_provenance(
                 tenant_id=tenant_id,
@@ -264,7 +295,7 @@ def drift_stats(
     as_json: AsJson = False,
 ) -> None:
     """Summarise cost_delta (v2 - v1) over stored provenance."""
-    with AnalyticsClient(target or default_target()) as client:
+    with connect(target) as client:
         stats = rpc(
             lambda: client.drift_stats(
                 tenant_id=tenant_id, variant_slug=variant_slug, start=utc(start), end=utc(end)
@@ -291,7 +322,7 @@ def reports(
     if status and status not in CANARY_STATUSES:
         err.print("[red]--status[/red] must be pass, fail, error, skipped or inconclusive")
         raise typer.Exit(2)
-    with AnalyticsClient(target or default_target()) as client:
+    with connect(target) as client:
         items = stream(
             client.query_reports(
                 status=status,
@@ -339,7 +370,7 @@ def report(
     as_json: AsJson = False,
 ) -> None:
     """Show one canary report."""
-    with AnalyticsClient(target or default_target()) as client:
+    with connect(target) as client:
         found = rpc(lambda: client.get_report(run_id))
     if as_json:
         print(json.dumps(found))

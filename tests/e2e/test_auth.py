@@ -368,3 +368,26 @@ def test_the_insecure_mode_refuses_a_public_address_unless_told(database_url: st
         assert "insecure mode" in allowed.log()
     finally:
         assert allowed.stop() == 0
+
+
+def test_the_cli_reaches_a_secured_server_with_its_tls_and_token_options(tokens_server: Secured):
+    import subprocess
+
+    from tests.e2e.server import CLI
+
+    (tokens_server.folder / "ca.crt").write_bytes(tokens_server.ca.pem)
+    (tokens_server.folder / "token").write_text(token("oncall") + "\n")
+    common = ["--tls-ca", str(tokens_server.folder / "ca.crt")]
+    command = ["drift-stats", "--target", tokens_server.server.address, "--json"]
+
+    def run(*options: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [CLI, *common, *options, *command], capture_output=True, text=True, timeout=60
+        )
+
+    with_file = run("--token-file", str(tokens_server.folder / "token"))
+    assert with_file.returncode == 0, with_file.stderr
+    assert int(json.loads(with_file.stdout)["total"]) == 0  # int64 comes back as a string
+    assert run("--token", token("oncall")).returncode == 0
+    refused = run()  # TLS but no token
+    assert refused.returncode == 1 and "UNAUTHENTICATED" in refused.stderr
