@@ -43,29 +43,14 @@ from costsim_analytics.engines.provenance import (
 )
 from costsim_analytics.engines.statistics import interpolate, percentile_rank
 
-_COLUMNS = (
-    "id",
-    "run_id",
-    "tenant_id",
-    "variant_slug",
-    "source",
-    "model_version",
-    "adapter_version",
-    "commit_sha",
-    "input_hash",
-    "output_hash",
-    "v1_cost",
-    "v2_cost",
-    "cost_delta",
-    "payload",
-    "runtime_ms",
-    "created_at",
-)
+# Every column in table order; the model declares them in the order of ProvenanceRecord.
+_COLUMNS = tuple(t.c.keys())
 _COPY_SQL = f"COPY costsim_provenance ({', '.join(_COLUMNS)}) FROM STDIN"
 _NEXTVAL_SQL = (
     "SELECT nextval(pg_get_serial_sequence('costsim_provenance', 'id')) FROM generate_series(1, %s)"
 )
-_SELECT_COLUMNS = [t.c[name] for name in _COLUMNS]
+# COPY writes the payload as its JSON text; the other values are NewProvenance's own.
+_COPY_FIELDS = tuple("payload_json" if name == "payload" else name for name in _COLUMNS[1:])
 
 
 def _where(flt: ProvenanceFilter) -> list[ColumnElement[bool]]:
@@ -91,7 +76,7 @@ def stream_statement(flt: ProvenanceFilter, after: Cursor | None, limit: int) ->
     if after is not None:
         clauses.append(tuple_(t.c.created_at, t.c.id) < tuple_(after.timestamp, after.id))
     return (
-        select(*_SELECT_COLUMNS)
+        select(t)
         .where(and_(True, *clauses))
         .order_by(t.c.created_at.desc(), t.c.id.desc())
         .limit(limit)
@@ -125,26 +110,7 @@ class SqlProvenanceDriver:
             ids = sorted(row_id for (row_id,) in cur.fetchall())
             with cur.copy(_COPY_SQL) as copy:
                 for row_id, r in zip(ids, rows, strict=True):
-                    copy.write_row(
-                        (
-                            row_id,
-                            r.run_id,
-                            r.tenant_id,
-                            r.variant_slug,
-                            r.source,
-                            r.model_version,
-                            r.adapter_version,
-                            r.commit_sha,
-                            r.input_hash,
-                            r.output_hash,
-                            r.v1_cost,
-                            r.v2_cost,
-                            r.cost_delta,
-                            r.payload_json,
-                            r.runtime_ms,
-                            r.created_at,
-                        )
-                    )
+                    copy.write_row((row_id, *(getattr(r, name) for name in _COPY_FIELDS)))
         return ids
 
     def stream(

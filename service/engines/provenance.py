@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -53,6 +53,9 @@ _STRING_FIELDS = (
     "adapter_version",
     "commit_sha",
 )
+_HASH_FIELDS = ("input_hash", "output_hash")
+# What command_fingerprint digests before the payload, in this order (digests are stored).
+_FINGERPRINT_FIELDS = (*_STRING_FIELDS, *_HASH_FIELDS, "v1_cost", "v2_cost", "runtime_ms")
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,15 +156,7 @@ class ProvenanceFilter:
 
     def as_dict(self) -> dict[str, object]:
         """The filters by name, for fingerprints."""
-        return {
-            "tenant_id": self.tenant_id,
-            "variant_slug": self.variant_slug,
-            "source": self.source,
-            "input_hash": self.input_hash,
-            "run_id": self.run_id,
-            "start_time": self.start_time,
-            "end_time": self.end_time,
-        }
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,7 +234,7 @@ def _prepare_one(
     _check_cost(rec.v2_cost, prefix + "v2_cost", out)
     if rec.runtime_ms < 0:
         out.append(FieldViolation(prefix + "runtime_ms", "must not be negative"))
-    for name in ("input_hash", "output_hash"):
+    for name in _HASH_FIELDS:
         value = getattr(rec, name)
         if value and not _HASH.fullmatch(value):
             out.append(FieldViolation(prefix + name, "must be 64 lowercase hex digits"))
@@ -385,18 +380,7 @@ def command_fingerprint(batch: WriteBatch) -> str:
     lines = [
         dumps(
             [
-                r.run_id,
-                r.tenant_id,
-                r.variant_slug,
-                r.source,
-                r.model_version,
-                r.adapter_version,
-                r.commit_sha,
-                r.input_hash,
-                r.output_hash,
-                r.v1_cost,
-                r.v2_cost,
-                r.runtime_ms,
+                *(getattr(r, name) for name in _FINGERPRINT_FIELDS),
                 r.payload_json if r.payload is None else dumps(r.payload),
                 [r.id_set, r.cost_delta_set, r.created_at_set],
             ]
