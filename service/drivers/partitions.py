@@ -82,16 +82,7 @@ def ensure_partitions(
     conn: Connection, now: datetime, months_ahead: int = MONTHS_AHEAD
 ) -> list[str]:
     """Create the partitions of this month and the next ``months_ahead``; return the new ones."""
-    if not is_partitioned(conn):
-        return []
-    existing = {p.name for p in list_partitions(conn)}
-    created = []
-    for offset in range(months_ahead + 1):
-        partition = partition_for(add_months(month_start(now), offset))
-        if partition.name not in existing:
-            create_partition(conn, partition)
-            created.append(partition.name)
-    return created
+    return ensure_range(conn, now, add_months(month_start(now), months_ahead))
 
 
 def ensure_range(conn: Connection, start: datetime, end: datetime) -> list[str]:
@@ -150,6 +141,4 @@ class SqlPartitionDriver:
 
     def ensure(self, now: datetime) -> list[str]:
         """Create this month's and the coming months' partitions; return the new ones."""
-        if self._conn.dialect.name != "postgresql":
-            return []
         return ensure_partitions(self._conn, now)
