@@ -23,6 +23,7 @@ from typing import Any, overload
 import numpy as np
 import numpy.typing as npt
 
+from costsim_analytics.engines.cost_models.base import RISK_THRESHOLD, BatchEstimates
 from costsim_analytics.engines.cost_models.plans import DEFAULT_TIMEOUT_S
 from costsim_analytics.engines.cost_models.reader import read_columns
 
@@ -66,6 +67,28 @@ class PlanColumns:
     def fold_product(self, values: Floats) -> Floats:
         """Per-plan ``1.0 * v0 * v1 * ...`` in plan order (1.0 for empty or invalid plans)."""
         return self.fold.apply(np.multiply, values, 1.0)
+
+    def estimates(
+        self, cost_cents: Floats, duration_ms: Floats, cumulative_risk: Floats, *, permissions: bool
+    ) -> BatchEstimates:
+        """Per-plan totals as estimates: feasibility as both models define it, NaN if invalid.
+
+        Feasible: valid, not empty, within budget and risk, and (``permissions``, V1 only) no
+        skill outside the plan's permissions. The float columns are changed in place.
+        """
+        feasible = (
+            self.valid
+            & (self.n_steps > 0)
+            & (cost_cents <= self.budget_cents)
+            & (cumulative_risk <= RISK_THRESHOLD)
+        )
+        if permissions:
+            feasible &= ~self.permission_gap
+        for column in (cost_cents, duration_ms, cumulative_risk):
+            column[~self.valid] = np.nan
+        return BatchEstimates(
+            cost_cents, duration_ms, feasible, cumulative_risk, self.valid, self.errors
+        )
 
 
 TAIL_PLANS = 8
