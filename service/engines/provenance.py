@@ -83,8 +83,8 @@ class ProvenanceInput:
 
 
 @dataclass(frozen=True, slots=True)
-class NewProvenance:
-    """A validated record, ready to store; ``payload_json`` is its canonical serialisation."""
+class _Provenance:
+    """The fields a validated record and a stored one share."""
 
     run_id: str
     tenant_id: str
@@ -99,31 +99,22 @@ class NewProvenance:
     v2_cost: float | None
     cost_delta: float | None
     payload: dict[str, Any]
-    payload_json: str
     runtime_ms: int
     created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class NewProvenance(_Provenance):
+    """A validated record, ready to store; ``payload_json`` is its canonical serialisation."""
+
+    payload_json: str
 
 
 @dataclass(frozen=True, slots=True)
-class ProvenanceRecord:
+class ProvenanceRecord(_Provenance):
     """A stored record."""
 
     id: int
-    run_id: str
-    tenant_id: str
-    variant_slug: str
-    source: str
-    model_version: str
-    adapter_version: str
-    commit_sha: str
-    input_hash: str
-    output_hash: str
-    v1_cost: float | None
-    v2_cost: float | None
-    cost_delta: float | None
-    payload: dict[str, Any]
-    runtime_ms: int
-    created_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
