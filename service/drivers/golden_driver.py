@@ -84,15 +84,10 @@ class SqlGoldenDriver:
                 raise AlreadyExists(
                     f"golden dataset {new.name!r} changed concurrently; retry"
                 ) from exc
+            # The sample columns after sample_id are named as GoldenSample's fields.
             rows = [
-                {
-                    "dataset_id": row[0],
-                    "sample_id": sample.id,
-                    "plan_input": sample.plan_input,
-                    "expected_cost_cents": sample.expected_cost_cents,
-                    "expected_feasible": sample.expected_feasible,
-                    "expected_duration_ms": sample.expected_duration_ms,
-                }
+                {"dataset_id": row.id, "sample_id": sample.id}
+                | {c.name: getattr(sample, c.name) for c in _SAMPLE[1:]}
                 for sample in new.samples
             ]
             for start in range(0, len(rows), INSERT_CHUNK):
