@@ -5,6 +5,7 @@ Domain types know nothing of protobuf; every translation lives here.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -156,16 +157,8 @@ def drift_query(request: pb.GetDriftStatsRequest) -> DriftStatsQuery:
 
 
 def drift_stats(stats: DriftStats) -> pb.GetDriftStatsResponse:
-    """Statistics -> GetDriftStatsResponse."""
-    return pb.GetDriftStatsResponse(
-        total=stats.total,
-        avg_delta=stats.avg_delta,
-        min_delta=stats.min_delta,
-        max_delta=stats.max_delta,
-        stddev_delta=stats.stddev_delta,
-        p50_delta=stats.p50_delta,
-        p90_delta=stats.p90_delta,
-    )
+    """Statistics -> GetDriftStatsResponse (the same fields by the same names)."""
+    return pb.GetDriftStatsResponse(**asdict(stats))
 
 
 # --- shared by the canary and golden messages ---------------------------------------------------
@@ -178,21 +171,9 @@ def optional(msg: Any, name: str) -> Any:
 
 def interval(i: Interval | None) -> pb.ConfidenceInterval | None:
     """A confidence interval as a message (None stays unset)."""
-    if i is None:
-        return None
-    return pb.ConfidenceInterval(
-        estimate=i.estimate, low=i.low, high=i.high, level=i.level, resamples=i.resamples
-    )
+    return None if i is None else pb.ConfidenceInterval(**asdict(i))
 
 
 def failure_reason(r: FailureReason) -> pb.FailureReason:
     """A failure reason as a message."""
-    return pb.FailureReason(
-        code=r.code,
-        metric=r.metric,
-        observed=r.observed,
-        threshold=r.threshold,
-        comparator=r.comparator,
-        interval=interval(r.interval),
-        message=r.message,
-    )
+    return pb.FailureReason(**{**asdict(r), "interval": interval(r.interval)})
