@@ -34,6 +34,7 @@ MAX_SAMPLES = 100_000
 MAX_DESCRIPTION = 1024
 MAX_SAMPLE_ID = 256
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+NAME_RULE = "must be 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit"
 SOURCE_IMPORT = "import"
 PROMOTE_PREFIX = "promote:"
 
@@ -87,14 +88,7 @@ class NewGoldenDataset:
 
 def name_violations(name: str, field: str = "name") -> list[FieldViolation]:
     """What is wrong with a dataset name (nothing: an empty list)."""
-    if NAME_PATTERN.fullmatch(name):
-        return []
-    return [
-        FieldViolation(
-            field,
-            "must be 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit",
-        )
-    ]
+    return [] if NAME_PATTERN.fullmatch(name) else [FieldViolation(field, NAME_RULE)]
 
 
 def raise_if(bad: Sequence[FieldViolation]) -> None:
