@@ -15,6 +15,7 @@ from costsim.analytics.v1 import analytics_pb2 as pb
 from costsim_analytics.engines.drift import DriftStats, DriftStatsQuery
 from costsim_analytics.engines.findings import FailureReason, Interval
 from costsim_analytics.engines.provenance import (
+    TEXT_FIELDS,
     ProvenanceFilter,
     ProvenanceInput,
     ProvenanceQuery,
@@ -73,15 +74,7 @@ def to_timestamp(dt: datetime) -> timestamp_pb2.Timestamp:
 def provenance_input(rec: pb.ProvenanceRecord) -> ProvenanceInput:
     """A request record as the engine's input (unvalidated)."""
     return ProvenanceInput(
-        run_id=rec.run_id,
-        tenant_id=rec.tenant_id,
-        variant_slug=rec.variant_slug,
-        source=rec.source,
-        model_version=rec.model_version,
-        adapter_version=rec.adapter_version,
-        commit_sha=rec.commit_sha,
-        input_hash=rec.input_hash,
-        output_hash=rec.output_hash,
+        **{name: getattr(rec, name) for name in TEXT_FIELDS},
         v1_cost=rec.v1_cost if rec.HasField("v1_cost") else None,
         v2_cost=rec.v2_cost if rec.HasField("v2_cost") else None,
         payload=struct_to_dict(rec.payload) if rec.HasField("payload") else None,

@@ -28,6 +28,9 @@ from costsim_analytics.engines.golden.results import (
 
 # --- samples and datasets ----------------------------------------------------------------------
 
+# A version's scalar fields, named alike in GoldenDataset and the message.
+_VERSION_FIELDS = ("name", "version", "sha256", "description", "source", "sample_count", "active")
+
 
 def sample(s: pb.GoldenSample) -> GoldenSample:
     """A request sample as the domain's (numbers stay floats; the engine normalises them)."""
@@ -56,13 +59,7 @@ def sample_message(s: GoldenSample) -> pb.GoldenSample:
 def dataset_message(d: GoldenDataset) -> pb.GoldenDataset:
     """A stored version as a message (with its samples, if it carries them)."""
     return pb.GoldenDataset(
-        name=d.name,
-        version=d.version,
-        sha256=d.sha256,
-        description=d.description,
-        source=d.source,
-        sample_count=d.sample_count,
-        active=d.active,
+        **{name: getattr(d, name) for name in _VERSION_FIELDS},
         created_at=convert.to_timestamp(d.created_at),
         samples=[sample_message(s) for s in d.samples],
     )
@@ -71,13 +68,7 @@ def dataset_message(d: GoldenDataset) -> pb.GoldenDataset:
 def dataset(msg: pb.GoldenDataset) -> GoldenDataset:
     """A message as a domain version (for clients: the CLI's export)."""
     return GoldenDataset(
-        name=msg.name,
-        version=msg.version,
-        sha256=msg.sha256,
-        description=msg.description,
-        source=msg.source,
-        sample_count=msg.sample_count,
-        active=msg.active,
+        **{name: getattr(msg, name) for name in _VERSION_FIELDS},
         created_at=convert.timestamp(msg.created_at),
         samples=tuple(sample(s) for s in msg.samples),
     )

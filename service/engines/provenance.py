@@ -54,6 +54,8 @@ _STRING_FIELDS = (
     "commit_sha",
 )
 _HASH_FIELDS = ("input_hash", "output_hash")
+# The text fields a record carries as sent, under the same names in every representation.
+TEXT_FIELDS = (*_STRING_FIELDS, *_HASH_FIELDS)
 # What command_fingerprint digests before the payload, in this order (digests are stored).
 _FINGERPRINT_FIELDS = (*_STRING_FIELDS, *_HASH_FIELDS, "v1_cost", "v2_cost", "runtime_ms")
 
@@ -244,13 +246,7 @@ def _prepare_one(
     if len(out) > start:
         return None
     return NewProvenance(
-        run_id=rec.run_id,
-        tenant_id=rec.tenant_id,
-        variant_slug=rec.variant_slug,
-        source=rec.source,
-        model_version=rec.model_version,
-        adapter_version=rec.adapter_version,
-        commit_sha=rec.commit_sha,
+        **{name: getattr(rec, name) for name in _STRING_FIELDS},
         input_hash=input_hash,
         output_hash=output_hash,
         v1_cost=rec.v1_cost,
@@ -348,14 +344,10 @@ def prepare_batch(
             reason="BATCH_TOO_LARGE",
         )
     violations: list[FieldViolation] = []
-    rows = []
-    for index, rec in enumerate(records):
-        row = _prepare_one(index, rec, now, violations)
-        if row is not None:
-            rows.append(row)
+    rows = [_prepare_one(index, rec, now, violations) for index, rec in enumerate(records)]
     if violations:
         raise InvalidArgument(_summary(violations), violations[:MAX_REPORTED_VIOLATIONS])
-    return rows
+    return [row for row in rows if row is not None]
 
 
 def command_fingerprint(batch: WriteBatch) -> str:
