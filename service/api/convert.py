@@ -15,6 +15,7 @@ from costsim.analytics.v1 import analytics_pb2 as pb
 from costsim_analytics.engines.drift import DriftStats, DriftStatsQuery
 from costsim_analytics.engines.findings import FailureReason, Interval
 from costsim_analytics.engines.provenance import (
+    FILTER_TEXT_FIELDS,
     TEXT_FIELDS,
     ProvenanceFilter,
     ProvenanceInput,
@@ -126,11 +127,7 @@ def provenance_query(request: pb.QueryProvenanceRequest) -> ProvenanceQuery:
     """QueryProvenanceRequest -> query."""
     return ProvenanceQuery(
         filter=ProvenanceFilter(
-            tenant_id=request.tenant_id,
-            variant_slug=request.variant_slug,
-            source=request.source,
-            input_hash=request.input_hash,
-            run_id=request.run_id,
+            **{name: getattr(request, name) for name in FILTER_TEXT_FIELDS},
             start_time=optional_timestamp(request, "start_time"),
             end_time=optional_timestamp(request, "end_time"),
         ),

@@ -37,6 +37,7 @@ from costsim_analytics.drivers.streaming import stream_rows
 from costsim_analytics.engines.drift import DriftStats, DriftStatsQuery
 from costsim_analytics.engines.pagination import Cursor
 from costsim_analytics.engines.provenance import (
+    FILTER_TEXT_FIELDS,
     NewProvenance,
     ProvenanceFilter,
     ProvenanceRecord,
@@ -54,11 +55,9 @@ _COPY_FIELDS = tuple("payload_json" if name == "payload" else name for name in _
 
 
 def _where(flt: ProvenanceFilter) -> list[ColumnElement[bool]]:
-    clauses: list[ColumnElement[bool]] = []
-    for name in ("tenant_id", "variant_slug", "source", "input_hash", "run_id"):
-        value = getattr(flt, name)
-        if value:
-            clauses.append(t.c[name] == value)
+    clauses: list[ColumnElement[bool]] = [
+        t.c[name] == getattr(flt, name) for name in FILTER_TEXT_FIELDS if getattr(flt, name)
+    ]
     if flt.start_time is not None:
         clauses.append(t.c.created_at >= flt.start_time)
     if flt.end_time is not None:

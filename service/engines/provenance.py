@@ -56,6 +56,8 @@ _STRING_FIELDS = (
 _HASH_FIELDS = ("input_hash", "output_hash")
 # The text fields a record carries as sent, under the same names in every representation.
 TEXT_FIELDS = (*_STRING_FIELDS, *_HASH_FIELDS)
+# The exact-match filters of ProvenanceFilter (an empty one matches everything).
+FILTER_TEXT_FIELDS = ("tenant_id", "variant_slug", "source", "input_hash", "run_id")
 # What command_fingerprint digests before the payload, in this order (digests are stored).
 _FINGERPRINT_FIELDS = (*_STRING_FIELDS, *_HASH_FIELDS, "v1_cost", "v2_cost", "runtime_ms")
 
