@@ -30,17 +30,12 @@ from costsim_analytics.engines.provenance import (
 
 def _value(v: struct_pb2.Value) -> Any:
     kind = v.WhichOneof("kind")
-    if kind == "number_value":
-        return v.number_value
-    if kind == "string_value":
-        return v.string_value
-    if kind == "bool_value":
-        return v.bool_value
     if kind == "struct_value":
         return struct_to_dict(v.struct_value)
     if kind == "list_value":
         return [_value(item) for item in v.list_value.values]
-    return None
+    # number_value, string_value and bool_value as they are; null_value (or unset) is None.
+    return None if kind in (None, "null_value") else getattr(v, kind)
 
 
 def struct_to_dict(s: struct_pb2.Struct) -> dict[str, Any]:

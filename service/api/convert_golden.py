@@ -89,12 +89,7 @@ def create(request: pb.CreateGoldenDatasetRequest) -> CreateGoldenDataset:
 
 def promote(request: pb.PromoteCanaryRunRequest) -> PromoteCanaryRun:
     """PromoteCanaryRunRequest -> command."""
-    return PromoteCanaryRun(
-        run_id=request.run_id,
-        name=request.name,
-        description=request.description,
-        request_id=request.request_id,
-    )
+    return PromoteCanaryRun(request.run_id, request.name, request.description, request.request_id)
 
 
 def stored(result: StoredVersion) -> tuple[pb.GoldenDataset, bool]:

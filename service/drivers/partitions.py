@@ -112,13 +112,8 @@ def list_partitions(conn: Connection) -> list[Partition]:
             ),
             {"parent": PARENT},
         ).scalars()
-    partitions = []
-    for name in names:
-        match = _NAME.match(name)
-        if match:
-            start = datetime(int(match[1]), int(match[2]), 1, tzinfo=UTC)
-            partitions.append(Partition(name, start, add_months(start, 1)))
-    return sorted(partitions, key=lambda p: p.start)
+    months = [datetime(int(m[1]), int(m[2]), 1, tzinfo=UTC) for m in map(_NAME.match, names) if m]
+    return [partition_for(month) for month in sorted(months)]
 
 
 def drop_partitions_before(conn: Connection, cutoff: datetime) -> list[tuple[str, int]]:
