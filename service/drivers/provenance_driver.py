@@ -50,6 +50,8 @@ _COPY_SQL = f"COPY costsim_provenance ({', '.join(_COLUMNS)}) FROM STDIN"
 _NEXTVAL_SQL = (
     "SELECT nextval(pg_get_serial_sequence('costsim_provenance', 'id')) FROM generate_series(1, %s)"
 )
+# Count, mean, min and max of cost_delta: what both backends aggregate in SQL.
+_SUMMARY = tuple(f(t.c.cost_delta) for f in (func.count, func.avg, func.min, func.max))
 # COPY writes the payload as its JSON text; the other values are NewProvenance's own.
 _COPY_FIELDS = tuple("payload_json" if name == "payload" else name for name in _COLUMNS[1:])
 
@@ -185,8 +187,8 @@ class SqlProvenanceDriver:
     def drift_stats(self, query: DriftStatsQuery) -> DriftStats:
         """Aggregate ``cost_delta`` over the matching records (see engines/drift.py)."""
         flt = ProvenanceFilter(
-            tenant_id=query.tenant_id,
-            variant_slug=query.variant_slug,
+            query.tenant_id,
+            query.variant_slug,
             start_time=query.start_time,
             end_time=query.end_time,
         )
@@ -194,17 +196,9 @@ class SqlProvenanceDriver:
         d = t.c.cost_delta
         with translated():
             if self._conn.dialect.name == "postgresql":
-                row = self._conn.execute(
-                    select(
-                        func.count(d),
-                        func.avg(d),
-                        func.min(d),
-                        func.max(d),
-                        func.stddev_samp(d),
-                        func.percentile_cont(0.5).within_group(d),
-                        func.percentile_cont(0.9).within_group(d),
-                    ).where(where)
-                ).one()
+                percentiles = (func.percentile_cont(q).within_group(d) for q in (0.5, 0.9))
+                stmt = select(*_SUMMARY, func.stddev_samp(d), *percentiles).where(where)
+                row = self._conn.execute(stmt).one()
                 total = int(row[0])
                 if total == 0:
                     return DriftStats()
@@ -214,9 +208,7 @@ class SqlProvenanceDriver:
     def _portable_stats(self, where: ColumnElement[bool]) -> DriftStats:
         """Exact statistics with plain SQL: two passes for the deviation, ranks for percentiles."""
         d = t.c.cost_delta
-        total, mean, low, high = self._conn.execute(
-            select(func.count(d), func.avg(d), func.min(d), func.max(d)).where(where)
-        ).one()
+        total, mean, low, high = self._conn.execute(select(*_SUMMARY).where(where)).one()
         if not total:
             return DriftStats()
         squares = self._conn.execute(

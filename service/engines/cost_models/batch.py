@@ -36,7 +36,7 @@ Bools = npt.NDArray[np.bool_]
 class PlanColumns:
     """The steps of the valid plans of a batch, end to end, plus per-plan facts.
 
-    Per plan (length ``n_plans``): ``valid``, ``errors``, ``budget_cents`` (NaN when invalid),
+    Per plan (one entry per sample): ``valid``, ``errors``, ``budget_cents`` (NaN when invalid),
     ``n_steps`` (0 when invalid), ``permission_gap``. Per step of a valid plan, in plan order:
     skill index, iterations and the facts of :data:`~.plans.StepRow` as arrays, with their
     defaults where a skill does not read them.
@@ -54,11 +54,6 @@ class PlanColumns:
     command_chars: Ints
     timeout_s: Floats
     fold: Fold
-
-    @property
-    def n_plans(self) -> int:
-        """How many samples the batch holds."""
-        return len(self.errors)
 
     def fold_sum(self, values: Floats) -> Floats:
         """Per-plan ``0.0 + v0 + v1 + ...`` in plan order (0.0 for empty or invalid plans)."""
