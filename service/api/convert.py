@@ -84,10 +84,7 @@ def provenance_input(rec: pb.ProvenanceRecord) -> ProvenanceInput:
 
 def write_batch(request: pb.WriteProvenanceBatchRequest) -> WriteBatch:
     """WriteProvenanceBatchRequest -> command."""
-    return WriteBatch(
-        records=[provenance_input(rec) for rec in request.records],
-        request_id=request.request_id,
-    )
+    return WriteBatch([provenance_input(rec) for rec in request.records], request.request_id)
 
 
 def write_batch_response(result: WriteBatchResult) -> pb.WriteProvenanceBatchResponse:

@@ -79,12 +79,8 @@ def dataset(msg: pb.GoldenDataset) -> GoldenDataset:
 
 def create(request: pb.CreateGoldenDatasetRequest) -> CreateGoldenDataset:
     """CreateGoldenDatasetRequest -> command."""
-    return CreateGoldenDataset(
-        name=request.name,
-        description=request.description,
-        samples=tuple(sample(s) for s in request.samples),
-        request_id=request.request_id,
-    )
+    samples = tuple(sample(s) for s in request.samples)
+    return CreateGoldenDataset(request.name, request.description, samples, request.request_id)
 
 
 def promote(request: pb.PromoteCanaryRunRequest) -> PromoteCanaryRun:
