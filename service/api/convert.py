@@ -130,12 +130,8 @@ def provenance_query(request: pb.QueryProvenanceRequest) -> ProvenanceQuery:
 
 def drift_query(request: pb.GetDriftStatsRequest) -> DriftStatsQuery:
     """GetDriftStatsRequest -> query."""
-    return DriftStatsQuery(
-        tenant_id=request.tenant_id,
-        variant_slug=request.variant_slug,
-        start_time=optional_timestamp(request, "start_time"),
-        end_time=optional_timestamp(request, "end_time"),
-    )
+    start, end = (optional_timestamp(request, name) for name in ("start_time", "end_time"))
+    return DriftStatsQuery(request.tenant_id, request.variant_slug, start, end)
 
 
 def drift_stats(stats: DriftStats) -> pb.GetDriftStatsResponse:

@@ -34,13 +34,9 @@ _VERSION_FIELDS = ("name", "version", "sha256", "description", "source", "sample
 
 def sample(s: pb.GoldenSample) -> GoldenSample:
     """A request sample as the domain's (numbers stay floats; the engine normalises them)."""
-    return GoldenSample(
-        id=s.id,
-        plan_input=convert.struct_to_dict(s.plan_input) if s.HasField("plan_input") else None,
-        expected_cost_cents=s.expected_cost_cents,
-        expected_feasible=s.expected_feasible,
-        expected_duration_ms=convert.optional(s, "expected_duration_ms"),
-    )
+    plan = convert.struct_to_dict(s.plan_input) if s.HasField("plan_input") else None
+    duration = convert.optional(s, "expected_duration_ms")
+    return GoldenSample(s.id, plan, s.expected_cost_cents, s.expected_feasible, duration)
 
 
 def sample_message(s: GoldenSample) -> pb.GoldenSample:

@@ -141,11 +141,8 @@ def list_(
         ]
         for d in found
     ]
-    table(
-        "golden datasets",
-        ["name", "version", "active", "samples", "sha256", "source", "created_at"],
-        rows,
-    )
+    columns = ["name", "version", "active", "samples", "sha256", "source", "created_at"]
+    table("golden datasets", columns, rows)
 
 
 @app.command("show")

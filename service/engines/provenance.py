@@ -44,6 +44,7 @@ DEFAULT_MAX_BATCH = 1000
 MAX_REPORTED_VIOLATIONS = 100
 
 _HASH = re.compile(r"[0-9a-f]{64}")
+_CHOICES = (("variant_slug", VARIANT_SLUGS), ("source", SOURCES))  # fields with fixed values
 _STRING_FIELDS = (
     "run_id",
     "tenant_id",
@@ -173,10 +174,9 @@ def compute_cost_delta(v1_cost: float | None, v2_cost: float | None) -> float | 
 def validate_filter(flt: ProvenanceFilter) -> None:
     """Reject filter values that can never match a valid record."""
     violations = []
-    if flt.variant_slug and flt.variant_slug not in VARIANT_SLUGS:
-        violations.append(FieldViolation("variant_slug", f"must be one of {sorted(VARIANT_SLUGS)}"))
-    if flt.source and flt.source not in SOURCES:
-        violations.append(FieldViolation("source", f"must be one of {sorted(SOURCES)}"))
+    for name, allowed in _CHOICES:
+        if getattr(flt, name) and getattr(flt, name) not in allowed:
+            violations.append(FieldViolation(name, f"must be one of {sorted(allowed)}"))
     if flt.input_hash and not _HASH.fullmatch(flt.input_hash):
         violations.append(FieldViolation("input_hash", "must be 64 lowercase hex digits"))
     for name in ("tenant_id", "run_id"):
@@ -219,12 +219,9 @@ def _prepare_one(
             )
     if not rec.run_id:
         out.append(FieldViolation(prefix + "run_id", "must not be empty"))
-    if rec.variant_slug not in VARIANT_SLUGS:
-        out.append(
-            FieldViolation(prefix + "variant_slug", f"must be one of {sorted(VARIANT_SLUGS)}")
-        )
-    if rec.source not in SOURCES:
-        out.append(FieldViolation(prefix + "source", f"must be one of {sorted(SOURCES)}"))
+    for name, allowed in _CHOICES:
+        if getattr(rec, name) not in allowed:
+            out.append(FieldViolation(prefix + name, f"must be one of {sorted(allowed)}"))
     _check_cost(rec.v1_cost, prefix + "v1_cost", out)
     _check_cost(rec.v2_cost, prefix + "v2_cost", out)
     if rec.runtime_ms < 0:
