@@ -26,8 +26,12 @@ from costsim_analytics.api.convert_canary import STATUS_TO_PROTO
 JsonDict = dict[str, Any]
 
 
-def _dict(message: Any) -> JsonDict:
-    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+def _dict(message: Any, *, every_field: bool = False) -> JsonDict:
+    return json_format.MessageToDict(
+        message,
+        preserving_proto_field_name=True,
+        always_print_fields_with_no_presence=every_field,
+    )
 
 
 def _window(request: Any, start: datetime | None, end: datetime | None) -> None:
@@ -178,10 +182,7 @@ class AnalyticsClient:
         """Drift statistics, every field present."""
         request = pb.GetDriftStatsRequest(tenant_id=tenant_id, variant_slug=variant_slug)
         _window(request, start, end)
-        response = self._stub.GetDriftStats(request, timeout=self._timeout_s)
-        return json_format.MessageToDict(
-            response, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-        )
+        return _dict(self._stub.GetDriftStats(request, timeout=self._timeout_s), every_field=True)
 
     def query_reports(
         self,
@@ -246,20 +247,13 @@ class AnalyticsClient:
         """One golden version with its samples (the active one without ``version``)."""
         request = pb.GetGoldenDatasetRequest(name=name, version=version)
         dataset = self._stub.GetGoldenDataset(request, timeout=self._timeout_s).dataset
-        return json_format.MessageToDict(
-            dataset, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-        )
+        return _dict(dataset, every_field=True)
 
     def list_golden(self, name: str = "") -> list[JsonDict]:
         """Every golden version (of ``name``), without samples."""
         request = pb.ListGoldenDatasetsRequest(name=name)
         response = self._stub.ListGoldenDatasets(request, timeout=self._timeout_s)
-        return [
-            json_format.MessageToDict(
-                d, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-            )
-            for d in response.datasets
-        ]
+        return [_dict(d, every_field=True) for d in response.datasets]
 
     def activate_golden(self, name: str, version: int) -> JsonDict:
         """Make one version the active version of its name."""
@@ -269,9 +263,6 @@ class AnalyticsClient:
     def compare_golden(self, request: JsonDict, timeout_s: float = 300.0) -> JsonDict:
         """A golden comparison; ``request`` uses CompareGoldenRequest's JSON field names."""
         message = json_format.ParseDict(request, pb.CompareGoldenRequest())
-        comparison = self._stub.CompareGolden(message, timeout=timeout_s).comparison
-        return json_format.MessageToDict(
-            comparison,
-            preserving_proto_field_name=True,
-            always_print_fields_with_no_presence=True,
+        return _dict(
+            self._stub.CompareGolden(message, timeout=timeout_s).comparison, every_field=True
         )

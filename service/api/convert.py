@@ -5,6 +5,7 @@ Domain types know nothing of protobuf; every translation lives here.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,6 +15,8 @@ from costsim.analytics.v1 import analytics_pb2 as pb
 from costsim_analytics.engines.drift import DriftStats, DriftStatsQuery
 from costsim_analytics.engines.findings import FailureReason, Interval
 from costsim_analytics.engines.provenance import (
+    FILTER_TEXT_FIELDS,
+    TEXT_FIELDS,
     ProvenanceFilter,
     ProvenanceInput,
     ProvenanceQuery,
@@ -27,17 +30,12 @@ from costsim_analytics.engines.provenance import (
 
 def _value(v: struct_pb2.Value) -> Any:
     kind = v.WhichOneof("kind")
-    if kind == "number_value":
-        return v.number_value
-    if kind == "string_value":
-        return v.string_value
-    if kind == "bool_value":
-        return v.bool_value
     if kind == "struct_value":
         return struct_to_dict(v.struct_value)
     if kind == "list_value":
         return [_value(item) for item in v.list_value.values]
-    return None
+    # number_value, string_value and bool_value as they are; null_value (or unset) is None.
+    return None if kind in (None, "null_value") else getattr(v, kind)
 
 
 def struct_to_dict(s: struct_pb2.Struct) -> dict[str, Any]:
@@ -72,15 +70,7 @@ def to_timestamp(dt: datetime) -> timestamp_pb2.Timestamp:
 def provenance_input(rec: pb.ProvenanceRecord) -> ProvenanceInput:
     """A request record as the engine's input (unvalidated)."""
     return ProvenanceInput(
-        run_id=rec.run_id,
-        tenant_id=rec.tenant_id,
-        variant_slug=rec.variant_slug,
-        source=rec.source,
-        model_version=rec.model_version,
-        adapter_version=rec.adapter_version,
-        commit_sha=rec.commit_sha,
-        input_hash=rec.input_hash,
-        output_hash=rec.output_hash,
+        **{name: getattr(rec, name) for name in TEXT_FIELDS},
         v1_cost=rec.v1_cost if rec.HasField("v1_cost") else None,
         v2_cost=rec.v2_cost if rec.HasField("v2_cost") else None,
         payload=struct_to_dict(rec.payload) if rec.HasField("payload") else None,
@@ -94,10 +84,7 @@ def provenance_input(rec: pb.ProvenanceRecord) -> ProvenanceInput:
 
 def write_batch(request: pb.WriteProvenanceBatchRequest) -> WriteBatch:
     """WriteProvenanceBatchRequest -> command."""
-    return WriteBatch(
-        records=[provenance_input(rec) for rec in request.records],
-        request_id=request.request_id,
-    )
+    return WriteBatch([provenance_input(rec) for rec in request.records], request.request_id)
 
 
 def write_batch_response(result: WriteBatchResult) -> pb.WriteProvenanceBatchResponse:
@@ -132,11 +119,7 @@ def provenance_query(request: pb.QueryProvenanceRequest) -> ProvenanceQuery:
     """QueryProvenanceRequest -> query."""
     return ProvenanceQuery(
         filter=ProvenanceFilter(
-            tenant_id=request.tenant_id,
-            variant_slug=request.variant_slug,
-            source=request.source,
-            input_hash=request.input_hash,
-            run_id=request.run_id,
+            **{name: getattr(request, name) for name in FILTER_TEXT_FIELDS},
             start_time=optional_timestamp(request, "start_time"),
             end_time=optional_timestamp(request, "end_time"),
         ),
@@ -147,25 +130,13 @@ def provenance_query(request: pb.QueryProvenanceRequest) -> ProvenanceQuery:
 
 def drift_query(request: pb.GetDriftStatsRequest) -> DriftStatsQuery:
     """GetDriftStatsRequest -> query."""
-    return DriftStatsQuery(
-        tenant_id=request.tenant_id,
-        variant_slug=request.variant_slug,
-        start_time=optional_timestamp(request, "start_time"),
-        end_time=optional_timestamp(request, "end_time"),
-    )
+    start, end = (optional_timestamp(request, name) for name in ("start_time", "end_time"))
+    return DriftStatsQuery(request.tenant_id, request.variant_slug, start, end)
 
 
 def drift_stats(stats: DriftStats) -> pb.GetDriftStatsResponse:
-    """Statistics -> GetDriftStatsResponse."""
-    return pb.GetDriftStatsResponse(
-        total=stats.total,
-        avg_delta=stats.avg_delta,
-        min_delta=stats.min_delta,
-        max_delta=stats.max_delta,
-        stddev_delta=stats.stddev_delta,
-        p50_delta=stats.p50_delta,
-        p90_delta=stats.p90_delta,
-    )
+    """Statistics -> GetDriftStatsResponse (the same fields by the same names)."""
+    return pb.GetDriftStatsResponse(**asdict(stats))
 
 
 # --- shared by the canary and golden messages ---------------------------------------------------
@@ -178,21 +149,9 @@ def optional(msg: Any, name: str) -> Any:
 
 def interval(i: Interval | None) -> pb.ConfidenceInterval | None:
     """A confidence interval as a message (None stays unset)."""
-    if i is None:
-        return None
-    return pb.ConfidenceInterval(
-        estimate=i.estimate, low=i.low, high=i.high, level=i.level, resamples=i.resamples
-    )
+    return None if i is None else pb.ConfidenceInterval(**asdict(i))
 
 
 def failure_reason(r: FailureReason) -> pb.FailureReason:
     """A failure reason as a message."""
-    return pb.FailureReason(
-        code=r.code,
-        metric=r.metric,
-        observed=r.observed,
-        threshold=r.threshold,
-        comparator=r.comparator,
-        interval=interval(r.interval),
-        message=r.message,
-    )
+    return pb.FailureReason(**{**asdict(r), "interval": interval(r.interval)})

@@ -6,6 +6,8 @@ servicer, the client and the CLI are the only callers; domain types know nothing
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from costsim.analytics.v1 import analytics_pb2 as pb
 from costsim_analytics.api import convert
 from costsim_analytics.engines.golden.commands import (
@@ -26,16 +28,15 @@ from costsim_analytics.engines.golden.results import (
 
 # --- samples and datasets ----------------------------------------------------------------------
 
+# A version's scalar fields, named alike in GoldenDataset and the message.
+_VERSION_FIELDS = ("name", "version", "sha256", "description", "source", "sample_count", "active")
+
 
 def sample(s: pb.GoldenSample) -> GoldenSample:
     """A request sample as the domain's (numbers stay floats; the engine normalises them)."""
-    return GoldenSample(
-        id=s.id,
-        plan_input=convert.struct_to_dict(s.plan_input) if s.HasField("plan_input") else None,
-        expected_cost_cents=s.expected_cost_cents,
-        expected_feasible=s.expected_feasible,
-        expected_duration_ms=convert.optional(s, "expected_duration_ms"),
-    )
+    plan = convert.struct_to_dict(s.plan_input) if s.HasField("plan_input") else None
+    duration = convert.optional(s, "expected_duration_ms")
+    return GoldenSample(s.id, plan, s.expected_cost_cents, s.expected_feasible, duration)
 
 
 def sample_message(s: GoldenSample) -> pb.GoldenSample:
@@ -54,13 +55,7 @@ def sample_message(s: GoldenSample) -> pb.GoldenSample:
 def dataset_message(d: GoldenDataset) -> pb.GoldenDataset:
     """A stored version as a message (with its samples, if it carries them)."""
     return pb.GoldenDataset(
-        name=d.name,
-        version=d.version,
-        sha256=d.sha256,
-        description=d.description,
-        source=d.source,
-        sample_count=d.sample_count,
-        active=d.active,
+        **{name: getattr(d, name) for name in _VERSION_FIELDS},
         created_at=convert.to_timestamp(d.created_at),
         samples=[sample_message(s) for s in d.samples],
     )
@@ -69,13 +64,7 @@ def dataset_message(d: GoldenDataset) -> pb.GoldenDataset:
 def dataset(msg: pb.GoldenDataset) -> GoldenDataset:
     """A message as a domain version (for clients: the CLI's export)."""
     return GoldenDataset(
-        name=msg.name,
-        version=msg.version,
-        sha256=msg.sha256,
-        description=msg.description,
-        source=msg.source,
-        sample_count=msg.sample_count,
-        active=msg.active,
+        **{name: getattr(msg, name) for name in _VERSION_FIELDS},
         created_at=convert.timestamp(msg.created_at),
         samples=tuple(sample(s) for s in msg.samples),
     )
@@ -86,22 +75,13 @@ def dataset(msg: pb.GoldenDataset) -> GoldenDataset:
 
 def create(request: pb.CreateGoldenDatasetRequest) -> CreateGoldenDataset:
     """CreateGoldenDatasetRequest -> command."""
-    return CreateGoldenDataset(
-        name=request.name,
-        description=request.description,
-        samples=tuple(sample(s) for s in request.samples),
-        request_id=request.request_id,
-    )
+    samples = tuple(sample(s) for s in request.samples)
+    return CreateGoldenDataset(request.name, request.description, samples, request.request_id)
 
 
 def promote(request: pb.PromoteCanaryRunRequest) -> PromoteCanaryRun:
     """PromoteCanaryRunRequest -> command."""
-    return PromoteCanaryRun(
-        run_id=request.run_id,
-        name=request.name,
-        description=request.description,
-        request_id=request.request_id,
-    )
+    return PromoteCanaryRun(request.run_id, request.name, request.description, request.request_id)
 
 
 def stored(result: StoredVersion) -> tuple[pb.GoldenDataset, bool]:
@@ -141,64 +121,28 @@ def compare(request: pb.CompareGoldenRequest) -> CompareGolden:
 # --- comparisons -------------------------------------------------------------------------------
 
 
+# The domain types below name their fields as the messages do: each converts field for field,
+# its nested messages and the derived ``flips`` added.
+
+
 def _summary(s: GoldenSummary) -> pb.GoldenSummary:
     f = s.feasibility
-    return pb.GoldenSummary(
-        model=s.model,
-        samples=s.samples,
-        invalid_samples=s.invalid_samples,
-        within_tolerance=s.within_tolerance,
-        within_tolerance_share=s.within_tolerance_share,
-        mean_relative_error=s.mean_relative_error,
-        p90_relative_error=s.p90_relative_error,
-        mean_absolute_error=s.mean_absolute_error,
-        max_absolute_error=s.max_absolute_error,
-        feasibility=pb.FeasibilityConfusion(
-            expected_feasible_predicted_feasible=f.expected_feasible_predicted_feasible,
-            expected_feasible_predicted_infeasible=f.expected_feasible_predicted_infeasible,
-            expected_infeasible_predicted_feasible=f.expected_infeasible_predicted_feasible,
-            expected_infeasible_predicted_infeasible=f.expected_infeasible_predicted_infeasible,
-            flips=f.flips,
-        ),
-    )
+    feasibility = pb.FeasibilityConfusion(**asdict(f), flips=f.flips)
+    return pb.GoldenSummary(**{**asdict(s), "feasibility": feasibility})
 
 
 def _result(r: GoldenSampleResult) -> pb.GoldenSampleResult:
-    return pb.GoldenSampleResult(
-        id=r.id,
-        expected_cost_cents=r.expected_cost_cents,
-        expected_feasible=r.expected_feasible,
-        candidate_cost_cents=r.candidate_cost_cents,
-        candidate_feasible=r.candidate_feasible,
-        absolute_error=r.absolute_error,
-        relative_error=r.relative_error,
-        within_tolerance=r.within_tolerance,
-        baseline_cost_cents=r.baseline_cost_cents,
-        baseline_feasible=r.baseline_feasible,
-        baseline_relative_error=r.baseline_relative_error,
-        error=r.error or "",
-    )
+    return pb.GoldenSampleResult(**{**asdict(r), "error": r.error or ""})
 
 
 def comparison(c: GoldenComparison) -> pb.GoldenComparison:
     """A golden comparison as a message."""
     return pb.GoldenComparison(
-        dataset_name=c.dataset_name,
-        dataset_version=c.dataset_version,
-        dataset_sha256=c.dataset_sha256,
-        candidate_model=c.candidate_model,
-        baseline_model=c.baseline_model,
-        tolerance=c.tolerance,
-        min_share=c.min_share,
-        max_feasibility_flips=c.max_feasibility_flips,
-        passed=c.passed,
-        reasons=[convert.failure_reason(r) for r in c.reasons],
-        candidate=_summary(c.candidate),
-        baseline=_summary(c.baseline),
-        mean_relative_error_delta=c.mean_relative_error_delta,
-        closer_samples=c.closer_samples,
-        farther_samples=c.farther_samples,
-        tied_samples=c.tied_samples,
-        direction=c.direction,
-        worst_samples=[_result(r) for r in c.worst_samples],
+        **{
+            **asdict(c),
+            "reasons": [convert.failure_reason(r) for r in c.reasons],
+            "candidate": _summary(c.candidate),
+            "baseline": _summary(c.baseline),
+            "worst_samples": [_result(r) for r in c.worst_samples],
+        }
     )

@@ -70,9 +70,8 @@ class ServiceMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        ProcessCollector(registry=self.registry)
-        PlatformCollector(registry=self.registry)
-        GCCollector(registry=self.registry)
+        for collector in (ProcessCollector, PlatformCollector, GCCollector):
+            collector(registry=self.registry)
         self.rpc_started = Counter(
             "grpc_server_started",
             "RPCs started on the server.",
@@ -186,19 +185,16 @@ class MetricsInterceptor(_Interceptor):
         if handler is None:  # an unknown method: grpc answers UNIMPLEMENTED itself
             return handler
         service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
+        # By (request streaming, response streaming): the label, the handler's behaviour
+        # attribute and the factory that rebuilds such a handler.
         kind = {
-            (False, False): ("unary", grpc.unary_unary_rpc_method_handler),
-            (False, True): ("server_stream", grpc.unary_stream_rpc_method_handler),
-            (True, False): ("client_stream", grpc.stream_unary_rpc_method_handler),
-            (True, True): ("bidi_stream", grpc.stream_stream_rpc_method_handler),
+            (False, False): ("unary", "unary_unary", grpc.unary_unary_rpc_method_handler),
+            (False, True): ("server_stream", "unary_stream", grpc.unary_stream_rpc_method_handler),
+            (True, False): ("client_stream", "stream_unary", grpc.stream_unary_rpc_method_handler),
+            (True, True): ("bidi_stream", "stream_stream", grpc.stream_stream_rpc_method_handler),
         }
-        grpc_type, make = kind[(handler.request_streaming, handler.response_streaming)]
-        behavior = (
-            handler.unary_unary
-            or handler.unary_stream
-            or handler.stream_unary
-            or handler.stream_stream
-        )
+        grpc_type, attribute, make = kind[(handler.request_streaming, handler.response_streaming)]
+        behavior = getattr(handler, attribute)
         labels = {"grpc_service": service, "grpc_method": method, "grpc_type": grpc_type}
         wrapped = self._measure(behavior, labels)
         if wrapped is None:

@@ -141,11 +141,8 @@ def list_(
         ]
         for d in found
     ]
-    table(
-        "golden datasets",
-        ["name", "version", "active", "samples", "sha256", "source", "created_at"],
-        rows,
-    )
+    columns = ["name", "version", "active", "samples", "sha256", "source", "created_at"]
+    table("golden datasets", columns, rows)
 
 
 @app.command("show")
@@ -158,16 +155,8 @@ def show(name: Name, version: Version = None, target: Target = "", as_json: AsJs
         return
     samples = found.pop("samples", [])
     table(f"golden {name} v{found['version']}", ["field", "value"], list(map(list, found.items())))
-    rows = [
-        [
-            s["id"],
-            s["expected_cost_cents"],
-            s["expected_feasible"],
-            s.get("expected_duration_ms"),
-            len(s.get("plan_input", {}).get("plan", [])),
-        ]
-        for s in samples[:20]
-    ]
+    keys = ("id", "expected_cost_cents", "expected_feasible", "expected_duration_ms")
+    rows = [[*map(s.get, keys), len(s.get("plan_input", {}).get("plan", []))] for s in samples[:20]]
     title = f"samples (first {len(rows)} of {len(samples)})"
     table(title, ["id", "expected cost", "feasible", "duration ms", "steps"], rows)
 

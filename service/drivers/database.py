@@ -67,10 +67,9 @@ def _sqlite_engine(url: str, opts: EngineOptions) -> Engine:
         # Let SQLAlchemy's "begin" event issue BEGIN itself, instead of pysqlite's implicit one.
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA busy_timeout={int(opts.sqlite_busy_timeout_ms)}")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA synchronous=NORMAL")
+        busy_timeout = f"busy_timeout={int(opts.sqlite_busy_timeout_ms)}"
+        for pragma in ("journal_mode=WAL", busy_timeout, "foreign_keys=ON", "synchronous=NORMAL"):
+            cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
 
     @event.listens_for(engine, "begin")

@@ -25,17 +25,9 @@ from costsim_analytics.engines.golden.datasets import GoldenDataset, GoldenSampl
 # "gold" in ASCII: the first key of the two-key advisory lock space (which does not overlap
 # the one-key space of the canary run lock).
 ADVISORY_CLASS = 0x676F6C64
-_HEADER = (
-    d.c.id,
-    d.c.name,
-    d.c.version,
-    d.c.sha256,
-    d.c.description,
-    d.c.source,
-    d.c.sample_count,
-    d.c.active,
-    d.c.created_at,
-)
+_HEADER = tuple(d.c)  # every column of a version, as GoldenDataset names them
+# A sample's columns in GoldenSample's field order (sample_id is its id).
+_SAMPLE = tuple(c for c in s.c if c is not s.c.dataset_id)
 INSERT_CHUNK = 1000
 
 
@@ -92,15 +84,10 @@ class SqlGoldenDriver:
                 raise AlreadyExists(
                     f"golden dataset {new.name!r} changed concurrently; retry"
                 ) from exc
+            # The sample columns after sample_id are named as GoldenSample's fields.
             rows = [
-                {
-                    "dataset_id": row[0],
-                    "sample_id": sample.id,
-                    "plan_input": sample.plan_input,
-                    "expected_cost_cents": sample.expected_cost_cents,
-                    "expected_feasible": sample.expected_feasible,
-                    "expected_duration_ms": sample.expected_duration_ms,
-                }
+                {"dataset_id": row.id, "sample_id": sample.id}
+                | {c.name: getattr(sample, c.name) for c in _SAMPLE[1:]}
                 for sample in new.samples
             ]
             for start in range(0, len(rows), INSERT_CHUNK):
@@ -117,16 +104,10 @@ class SqlGoldenDriver:
 
     def samples(self, dataset_id: int) -> tuple[GoldenSample, ...]:
         """The samples of one version, sorted by id (code points, as the export is)."""
-        stmt = select(
-            s.c.sample_id,
-            s.c.plan_input,
-            s.c.expected_cost_cents,
-            s.c.expected_feasible,
-            s.c.expected_duration_ms,
-        ).where(s.c.dataset_id == dataset_id)
+        stmt = select(*_SAMPLE).where(s.c.dataset_id == dataset_id)
         with translated():
             rows = self._conn.execute(stmt).all()
-        samples = [GoldenSample(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+        samples = [GoldenSample(*row) for row in rows]
         # Sorted here, not by the database: PostgreSQL's collation need not be code-point order.
         return tuple(sorted(samples, key=lambda sample: sample.id))
 

@@ -11,13 +11,19 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, select, update
+from sqlalchemy import Connection, Select, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from costsim_analytics.drivers.errors import translated
 from costsim_analytics.drivers.models import idempotency_table as t
 from costsim_analytics.engines.idempotency import StoredRequest
+
+
+def _stored(operation: str, request_id: str) -> Select[tuple[str, dict[str, Any] | None]]:
+    return select(t.c.request_hash, t.c.response_json).where(
+        t.c.operation == operation, t.c.request_id == request_id
+    )
 
 
 class SqlIdempotencyDriver:
@@ -46,21 +52,13 @@ class SqlIdempotencyDriver:
         with translated():
             if self._conn.execute(stmt).first() is not None:
                 return None
-            row = self._conn.execute(
-                select(t.c.request_hash, t.c.response_json).where(
-                    t.c.operation == operation, t.c.request_id == request_id
-                )
-            ).one()
+            row = self._conn.execute(_stored(operation, request_id)).one()
         return StoredRequest(row.request_hash, row.response_json)
 
     def get(self, operation: str, request_id: str) -> StoredRequest | None:
         """The stored request for a key, or None."""
         with translated():
-            row = self._conn.execute(
-                select(t.c.request_hash, t.c.response_json).where(
-                    t.c.operation == operation, t.c.request_id == request_id
-                )
-            ).first()
+            row = self._conn.execute(_stored(operation, request_id)).first()
         return None if row is None else StoredRequest(row.request_hash, row.response_json)
 
     def complete(self, operation: str, request_id: str, response: dict[str, Any]) -> None:

@@ -82,16 +82,7 @@ def ensure_partitions(
     conn: Connection, now: datetime, months_ahead: int = MONTHS_AHEAD
 ) -> list[str]:
     """Create the partitions of this month and the next ``months_ahead``; return the new ones."""
-    if not is_partitioned(conn):
-        return []
-    existing = {p.name for p in list_partitions(conn)}
-    created = []
-    for offset in range(months_ahead + 1):
-        partition = partition_for(add_months(month_start(now), offset))
-        if partition.name not in existing:
-            create_partition(conn, partition)
-            created.append(partition.name)
-    return created
+    return ensure_range(conn, now, add_months(month_start(now), months_ahead))
 
 
 def ensure_range(conn: Connection, start: datetime, end: datetime) -> list[str]:
@@ -121,13 +112,8 @@ def list_partitions(conn: Connection) -> list[Partition]:
             ),
             {"parent": PARENT},
         ).scalars()
-    partitions = []
-    for name in names:
-        match = _NAME.match(name)
-        if match:
-            start = datetime(int(match[1]), int(match[2]), 1, tzinfo=UTC)
-            partitions.append(Partition(name, start, add_months(start, 1)))
-    return sorted(partitions, key=lambda p: p.start)
+    months = [datetime(int(m[1]), int(m[2]), 1, tzinfo=UTC) for m in map(_NAME.match, names) if m]
+    return [partition_for(month) for month in sorted(months)]
 
 
 def drop_partitions_before(conn: Connection, cutoff: datetime) -> list[tuple[str, int]]:
@@ -150,6 +136,4 @@ class SqlPartitionDriver:
 
     def ensure(self, now: datetime) -> list[str]:
         """Create this month's and the coming months' partitions; return the new ones."""
-        if self._conn.dialect.name != "postgresql":
-            return []
         return ensure_partitions(self._conn, now)

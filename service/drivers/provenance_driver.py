@@ -37,43 +37,29 @@ from costsim_analytics.drivers.streaming import stream_rows
 from costsim_analytics.engines.drift import DriftStats, DriftStatsQuery
 from costsim_analytics.engines.pagination import Cursor
 from costsim_analytics.engines.provenance import (
+    FILTER_TEXT_FIELDS,
     NewProvenance,
     ProvenanceFilter,
     ProvenanceRecord,
 )
 from costsim_analytics.engines.statistics import interpolate, percentile_rank
 
-_COLUMNS = (
-    "id",
-    "run_id",
-    "tenant_id",
-    "variant_slug",
-    "source",
-    "model_version",
-    "adapter_version",
-    "commit_sha",
-    "input_hash",
-    "output_hash",
-    "v1_cost",
-    "v2_cost",
-    "cost_delta",
-    "payload",
-    "runtime_ms",
-    "created_at",
-)
+# Every column in table order; the model declares them in the order of ProvenanceRecord.
+_COLUMNS = tuple(t.c.keys())
 _COPY_SQL = f"COPY costsim_provenance ({', '.join(_COLUMNS)}) FROM STDIN"
 _NEXTVAL_SQL = (
     "SELECT nextval(pg_get_serial_sequence('costsim_provenance', 'id')) FROM generate_series(1, %s)"
 )
-_SELECT_COLUMNS = [t.c[name] for name in _COLUMNS]
+# Count, mean, min and max of cost_delta: what both backends aggregate in SQL.
+_SUMMARY = tuple(f(t.c.cost_delta) for f in (func.count, func.avg, func.min, func.max))
+# COPY writes the payload as its JSON text; the other values are NewProvenance's own.
+_COPY_FIELDS = tuple("payload_json" if name == "payload" else name for name in _COLUMNS[1:])
 
 
 def _where(flt: ProvenanceFilter) -> list[ColumnElement[bool]]:
-    clauses: list[ColumnElement[bool]] = []
-    for name in ("tenant_id", "variant_slug", "source", "input_hash", "run_id"):
-        value = getattr(flt, name)
-        if value:
-            clauses.append(t.c[name] == value)
+    clauses: list[ColumnElement[bool]] = [
+        t.c[name] == getattr(flt, name) for name in FILTER_TEXT_FIELDS if getattr(flt, name)
+    ]
     if flt.tenant_scope is not None:
         clauses.append(t.c.tenant_id.in_(flt.tenant_scope))
     if flt.start_time is not None:
@@ -93,7 +79,7 @@ def stream_statement(flt: ProvenanceFilter, after: Cursor | None, limit: int) ->
     if after is not None:
         clauses.append(tuple_(t.c.created_at, t.c.id) < tuple_(after.timestamp, after.id))
     return (
-        select(*_SELECT_COLUMNS)
+        select(t)
         .where(and_(True, *clauses))
         .order_by(t.c.created_at.desc(), t.c.id.desc())
         .limit(limit)
@@ -127,26 +113,7 @@ class SqlProvenanceDriver:
             ids = sorted(row_id for (row_id,) in cur.fetchall())
             with cur.copy(_COPY_SQL) as copy:
                 for row_id, r in zip(ids, rows, strict=True):
-                    copy.write_row(
-                        (
-                            row_id,
-                            r.run_id,
-                            r.tenant_id,
-                            r.variant_slug,
-                            r.source,
-                            r.model_version,
-                            r.adapter_version,
-                            r.commit_sha,
-                            r.input_hash,
-                            r.output_hash,
-                            r.v1_cost,
-                            r.v2_cost,
-                            r.cost_delta,
-                            r.payload_json,
-                            r.runtime_ms,
-                            r.created_at,
-                        )
-                    )
+                    copy.write_row((row_id, *(getattr(r, name) for name in _COPY_FIELDS)))
         return ids
 
     def stream(
@@ -222,8 +189,8 @@ class SqlProvenanceDriver:
     def drift_stats(self, query: DriftStatsQuery) -> DriftStats:
         """Aggregate ``cost_delta`` over the matching records (see engines/drift.py)."""
         flt = ProvenanceFilter(
-            tenant_id=query.tenant_id,
-            variant_slug=query.variant_slug,
+            query.tenant_id,
+            query.variant_slug,
             start_time=query.start_time,
             end_time=query.end_time,
             tenant_scope=query.tenant_scope,
@@ -232,17 +199,9 @@ class SqlProvenanceDriver:
         d = t.c.cost_delta
         with translated():
             if self._conn.dialect.name == "postgresql":
-                row = self._conn.execute(
-                    select(
-                        func.count(d),
-                        func.avg(d),
-                        func.min(d),
-                        func.max(d),
-                        func.stddev_samp(d),
-                        func.percentile_cont(0.5).within_group(d),
-                        func.percentile_cont(0.9).within_group(d),
-                    ).where(where)
-                ).one()
+                percentiles = (func.percentile_cont(q).within_group(d) for q in (0.5, 0.9))
+                stmt = select(*_SUMMARY, func.stddev_samp(d), *percentiles).where(where)
+                row = self._conn.execute(stmt).one()
                 total = int(row[0])
                 if total == 0:
                     return DriftStats()
@@ -252,9 +211,7 @@ class SqlProvenanceDriver:
     def _portable_stats(self, where: ColumnElement[bool]) -> DriftStats:
         """Exact statistics with plain SQL: two passes for the deviation, ranks for percentiles."""
         d = t.c.cost_delta
-        total, mean, low, high = self._conn.execute(
-            select(func.count(d), func.avg(d), func.min(d), func.max(d)).where(where)
-        ).one()
+        total, mean, low, high = self._conn.execute(select(*_SUMMARY).where(where)).one()
         if not total:
             return DriftStats()
         squares = self._conn.execute(

@@ -34,11 +34,7 @@ def normalize_numbers(value: JsonValue) -> JsonValue:
 
     """
     if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError("numbers must be finite")
-        if value.is_integer() and abs(value) <= _MAX_EXACT_INT:
-            return int(value)
-        return value
+        return _whole_or_float(value)
     if isinstance(value, dict):
         return {key: normalize_numbers(item) for key, item in value.items()}
     if isinstance(value, list):
@@ -46,8 +42,9 @@ def normalize_numbers(value: JsonValue) -> JsonValue:
     return value
 
 
-def _whole_or_float(text: str) -> int | float:
-    value = float(text)
+def _whole_or_float(number: str | float) -> int | float:
+    """``number`` as a float, or as the equal int when it is whole and exact (finite only)."""
+    value = float(number)
     if not math.isfinite(value):
         raise ValueError("numbers must be finite")
     if value.is_integer() and abs(value) <= _MAX_EXACT_INT:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -44,6 +44,7 @@ DEFAULT_MAX_BATCH = 1000
 MAX_REPORTED_VIOLATIONS = 100
 
 _HASH = re.compile(r"[0-9a-f]{64}")
+_CHOICES = (("variant_slug", VARIANT_SLUGS), ("source", SOURCES))  # fields with fixed values
 _STRING_FIELDS = (
     "run_id",
     "tenant_id",
@@ -53,6 +54,13 @@ _STRING_FIELDS = (
     "adapter_version",
     "commit_sha",
 )
+_HASH_FIELDS = ("input_hash", "output_hash")
+# The text fields a record carries as sent, under the same names in every representation.
+TEXT_FIELDS = (*_STRING_FIELDS, *_HASH_FIELDS)
+# The exact-match filters of ProvenanceFilter (an empty one matches everything).
+FILTER_TEXT_FIELDS = ("tenant_id", "variant_slug", "source", "input_hash", "run_id")
+# What command_fingerprint digests before the payload, in this order (digests are stored).
+_FINGERPRINT_FIELDS = (*_STRING_FIELDS, *_HASH_FIELDS, "v1_cost", "v2_cost", "runtime_ms")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +88,8 @@ class ProvenanceInput:
 
 
 @dataclass(frozen=True, slots=True)
-class NewProvenance:
-    """A validated record, ready to store; ``payload_json`` is its canonical serialisation."""
+class _Provenance:
+    """The fields a validated record and a stored one share."""
 
     run_id: str
     tenant_id: str
@@ -96,31 +104,22 @@ class NewProvenance:
     v2_cost: float | None
     cost_delta: float | None
     payload: dict[str, Any]
-    payload_json: str
     runtime_ms: int
     created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class NewProvenance(_Provenance):
+    """A validated record, ready to store; ``payload_json`` is its canonical serialisation."""
+
+    payload_json: str
 
 
 @dataclass(frozen=True, slots=True)
-class ProvenanceRecord:
+class ProvenanceRecord(_Provenance):
     """A stored record."""
 
     id: int
-    run_id: str
-    tenant_id: str
-    variant_slug: str
-    source: str
-    model_version: str
-    adapter_version: str
-    commit_sha: str
-    input_hash: str
-    output_hash: str
-    v1_cost: float | None
-    v2_cost: float | None
-    cost_delta: float | None
-    payload: dict[str, Any]
-    runtime_ms: int
-    created_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,17 +157,10 @@ class ProvenanceFilter:
 
     def as_dict(self) -> dict[str, object]:
         """The filters by name, for fingerprints (a page token stays bound to the scope)."""
-        scope = {} if self.tenant_scope is None else {"tenant_scope": list(self.tenant_scope)}
-        return {
-            "tenant_id": self.tenant_id,
-            "variant_slug": self.variant_slug,
-            "source": self.source,
-            "input_hash": self.input_hash,
-            "run_id": self.run_id,
-            "start_time": self.start_time,
-            "end_time": self.end_time,
-            **scope,
-        }
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        # Left out when unscoped, so that tokens issued before scopes existed stay valid.
+        scope = data.pop("tenant_scope")
+        return data if scope is None else {**data, "tenant_scope": list(scope)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,10 +182,9 @@ def compute_cost_delta(v1_cost: float | None, v2_cost: float | None) -> float | 
 def validate_filter(flt: ProvenanceFilter) -> None:
     """Reject filter values that can never match a valid record."""
     violations = []
-    if flt.variant_slug and flt.variant_slug not in VARIANT_SLUGS:
-        violations.append(FieldViolation("variant_slug", f"must be one of {sorted(VARIANT_SLUGS)}"))
-    if flt.source and flt.source not in SOURCES:
-        violations.append(FieldViolation("source", f"must be one of {sorted(SOURCES)}"))
+    for name, allowed in _CHOICES:
+        if getattr(flt, name) and getattr(flt, name) not in allowed:
+            violations.append(FieldViolation(name, f"must be one of {sorted(allowed)}"))
     if flt.input_hash and not _HASH.fullmatch(flt.input_hash):
         violations.append(FieldViolation("input_hash", "must be 64 lowercase hex digits"))
     for name in ("tenant_id", "run_id"):
@@ -236,17 +227,14 @@ def _prepare_one(
             )
     if not rec.run_id:
         out.append(FieldViolation(prefix + "run_id", "must not be empty"))
-    if rec.variant_slug not in VARIANT_SLUGS:
-        out.append(
-            FieldViolation(prefix + "variant_slug", f"must be one of {sorted(VARIANT_SLUGS)}")
-        )
-    if rec.source not in SOURCES:
-        out.append(FieldViolation(prefix + "source", f"must be one of {sorted(SOURCES)}"))
+    for name, allowed in _CHOICES:
+        if getattr(rec, name) not in allowed:
+            out.append(FieldViolation(prefix + name, f"must be one of {sorted(allowed)}"))
     _check_cost(rec.v1_cost, prefix + "v1_cost", out)
     _check_cost(rec.v2_cost, prefix + "v2_cost", out)
     if rec.runtime_ms < 0:
         out.append(FieldViolation(prefix + "runtime_ms", "must not be negative"))
-    for name in ("input_hash", "output_hash"):
+    for name in _HASH_FIELDS:
         value = getattr(rec, name)
         if value and not _HASH.fullmatch(value):
             out.append(FieldViolation(prefix + name, "must be 64 lowercase hex digits"))
@@ -265,13 +253,7 @@ def _prepare_one(
     if len(out) > start:
         return None
     return NewProvenance(
-        run_id=rec.run_id,
-        tenant_id=rec.tenant_id,
-        variant_slug=rec.variant_slug,
-        source=rec.source,
-        model_version=rec.model_version,
-        adapter_version=rec.adapter_version,
-        commit_sha=rec.commit_sha,
+        **{name: getattr(rec, name) for name in _STRING_FIELDS},
         input_hash=input_hash,
         output_hash=output_hash,
         v1_cost=rec.v1_cost,
@@ -369,14 +351,10 @@ def prepare_batch(
             reason="BATCH_TOO_LARGE",
         )
     violations: list[FieldViolation] = []
-    rows = []
-    for index, rec in enumerate(records):
-        row = _prepare_one(index, rec, now, violations)
-        if row is not None:
-            rows.append(row)
+    rows = [_prepare_one(index, rec, now, violations) for index, rec in enumerate(records)]
     if violations:
         raise InvalidArgument(_summary(violations), violations[:MAX_REPORTED_VIOLATIONS])
-    return rows
+    return [row for row in rows if row is not None]
 
 
 def command_fingerprint(batch: WriteBatch) -> str:
@@ -392,18 +370,7 @@ def command_fingerprint(batch: WriteBatch) -> str:
     lines = [
         dumps(
             [
-                r.run_id,
-                r.tenant_id,
-                r.variant_slug,
-                r.source,
-                r.model_version,
-                r.adapter_version,
-                r.commit_sha,
-                r.input_hash,
-                r.output_hash,
-                r.v1_cost,
-                r.v2_cost,
-                r.runtime_ms,
+                *(getattr(r, name) for name in _FINGERPRINT_FIELDS),
                 r.payload_json if r.payload is None else dumps(r.payload),
                 [r.id_set, r.cost_delta_set, r.created_at_set],
             ]

@@ -14,6 +14,8 @@ from datetime import datetime, timedelta
 
 from costsim_analytics.engines.errors import FieldViolation, InvalidArgument
 
+_DAYS = ("provenance_days", "reports_days", "idempotency_days")
+
 
 @dataclass(frozen=True, slots=True)
 class RetentionPolicy:
@@ -44,18 +46,15 @@ class RetentionResult:
 
 def validate(policy: RetentionPolicy) -> None:
     """Every given number of days must be at least 1 (0 would delete everything)."""
+    days = {name: getattr(policy, name) for name in _DAYS}
     bad = [
         FieldViolation(name, "must be at least 1 day")
-        for name in ("provenance_days", "reports_days", "idempotency_days")
-        if getattr(policy, name) is not None and getattr(policy, name) < 1
+        for name, value in days.items()
+        if value is not None and value < 1
     ]
     if bad:
         raise InvalidArgument(f"{bad[0].field}: {bad[0].description}", bad)
-    if (
-        policy.provenance_days is None
-        and policy.reports_days is None
-        and (policy.idempotency_days is None)
-    ):
+    if all(value is None for value in days.values()):
         raise InvalidArgument.field(
             "provenance_days", "name at least one of provenance, reports or idempotency days"
         )

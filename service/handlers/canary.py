@@ -81,15 +81,13 @@ def new_run_id(now: datetime) -> str:
     return f"canary-{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
 
 
+@dataclass(frozen=True)
 class ReportPublisher:
     """Artifacts first, then the report row: the one place that writes canary reports."""
 
-    def __init__(
-        self, uow_factory: UnitOfWorkFactory, artifacts: ArtifactStore, clock: Clock = utc_now
-    ) -> None:
-        self._uow_factory = uow_factory
-        self._artifacts = artifacts
-        self._clock = clock
+    uow_factory: UnitOfWorkFactory
+    artifacts: ArtifactStore
+    clock: Clock = utc_now
 
     def publish(self, evaluation: engine.Evaluation, claim: Claim | None = None) -> CanaryReport:
         """Write the artifacts, then the row; return the stored report.
@@ -99,7 +97,7 @@ class ReportPublisher:
             ReportNotPersisted: artifacts written, row not: run ``canary reconcile``.
         """
         report = evaluation.report
-        run_dir = self._artifacts.run_dir(report.run_id)
+        run_dir = self.artifacts.run_dir(report.run_id)
         paths = tuple(
             str(run_dir / name)
             for name in (engine.COMPARISONS_FILE, engine.DIFFS_FILE, REPORT_FILE)
@@ -109,14 +107,14 @@ class ReportPublisher:
             "request_hash": claim.digest() if claim else "",
         }
         try:
-            refs = self._artifacts.save(report.run_id, engine.sample_artifacts(evaluation))
+            refs = self.artifacts.save(report.run_id, engine.sample_artifacts(evaluation))
             report = replace(report, artifacts=refs, artifact_paths=paths)
             body = engine.report_artifact(evaluation, report, request)
-            refs += self._artifacts.save(report.run_id, {REPORT_FILE: body})
+            refs += self.artifacts.save(report.run_id, {REPORT_FILE: body})
         except OSError as exc:
             raise ArtifactsUnwritable(
                 f"canary {report.run_id}: artifacts could not be written under "
-                f"{self._artifacts.root} ({exc.strerror or exc}); no report was stored"
+                f"{self.artifacts.root} ({exc.strerror or exc}); no report was stored"
             ) from exc
         report = replace(report, artifacts=refs)
         try:
@@ -130,9 +128,9 @@ class ReportPublisher:
 
     def store(self, report: CanaryReport, claim: Claim | None) -> CanaryReport:
         """Insert the row (and the request's idempotency key) in one transaction."""
-        now = self._clock()
+        now = self.clock()
         report = replace(report, created_at=now)
-        with self._uow_factory() as uow:
+        with self.uow_factory() as uow:
             row_id = uow.reports.add(report, now=report.created_at)
             if claim:
                 claim.take(uow, now)

@@ -58,14 +58,10 @@ def _replayed_version(uow: UnitOfWork, response: Mapping[str, Any]) -> StoredVer
 
 
 CREATE_REPLAY: Replay[CreateGoldenDataset, StoredVersion] = Replay(
-    request_id=lambda cmd: cmd.request_id,
-    digest=CreateGoldenDataset.fingerprint,
-    replay=_replayed_version,
+    lambda cmd: cmd.request_id, CreateGoldenDataset.fingerprint, _replayed_version
 )
 PROMOTE_REPLAY: Replay[PromoteCanaryRun, StoredVersion] = Replay(
-    request_id=lambda cmd: cmd.request_id,
-    digest=PromoteCanaryRun.fingerprint,
-    replay=_replayed_version,
+    lambda cmd: cmd.request_id, PromoteCanaryRun.fingerprint, _replayed_version
 )
 
 

@@ -118,17 +118,17 @@ def idempotency(uow_factory: UnitOfWorkFactory, table: ReplayTable) -> Middlewar
 
 @dataclass(frozen=True, slots=True)
 class _Idempotent(Generic[C, R]):
-    _operation: str
-    _spec: Replay[C, R]
-    _handler: Handler[C, R]
-    _uow_factory: UnitOfWorkFactory
+    operation: str
+    spec: Replay[C, R]
+    handler: Handler[C, R]
+    uow_factory: UnitOfWorkFactory
 
     def __call__(self, command: C, call: Call, /) -> R:
-        request_id = self._spec.request_id(command)
+        request_id = self.spec.request_id(command)
         if not request_id:
-            return self._handler(command, call)
+            return self.handler(command, call)
         claim = Claim(
-            self._operation, request_id, functools.cache(lambda: self._spec.digest(command))
+            self.operation, request_id, functools.cache(lambda: self.spec.digest(command))
         )
         try:
             earlier = self._earlier(claim)
@@ -138,7 +138,7 @@ class _Idempotent(Generic[C, R]):
         if earlier is not None:
             return earlier
         try:
-            return self._handler(command, replace(call, claim=claim))
+            return self.handler(command, replace(call, claim=claim))
         except ClaimTaken:
             earlier = self._earlier(claim)
             if earlier is None:
@@ -148,7 +148,7 @@ class _Idempotent(Generic[C, R]):
             return earlier
 
     def _earlier(self, claim: Claim) -> R | None:
-        with self._uow_factory(read_only=True) as uow:
+        with self.uow_factory(read_only=True) as uow:
             stored = uow.idempotency.get(claim.operation, claim.request_id)
             if stored is None:
                 return None
@@ -156,4 +156,4 @@ class _Idempotent(Generic[C, R]):
                 raise RequestIdReused(
                     f"request_id {claim.request_id!r} was used for a different request"
                 )
-            return self._spec.replay(uow, stored.response)
+            return self.spec.replay(uow, stored.response)

@@ -18,7 +18,6 @@ from costsim_analytics.engines.cost_models import (
     available_cost_models,
     load_cost_model,
 )
-from costsim_analytics.engines.cost_models import v1 as v1_module
 from costsim_analytics.engines.cost_models.plans import KNOWN_SKILLS
 from costsim_analytics.engines.errors import FailedPrecondition, InvalidArgument
 
@@ -232,17 +231,15 @@ def test_budget_boundary(model):
     assert run(model, *plan, budget=cost - 0.01).infeasible_reasons == ("over budget",)
 
 
-@pytest.mark.parametrize(("model", "module"), [(V1, v1_module), (V2, None)], ids=["v1", "v2"])
-def test_risk_boundary_is_inclusive(model, module, monkeypatch):
-    from costsim_analytics.engines.cost_models import base
-    from costsim_analytics.engines.cost_models import v2 as v2_module
+@pytest.mark.parametrize("model", MODELS, ids=["v1", "v2"])
+def test_risk_boundary_is_inclusive(model, monkeypatch):
+    from costsim_analytics.engines.cost_models import base, batch
 
-    module = module or v2_module
     plan = [step("shell_lite", iterations=2), step("http_call")]
     risk = run(model, *plan).cumulative_risk
 
-    def threshold(value):  # the batch path reads the model module's, estimate() base's
-        monkeypatch.setattr(module, "RISK_THRESHOLD", value)
+    def threshold(value):  # the batch path reads batch's, estimate() base's
+        monkeypatch.setattr(batch, "RISK_THRESHOLD", value)
         monkeypatch.setattr(base, "RISK_THRESHOLD", value)
 
     threshold(risk)  # risk == threshold: feasible

@@ -23,6 +23,7 @@ from typing import Any, overload
 import numpy as np
 import numpy.typing as npt
 
+from costsim_analytics.engines.cost_models.base import RISK_THRESHOLD, BatchEstimates
 from costsim_analytics.engines.cost_models.plans import DEFAULT_TIMEOUT_S
 from costsim_analytics.engines.cost_models.reader import read_columns
 
@@ -35,7 +36,7 @@ Bools = npt.NDArray[np.bool_]
 class PlanColumns:
     """The steps of the valid plans of a batch, end to end, plus per-plan facts.
 
-    Per plan (length ``n_plans``): ``valid``, ``errors``, ``budget_cents`` (NaN when invalid),
+    Per plan (one entry per sample): ``valid``, ``errors``, ``budget_cents`` (NaN when invalid),
     ``n_steps`` (0 when invalid), ``permission_gap``. Per step of a valid plan, in plan order:
     skill index, iterations and the facts of :data:`~.plans.StepRow` as arrays, with their
     defaults where a skill does not read them.
@@ -54,11 +55,6 @@ class PlanColumns:
     timeout_s: Floats
     fold: Fold
 
-    @property
-    def n_plans(self) -> int:
-        """How many samples the batch holds."""
-        return len(self.errors)
-
     def fold_sum(self, values: Floats) -> Floats:
         """Per-plan ``0.0 + v0 + v1 + ...`` in plan order (0.0 for empty or invalid plans)."""
         return self.fold.apply(np.add, values, 0.0)
@@ -66,6 +62,28 @@ class PlanColumns:
     def fold_product(self, values: Floats) -> Floats:
         """Per-plan ``1.0 * v0 * v1 * ...`` in plan order (1.0 for empty or invalid plans)."""
         return self.fold.apply(np.multiply, values, 1.0)
+
+    def estimates(
+        self, cost_cents: Floats, duration_ms: Floats, cumulative_risk: Floats, *, permissions: bool
+    ) -> BatchEstimates:
+        """Per-plan totals as estimates: feasibility as both models define it, NaN if invalid.
+
+        Feasible: valid, not empty, within budget and risk, and (``permissions``, V1 only) no
+        skill outside the plan's permissions. The float columns are changed in place.
+        """
+        feasible = (
+            self.valid
+            & (self.n_steps > 0)
+            & (cost_cents <= self.budget_cents)
+            & (cumulative_risk <= RISK_THRESHOLD)
+        )
+        if permissions:
+            feasible &= ~self.permission_gap
+        for column in (cost_cents, duration_ms, cumulative_risk):
+            column[~self.valid] = np.nan
+        return BatchEstimates(
+            cost_cents, duration_ms, feasible, cumulative_risk, self.valid, self.errors
+        )
 
 
 TAIL_PLANS = 8

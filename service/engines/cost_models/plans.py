@@ -143,15 +143,20 @@ def _iterations(value: object, i: int) -> int:
 def _budget(value: object) -> float:
     if value is None:
         raise InvalidPlan("budget_cents is required")
+    return _non_negative(value, "budget_cents", "a finite number >= 0")
+
+
+def _non_negative(value: object, path: str, expected: str) -> float:
+    """``value`` as a finite float >= 0, or InvalidPlan: "<path> must be <expected>"."""
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidPlan(f"budget_cents must be a number, got {_kind(value)}")
+        raise InvalidPlan(f"{path} must be a number, got {_kind(value)}")
     try:
-        budget = float(value)
+        number = float(value)
     except OverflowError:
-        budget = math.inf
-    if not math.isfinite(budget) or budget < 0:
-        raise InvalidPlan(f"budget_cents must be a finite number >= 0, got {value!r}")
-    return budget
+        number = math.inf
+    if not math.isfinite(number) or number < 0:
+        raise InvalidPlan(f"{path} must be {expected}, got {value!r}")
+    return number
 
 
 def _permissions(value: object) -> frozenset[str] | None:
@@ -175,15 +180,7 @@ def _timeout(params: Mapping[str, Any], i: int) -> float:
     value = params.get("timeout_s")
     if value is None:
         return DEFAULT_TIMEOUT_S
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidPlan(f"plan[{i}].params.timeout_s must be a number, got {_kind(value)}")
-    try:
-        timeout = float(value)
-    except OverflowError:
-        timeout = math.inf
-    if not math.isfinite(timeout) or timeout < 0:
-        raise InvalidPlan(f"plan[{i}].params.timeout_s must be finite and >= 0, got {value!r}")
-    return timeout
+    return _non_negative(value, f"plan[{i}].params.timeout_s", "finite and >= 0")
 
 
 def _kind(value: object) -> str:

@@ -68,19 +68,12 @@ def read_columns(plan_inputs: Iterable[object]) -> ColumnLists:
     skills, iterations = out.skills, out.iterations
     add_skill, add_iterations = skills.append, iterations.append
     prompt_at, prompt_chars = out.prompt_at.append, out.prompt_chars.append
-    http_at, http_local, http_timeout = (
-        out.http_at.append,
-        out.http_local.append,
-        out.http_timeout.append,
-    )
+    http_at, http_local = out.http_at.append, out.http_local.append
+    http_timeout = out.http_timeout.append
     command_at, command_chars = out.command_at.append, out.command_chars.append
     skill_index = SKILL_INDEX.get
-    add_error, add_budget, add_count, add_gap = (
-        out.errors.append,
-        out.budgets.append,
-        out.counts.append,
-        out.gaps.append,
-    )
+    add_error, add_budget = out.errors.append, out.budgets.append
+    add_count, add_gap = out.counts.append, out.gaps.append
     for plan_input in plan_inputs:
         start = len(skills)
         try:

@@ -23,7 +23,6 @@ import numpy as np
 import numpy.typing as npt
 
 from costsim_analytics.engines.cost_models.base import (
-    RISK_THRESHOLD,
     BatchEstimates,
     Estimate,
     StepEstimate,
@@ -121,25 +120,8 @@ class V1CostModel:
         step_risk = np.where(iterations == 1, _RISK[skill], 1.0 - _survival(skill, iterations))
         total_cost = cols.fold_sum(cost * iterations)
         cumulative_risk = 1.0 - cols.fold_product(1.0 - step_risk)
-        feasible = (
-            cols.valid
-            & (cols.n_steps > 0)
-            & (total_cost <= cols.budget_cents)
-            & ~cols.permission_gap
-            & (cumulative_risk <= RISK_THRESHOLD)
-        )
-        invalid = ~cols.valid
         duration = cols.fold_sum(latency * iterations)
-        for column in (total_cost, duration, cumulative_risk):
-            column[invalid] = np.nan
-        return BatchEstimates(
-            cost_cents=total_cost,
-            duration_ms=duration,
-            feasible=feasible,
-            cumulative_risk=cumulative_risk,
-            valid=cols.valid,
-            errors=cols.errors,
-        )
+        return cols.estimates(total_cost, duration, cumulative_risk, permissions=True)
 
 
 def _survival(skill: npt.NDArray[np.intp], iterations: Floats) -> Floats:

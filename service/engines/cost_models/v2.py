@@ -34,7 +34,6 @@ from typing import Any
 import numpy as np
 
 from costsim_analytics.engines.cost_models.base import (
-    RISK_THRESHOLD,
     BatchEstimates,
     Estimate,
     StepEstimate,
@@ -175,21 +174,6 @@ class V2CostModel:
         survival = np.where(risk > SIGNIFICANT_RISK, 1.0 - risk, 1.0)
         total_cost = np.rint(cols.fold_sum(cost))  # half to even, like round()
         cumulative_risk = 1.0 - cols.fold_product(survival)
-        feasible = (
-            cols.valid
-            & (cols.n_steps > 0)
-            & (total_cost <= cols.budget_cents)
-            & (cumulative_risk <= RISK_THRESHOLD)
-        )
-        invalid = ~cols.valid
-        duration = cols.fold_sum(latency)
-        for column in (total_cost, duration, cumulative_risk):
-            column[invalid] = np.nan
-        return BatchEstimates(
-            cost_cents=total_cost,
-            duration_ms=duration,
-            feasible=feasible,
-            cumulative_risk=cumulative_risk,
-            valid=cols.valid,
-            errors=cols.errors,
+        return cols.estimates(
+            total_cost, cols.fold_sum(latency), cumulative_risk, permissions=False
         )

@@ -6,7 +6,7 @@ a canary run (:class:`PromoteCanaryRun`); both are idempotent by ``request_id``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from costsim_analytics.engines.canonical import content_hash
 from costsim_analytics.engines.golden.datasets import GoldenDataset, GoldenSample, sample_to_json
@@ -44,14 +44,9 @@ class PromoteCanaryRun:
 
     def fingerprint(self) -> str:
         """Digest of everything but the request id (a run's artifacts never change)."""
-        return content_hash(
-            {
-                "op": "promote",
-                "run_id": self.run_id,
-                "name": self.name,
-                "description": self.description,
-            }
-        )
+        fields = asdict(self)
+        del fields["request_id"]
+        return content_hash({"op": "promote", **fields})
 
 
 @dataclass(frozen=True, slots=True)

@@ -137,26 +137,23 @@ def _worst(
     rel = np.where(valid, cand.relative, np.inf)
     abs_ = np.where(valid, cand.absolute, np.inf)
     order = np.lexsort((np.arange(len(samples)), -abs_, -rel, ~flip, valid))[:k]
-    out = []
-    for i in order.tolist():
-        s = samples[i]
-        out.append(
-            GoldenSampleResult(
-                id=s.id,
-                expected_cost_cents=float(s.expected_cost_cents),
-                expected_feasible=s.expected_feasible,
-                candidate_cost_cents=_optional(float(cand.estimates.cost_cents[i])),
-                candidate_feasible=bool(cand.estimates.feasible[i]),
-                absolute_error=_optional(float(cand.absolute[i])),
-                relative_error=_optional(float(cand.relative[i])),
-                within_tolerance=bool(cand.within[i]),
-                baseline_cost_cents=_optional(float(base.estimates.cost_cents[i])),
-                baseline_feasible=bool(base.estimates.feasible[i]),
-                baseline_relative_error=_optional(float(base.relative[i])),
-                error=cand.estimates.errors[i],
-            )
+    return tuple(
+        GoldenSampleResult(
+            id=samples[i].id,
+            expected_cost_cents=float(samples[i].expected_cost_cents),
+            expected_feasible=samples[i].expected_feasible,
+            candidate_cost_cents=_optional(float(cand.estimates.cost_cents[i])),
+            candidate_feasible=bool(cand.estimates.feasible[i]),
+            absolute_error=_optional(float(cand.absolute[i])),
+            relative_error=_optional(float(cand.relative[i])),
+            within_tolerance=bool(cand.within[i]),
+            baseline_cost_cents=_optional(float(base.estimates.cost_cents[i])),
+            baseline_feasible=bool(base.estimates.feasible[i]),
+            baseline_relative_error=_optional(float(base.relative[i])),
+            error=cand.estimates.errors[i],
         )
-    return tuple(out)
+        for i in order.tolist()
+    )
 
 
 def compare(

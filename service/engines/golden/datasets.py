@@ -21,7 +21,7 @@ import json
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import Any
 
@@ -34,6 +34,7 @@ MAX_SAMPLES = 100_000
 MAX_DESCRIPTION = 1024
 MAX_SAMPLE_ID = 256
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+NAME_RULE = "must be 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit"
 SOURCE_IMPORT = "import"
 PROMOTE_PREFIX = "promote:"
 
@@ -87,14 +88,7 @@ class NewGoldenDataset:
 
 def name_violations(name: str, field: str = "name") -> list[FieldViolation]:
     """What is wrong with a dataset name (nothing: an empty list)."""
-    if NAME_PATTERN.fullmatch(name):
-        return []
-    return [
-        FieldViolation(
-            field,
-            "must be 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit",
-        )
-    ]
+    return [] if NAME_PATTERN.fullmatch(name) else [FieldViolation(field, NAME_RULE)]
 
 
 def raise_if(bad: Sequence[FieldViolation]) -> None:
@@ -111,12 +105,6 @@ def validate_lookup(name: str, version: int | None) -> None:
     raise_if(bad)
 
 
-def _number_violation(value: float, path: str) -> FieldViolation | None:
-    if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
-        return FieldViolation(path, "must be a finite number >= 0")
-    return None
-
-
 def _sample_violations(s: GoldenSample, path: str) -> tuple[GoldenSample, list[FieldViolation]]:
     bad: list[FieldViolation] = []
     if not s.id or len(s.id) > MAX_SAMPLE_ID:
@@ -131,8 +119,10 @@ def _sample_violations(s: GoldenSample, path: str) -> tuple[GoldenSample, list[F
         bad.append(FieldViolation(f"{path}.plan_input", "numbers must be finite"))
     for name in ("expected_cost_cents", "expected_duration_ms"):
         value = getattr(s, name)
-        if value is not None and (v := _number_violation(value, f"{path}.{name}")):
-            bad.append(v)
+        if value is not None and not (
+            isinstance(value, int | float) and math.isfinite(value) and value >= 0
+        ):
+            bad.append(FieldViolation(f"{path}.{name}", "must be a finite number >= 0"))
     return replace(s, plan_input=plan), bad
 
 
@@ -175,14 +165,9 @@ def prepare_dataset(
 
 def sample_to_json(s: GoldenSample) -> dict[str, Any]:
     """A sample as its export object (``expected_duration_ms`` only when known)."""
-    row = {
-        "id": s.id,
-        "plan_input": s.plan_input,
-        "expected_cost_cents": s.expected_cost_cents,
-        "expected_feasible": s.expected_feasible,
-    }
-    if s.expected_duration_ms is not None:
-        row["expected_duration_ms"] = s.expected_duration_ms
+    row = {f.name: getattr(s, f.name) for f in fields(s)}
+    if s.expected_duration_ms is None:
+        del row["expected_duration_ms"]
     return row
 
 
@@ -205,7 +190,7 @@ def parse_jsonl(text: str) -> list[GoldenSample]:
             violation's field is ``line N``.
     """
     samples = []
-    known = {"id", "plan_input", "expected_cost_cents", "expected_feasible", "expected_duration_ms"}
+    known = {f.name for f in fields(GoldenSample)}
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
