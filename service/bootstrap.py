@@ -210,7 +210,7 @@ def build_security(settings: Settings) -> Security:
     if settings.tls_cert is not None and settings.tls_key is not None:
         tls = ReloadingTls(TlsFiles(settings.tls_cert, settings.tls_key, settings.tls_client_ca))
     if mode.insecure:
-        return Security(Authenticator.insecure(), tls)
+        return Security(Authenticator.insecure(), tls, metrics_auth=settings.metrics_auth)
     keys: KeySource | None = None
     if settings.jwt_jwks_file is not None:
         keys = JwksFile(settings.jwt_jwks_file)
@@ -223,7 +223,9 @@ def build_security(settings: Settings) -> Security:
         )
     assert settings.policy_file is not None  # security_mode: not insecure means a policy
     policy = PolicyStore(settings.policy_file)
-    return Security(Authenticator(policy, verifier), tls, policy)
+    return Security(
+        Authenticator(policy, verifier), tls, policy, metrics_auth=settings.metrics_auth
+    )
 
 
 def health_probe(engine: Engine) -> Callable[[], None]:

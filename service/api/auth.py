@@ -31,6 +31,7 @@ from costsim_analytics.auth.policy import PolicyStore
 from costsim_analytics.auth.principal import Principal
 from costsim_analytics.auth.tls import ReloadingTls, identity_from_auth_context
 from costsim_analytics.engines.errors import CostsimError
+from costsim_analytics.settings import MetricsAuth
 
 # The principal of the call being served (set around the servicer's method by the interceptor).
 PRINCIPAL: ContextVar[Principal | None] = ContextVar("costsim_principal", default=None)
@@ -147,6 +148,8 @@ class Security:
     authenticator: Authenticator
     tls: ReloadingTls | None = None
     policy: PolicyStore | None = None
+    # Which of /metrics, /healthz and /readyz need a reader (COSTSIM_METRICS_AUTH).
+    metrics_auth: MetricsAuth = "open"
 
     def reload(self) -> None:
         """Re-read the policy and the certificates (SIGHUP); a bad file keeps the old one."""

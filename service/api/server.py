@@ -21,7 +21,8 @@ from grpc_reflection.v1alpha import reflection
 from costsim.analytics.v1 import analytics_pb2 as pb
 from costsim.analytics.v1 import analytics_pb2_grpc as pb_grpc
 from costsim_analytics.api.auth import AuthInterceptor, Security
-from costsim_analytics.api.dashboard.app import Dashboard
+from costsim_analytics.api.dashboard.access import Access
+from costsim_analytics.api.dashboard.app import POST_PATHS, Dashboard
 from costsim_analytics.api.dashboard.httpserver import HttpServer
 from costsim_analytics.api.metrics import MetricsInterceptor, ServiceMetrics
 from costsim_analytics.api.servicer import AnalyticsServicer
@@ -113,13 +114,23 @@ class AnalyticsServer:
         self._listen_host = listen.rsplit(":", 1)[0]
         self._serving: bool | None = None
         self._stopping = asyncio.Event()
-        self._http = (
-            HttpServer(
-                Dashboard(registry, self._executor, self.metrics, lambda: self.serving), http_listen
-            )
-            if http_listen
-            else None
+        self._http = self._side_port(registry, http_listen) if http_listen else None
+
+    def _side_port(self, registry: OperationRegistry, http_listen: str) -> HttpServer:
+        """The HTTP side port: the same TLS certificate and the same authenticator."""
+        security = self._security
+        access = Access(
+            security.authenticator,
+            self.metrics,
+            metrics_auth=security.metrics_auth,
+            tls=security.tls is not None,
         )
+        dashboard = Dashboard(registry, self._executor, self.metrics, lambda: self.serving, access)
+        # A client certificate is optional at the TLS layer here (verified when presented),
+        # unlike on the gRPC port: a browser with only a token must reach the sign-in page.
+        # The dashboard itself still refuses a request without a token or a certificate.
+        tls = None if security.tls is None else security.tls.ssl_context(require_client_cert=False)
+        return HttpServer(dashboard, http_listen, tls=tls, post_paths=POST_PATHS)
 
     @property
     def address(self) -> str:
@@ -130,6 +141,13 @@ class AnalyticsServer:
     def http_address(self) -> str:
         """host:port of the HTTP side port once started; empty when it is off."""
         return self._http.address if self._http is not None else ""
+
+    @property
+    def http_url(self) -> str:
+        """``http://host:port`` (``https://`` with TLS) of the side port; empty when it is off."""
+        if self._http is None:
+            return ""
+        return f"{self._http.scheme}://{self._http.address}"
 
     @property
     def serving(self) -> bool:
@@ -207,7 +225,7 @@ class AnalyticsServer:
             except OSError:
                 self._executor.shutdown(wait=False)
                 raise
-            log.info("dashboard on http://%s", self._http.address)
+            log.info("dashboard on %s", self.http_url)
         await self._server.start()
         watcher = asyncio.create_task(self._watch_database())
         upkeep = asyncio.create_task(self._keep_partitions()) if self._upkeep else None

@@ -162,8 +162,8 @@ def serve(
         server = build_server(engine, settings, security)
 
         def ready(address: str) -> None:
-            if server.http_address:
-                print(f"costsim-analytics dashboard on http://{server.http_address}", flush=True)
+            if server.http_url:
+                print(f"costsim-analytics dashboard on {server.http_url}", flush=True)
             print(f"costsim-analytics listening on {address}", flush=True)
 
         await server.run(on_ready=ready)

@@ -25,6 +25,8 @@ class ServerProcess:
     def __init__(self, database_url: str, log_path: Path, **env: str) -> None:
         self.database_url = database_url
         self.log_path = log_path
+        # Set when the gRPC port serves TLS: channel() (and so the health checks) use them.
+        self.credentials: grpc.ChannelCredentials | None = None
         # The HTTP side port on a free port too (its default, 8080, may be taken).
         self.env = {
             **os.environ,
@@ -33,10 +35,8 @@ class ServerProcess:
             **env,
         }
         self.proc: subprocess.Popen[str] | None = None
-        # TLS (and a client certificate) for the channels this harness opens; None: plaintext.
-        self.credentials: grpc.ChannelCredentials | None = None
         self.address = ""
-        self.http_url = ""  # http://host:port of the dashboard, when it is on
+        self.http_url = ""  # http(s)://host:port of the dashboard, when it is on
         self._lines: list[str] = []
 
     def start(self, timeout_s: float = 30.0, listen: str = "127.0.0.1:0") -> ServerProcess:
@@ -54,7 +54,7 @@ class ServerProcess:
             assert self.proc is not None and self.proc.stdout is not None
             for line in self.proc.stdout:
                 self._lines.append(line)
-                if "dashboard on http://" in line:
+                if "dashboard on http://" in line or "dashboard on https://" in line:
                     self.http_url = line.rsplit(" ", 1)[-1].strip()
                 if "listening on" in line:
                     self.address = line.rsplit(" ", 1)[-1].strip()

@@ -3,6 +3,8 @@
 Every page reads through the registered read-only handlers (the same ones the RPCs use), in
 the server's worker pool, and renders HTML with the pure functions of ``pages`` and
 ``report_page``. Domain errors map to HTTP statuses by the one table in ``api/errors.py``.
+Who may see what is decided by ``access.Access`` before a route runs: pages need the
+``reader`` role, ``/metrics`` and the probes follow ``COSTSIM_METRICS_AUTH``.
 
 Routes:
     ``/``                  recent canary reports and their trends (``?status=fail&limit=50``)
@@ -11,6 +13,8 @@ Routes:
     ``/metrics``           Prometheus text format
     ``/healthz``           liveness: 200 while the process answers
     ``/readyz``            readiness: 200 while the gRPC health status is SERVING, else 503
+    ``/login``             GET: the sign-in form; POST ``token=<JWT>``: the session cookie
+    ``/logout``            GET or POST: clears the session cookie
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import TypeVar
 
+from costsim_analytics.api.dashboard.access import LOGIN, LOGOUT, Access
 from costsim_analytics.api.dashboard.httpserver import Request, Response, plain
 from costsim_analytics.api.dashboard.pages import error_page, golden_page, reports_page
 from costsim_analytics.api.dashboard.report_page import report_page
@@ -46,11 +51,24 @@ MAX_LIMIT = 500
 # The golden page names the latest report that used each version, among this many.
 GOLDEN_REPORT_WINDOW = 200
 REPORT_PREFIX = "/reports/"
+REPORT_ROUTE = REPORT_PREFIX + "{run_id}"
+ROUTES = frozenset({"/healthz", "/readyz", "/metrics", "/", "/golden", LOGIN, LOGOUT})
+# The only paths that take a POST (HttpServer reads a bounded body for them alone).
+POST_PATHS = frozenset({LOGIN, LOGOUT})
 
 
 def html_response(status: int, text: str) -> Response:
     """An HTML page."""
     return Response(status, text.encode("utf-8"))
+
+
+def _route_of(path: str) -> str:
+    """The route name of a path (its metrics label and audit method); ``other`` for none."""
+    if path in ROUTES:
+        return path
+    if path.startswith(REPORT_PREFIX) and len(path) > len(REPORT_PREFIX):
+        return REPORT_ROUTE
+    return "other"
 
 
 def _limit(raw: str) -> int:
@@ -70,11 +88,13 @@ class Dashboard:
         executor: Executor,
         metrics: ServiceMetrics,
         ready: Callable[[], bool],
+        access: Access | None = None,
     ) -> None:
         self._operations = operations
         self._executor = executor
         self._metrics = metrics
         self._ready = ready
+        self._access = access or Access.open(metrics)
 
     async def __call__(self, request: Request) -> Response:
         """Route, answer, count."""
@@ -84,22 +104,28 @@ class Dashboard:
 
     async def _dispatch(self, request: Request) -> tuple[str, Response]:
         path = request.path
-        if path == "/healthz":
-            return path, plain(200, "ok\n")
-        if path == "/readyz":
+        route = _route_of(path)
+        if route in POST_PATHS:
+            return route, self._access.session(request)
+        refused = self._access.refusal(request, route)
+        if refused is not None:
+            return route, refused
+        if route == "/healthz":
+            return route, plain(200, "ok\n")
+        if route == "/readyz":
             if self._ready():
-                return path, plain(200, "ready\n")
-            return path, plain(503, "not ready: the database probe is failing\n")
-        if path == "/metrics":
-            return path, Response(200, self._metrics.exposition(), CONTENT_TYPE)
-        if path == "/":
-            return path, await self._page(lambda: self._reports(request))
-        if path.startswith(REPORT_PREFIX) and len(path) > len(REPORT_PREFIX):
+                return route, plain(200, "ready\n")
+            return route, plain(503, "not ready: the database probe is failing\n")
+        if route == "/metrics":
+            return route, Response(200, self._metrics.exposition(), CONTENT_TYPE)
+        if route == "/":
+            return route, await self._page(lambda: self._reports(request))
+        if route == REPORT_ROUTE:
             run_id = path.removeprefix(REPORT_PREFIX)
-            return REPORT_PREFIX + "{run_id}", await self._page(lambda: self._report(run_id))
-        if path == "/golden":
-            return path, await self._page(self._golden)
-        return "other", html_response(404, error_page(404, "Not found", f"No page at {path}."))
+            return route, await self._page(lambda: self._report(run_id))
+        if route == "/golden":
+            return route, await self._page(self._golden)
+        return route, html_response(404, error_page(404, "Not found", f"No page at {path}."))
 
     async def _page(self, render: Callable[[], str]) -> Response:
         """Run ``render`` in the worker pool; a domain error becomes its HTTP status."""

@@ -227,3 +227,38 @@ def error_page(status: int, title: str, message: str) -> str:
         message,
     )
     return page(title, body)
+
+
+def login_page(message: str = "") -> str:
+    """``/login``: a form that posts a bearer token once; the server keeps it in a cookie.
+
+    Plain HTML (no script), so it works offline under the same Content-Security-Policy as
+    every other page.
+    """
+    note = html('<p class="note" role="alert">{}</p>', message) if message else html("")
+    body = html(
+        "<h1>Sign in</h1>{}"
+        "<p>Paste a bearer token (a JWT whose identity the policy grants the "
+        "<code>reader</code> role). The server checks it and keeps it in an HttpOnly cookie "
+        'for this browser session; <a href="/logout">sign out</a> forgets it.</p>'
+        '<form method="post" action="/login">'
+        '<p><label for="token">Bearer token</label><br>'
+        '<input id="token" name="token" type="password" autocomplete="off" required '
+        'size="60" maxlength="8192"></p>'
+        '<p><button type="submit">Sign in</button></p></form>'
+        '<p class="muted">Command line: <code>{}</code></p>',
+        note,
+        "costsim-analytics token mint --sub NAME --secret-file FILE",
+    )
+    return page("Sign in", body)
+
+
+def sign_in_required_page(message: str) -> str:
+    """The 401 page: why, and a link to the sign-in form."""
+    body = html(
+        '<h1>401 Sign-in required</h1><p class="note">{}</p>'
+        '<p><a href="/login">Sign in with a token</a>, or connect with a client certificate '
+        "or an <code>Authorization: Bearer</code> header.</p>",
+        message,
+    )
+    return page("Sign-in required", body)
