@@ -23,6 +23,7 @@ import pytest
 from cryptography import x509
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from costsim.analytics.v1 import analytics_pb2 as pb
 from costsim_analytics.engines.canary.synthetic import synthetic_samples
@@ -163,6 +164,11 @@ def test_missing_expired_and_tampered_tokens_are_unauthenticated(tokens_server: 
         # Health and reflection need no credentials.
         health = tokens_server.server.health()
         assert health == health_pb2.HealthCheckResponse.SERVING
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        [answer] = list(reflection.ServerReflectionInfo(iter([request]), timeout=10))
+        names = {s.name for s in answer.list_services_response.service}
+        assert "costsim.analytics.v1.AnalyticsService" in names
     failures = [a for a in audit_lines(tokens_server.server) if a["outcome"] == "UNAUTHENTICATED"]
     assert {a["reason"] for a in failures} >= {"CREDENTIALS_MISSING", "TOKEN_EXPIRED"}
 
