@@ -42,10 +42,14 @@ USER costsim:costsim
 # 50051: gRPC; 8080: the read-only dashboard, /metrics, /healthz and /readyz.
 EXPOSE 50051 8080
 
-# Healthy only while the gRPC health service reports the API as SERVING (database reachable and
-# its schema at head). Any error, including a refused connection, exits 1.
+# Healthy only while /readyz on the side port answers 200 (the gRPC health status is SERVING:
+# database reachable, schema at head). It asks over loopback, with HTTPS when the service has a
+# certificate (not verified: it is the container's own port), so it needs no client certificate
+# even with mTLS. With COSTSIM_METRICS_AUTH=all the probe needs credentials: override it then.
+# Without a policy the image refuses 0.0.0.0 (the explicit insecure mode): configure TLS and a
+# policy (docs/security.md), or set COSTSIM_INSECURE=true behind a private network.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=15s --retries=3 \
-  CMD ["/opt/venv/bin/python", "-c", "import sys, grpc; from grpc_health.v1 import health_pb2, health_pb2_grpc; stub = health_pb2_grpc.HealthStub(grpc.insecure_channel('127.0.0.1:50051')); reply = stub.Check(health_pb2.HealthCheckRequest(service='costsim.analytics.v1.AnalyticsService'), timeout=3); sys.exit(0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1)"]
+  CMD ["/opt/venv/bin/python", "-c", "import os, ssl, sys, urllib.request; tls = bool(os.environ.get('COSTSIM_TLS_CERT')); port = os.environ.get('COSTSIM_HTTP_LISTEN', '0.0.0.0:8080').rsplit(':', 1)[1]; url = ('https' if tls else 'http') + '://127.0.0.1:' + port + '/readyz'; ctx = ssl._create_unverified_context() if tls else None; sys.exit(0 if urllib.request.urlopen(url, timeout=3, context=ctx).status == 200 else 1)"]
 
 ENTRYPOINT ["costsim-analytics"]
 CMD ["serve"]
