@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from costsim_analytics.api.dashboard.markup import (
     Markup,
@@ -173,34 +174,25 @@ def _confusion(f: FeasibilityConfusion) -> str:
     )
 
 
+# The rows of the candidate/baseline table: label, GoldenSummary field, how it is shown.
+_SUMMARY_ROWS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
+    ("Model", "model", str),
+    ("Samples", "samples", num),
+    ("Not estimated", "invalid_samples", num),
+    ("Within tolerance", "within_tolerance", num),
+    ("Share within tolerance", "within_tolerance_share", pct),
+    ("Mean relative error", "mean_relative_error", pct),
+    ("p90 relative error", "p90_relative_error", pct),
+    ("Mean absolute error (cents)", "mean_absolute_error", num),
+    ("Max absolute error (cents)", "max_absolute_error", num),
+    ("Feasibility", "feasibility", _confusion),
+)
+
+
 def _summaries(candidate: GoldenSummary, baseline: GoldenSummary) -> Markup:
     rows = [
-        ("Model", candidate.model, baseline.model),
-        ("Samples", num(candidate.samples), num(baseline.samples)),
-        ("Not estimated", num(candidate.invalid_samples), num(baseline.invalid_samples)),
-        ("Within tolerance", num(candidate.within_tolerance), num(baseline.within_tolerance)),
-        (
-            "Share within tolerance",
-            pct(candidate.within_tolerance_share),
-            pct(baseline.within_tolerance_share),
-        ),
-        (
-            "Mean relative error",
-            pct(candidate.mean_relative_error),
-            pct(baseline.mean_relative_error),
-        ),
-        ("p90 relative error", pct(candidate.p90_relative_error), pct(baseline.p90_relative_error)),
-        (
-            "Mean absolute error (cents)",
-            num(candidate.mean_absolute_error),
-            num(baseline.mean_absolute_error),
-        ),
-        (
-            "Max absolute error (cents)",
-            num(candidate.max_absolute_error),
-            num(baseline.max_absolute_error),
-        ),
-        ("Feasibility", _confusion(candidate.feasibility), _confusion(baseline.feasibility)),
+        (label, show(getattr(candidate, field)), show(getattr(baseline, field)))
+        for label, field, show in _SUMMARY_ROWS
     ]
     return table(("", "Candidate", "Baseline"), rows, cls="summaries")
 
