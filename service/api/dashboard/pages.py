@@ -59,13 +59,13 @@ def reason_list(report: CanaryReport) -> Markup:
 
 def trend_charts(reports: Sequence[CanaryReport]) -> Markup:
     """KL divergence in one chart, the two shares (0-100 %) in the other."""
-    kl = Series("KL divergence", [Point(r.timestamp, r.kl_divergence, r.run_id) for r in reports])
-    drift = Series(
-        "major-drift share", [Point(r.timestamp, major_drift_share(r), r.run_id) for r in reports]
-    )
-    golden = Series(
-        "golden within tolerance", [Point(r.timestamp, golden_share(r), r.run_id) for r in reports]
-    )
+
+    def series(name: str, value: Callable[[CanaryReport], float | None]) -> Series:
+        return Series(name, [Point(r.timestamp, value(r), r.run_id) for r in reports])
+
+    kl = series("KL divergence", lambda r: r.kl_divergence)
+    drift = series("major-drift share", major_drift_share)
+    golden = series("golden within tolerance", golden_share)
     return html(
         '<div class="charts"><figure class="chart">{}</figure>'
         '<figure class="chart">{}</figure></div>',
