@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from costsim_analytics.api.dashboard.markup import (
     NONE,
@@ -172,26 +171,23 @@ def _confusion(f: FeasibilityConfusion) -> str:
     )
 
 
-# The rows of the candidate/baseline table: label, GoldenSummary field, how it is shown.
-_SUMMARY_ROWS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
-    ("Model", "model", str),
-    ("Samples", "samples", num),
-    ("Not estimated", "invalid_samples", num),
-    ("Within tolerance", "within_tolerance", num),
-    ("Share within tolerance", "within_tolerance_share", pct),
-    ("Mean relative error", "mean_relative_error", pct),
-    ("p90 relative error", "p90_relative_error", pct),
-    ("Mean absolute error (cents)", "mean_absolute_error", num),
-    ("Max absolute error (cents)", "max_absolute_error", num),
-    ("Feasibility", "feasibility", _confusion),
+# The rows of the candidate/baseline table: a label, and how a summary shows it.
+_SUMMARY_ROWS: tuple[tuple[str, Callable[[GoldenSummary], str]], ...] = (
+    ("Model", lambda s: s.model),
+    ("Samples", lambda s: num(s.samples)),
+    ("Not estimated", lambda s: num(s.invalid_samples)),
+    ("Within tolerance", lambda s: num(s.within_tolerance)),
+    ("Share within tolerance", lambda s: pct(s.within_tolerance_share)),
+    ("Mean relative error", lambda s: pct(s.mean_relative_error)),
+    ("p90 relative error", lambda s: pct(s.p90_relative_error)),
+    ("Mean absolute error (cents)", lambda s: num(s.mean_absolute_error)),
+    ("Max absolute error (cents)", lambda s: num(s.max_absolute_error)),
+    ("Feasibility", lambda s: _confusion(s.feasibility)),
 )
 
 
 def _summaries(candidate: GoldenSummary, baseline: GoldenSummary) -> Markup:
-    rows = [
-        (label, show(getattr(candidate, field)), show(getattr(baseline, field)))
-        for label, field, show in _SUMMARY_ROWS
-    ]
+    rows = [(label, show(candidate), show(baseline)) for label, show in _SUMMARY_ROWS]
     return table(("", "Candidate", "Baseline"), rows, cls="summaries")
 
 
