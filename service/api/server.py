@@ -138,11 +138,6 @@ class AnalyticsServer:
         return f"{self._listen_host}:{self.port}"
 
     @property
-    def http_address(self) -> str:
-        """host:port of the HTTP side port once started; empty when it is off."""
-        return self._http.address if self._http is not None else ""
-
-    @property
     def http_url(self) -> str:
         """``http://host:port`` (``https://`` with TLS) of the side port; empty when it is off."""
         if self._http is None:

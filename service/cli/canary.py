@@ -38,6 +38,12 @@ EXIT_ERROR = 3
 EXIT_SKIPPED = 4
 # The evidence could not decide (docs/statistics.md, section 6): not a pass either.
 EXIT_INCONCLUSIVE = 5
+_EXIT_CODES = {
+    "PASS": 0,
+    "FAIL": EXIT_FAIL,
+    "SKIPPED": EXIT_SKIPPED,
+    "INCONCLUSIVE": EXIT_INCONCLUSIVE,
+}
 # With --wait: seconds between asks while the run lock is held elsewhere.
 RETRY_S = 5.0
 
@@ -127,16 +133,7 @@ def _print(report: JsonDict, as_json: bool) -> None:
 
 def _exit_code(report: JsonDict) -> int:
     """0 pass, 1 fail, 3 error (or no status), 4 skipped, 5 inconclusive."""
-    status = report.get("status", "")
-    if status.endswith("PASS"):
-        return 0
-    if status.endswith("FAIL"):
-        return EXIT_FAIL
-    if status.endswith("SKIPPED"):
-        return EXIT_SKIPPED
-    if status.endswith("INCONCLUSIVE"):
-        return EXIT_INCONCLUSIVE
-    return EXIT_ERROR
+    return _EXIT_CODES.get(str(report.get("status", "")).removeprefix("CANARY_STATUS_"), EXIT_ERROR)
 
 
 def _skipped(report: JsonDict) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
@@ -12,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from costsim_analytics.api.client import AnalyticsClient, ClientSecurity
+from costsim_analytics.api.client import AnalyticsClient, ClientSecurity, JsonDict
 from costsim_analytics.settings import Settings
 
 out = Console()
@@ -102,6 +103,34 @@ def stream(items: Iterator[T]) -> Iterator[T]:
     except grpc.RpcError as exc:
         print_rpc_error(exc)
         raise typer.Exit(1) from None
+
+
+def print_page(
+    items: Iterator[JsonDict],
+    as_json: bool,
+    *,
+    key: str,
+    title: str,
+    columns: list[str],
+    row: Callable[[JsonDict], list[Any]],
+) -> None:
+    """A streamed page: one JSON line per message, or a table and the token to resume after it.
+
+    ``key`` names each message's payload and ``row`` turns a payload into its table cells.
+    """
+    if as_json:
+        for item in items:
+            print(json.dumps(item))
+        return
+    last = ""
+    rows = []
+    for item in items:
+        last = item["page_token"]
+        rows.append(row(item[key]))
+    table(title, columns, rows)
+    if last:
+        # Plain print: rich would wrap the token at the terminal width.
+        print(f"next page: --page-token {last}")
 
 
 def table(title: str, columns: list[str], rows: Iterable[list[Any]]) -> None:

@@ -17,7 +17,7 @@ from google.protobuf import json_format
 
 from costsim.analytics.v1 import analytics_pb2 as pb
 from costsim_analytics.api import convert_golden
-from costsim_analytics.api.client import AnalyticsClient, JsonDict
+from costsim_analytics.api.client import JsonDict
 from costsim_analytics.cli.common import AsJson, Target, connect, err, out, rpc, table
 from costsim_analytics.engines.errors import InvalidArgument
 from costsim_analytics.engines.golden import datasets
@@ -30,10 +30,6 @@ Version = Annotated[
 ]
 Description = Annotated[str, typer.Option(help="What this version is (at most 1,024 chars).")]
 RequestId = Annotated[str, typer.Option(help="Idempotency key: a retry replays the answer.")]
-
-
-def _client(target: str) -> AnalyticsClient:
-    return connect(target)
 
 
 def _print_version(dataset: JsonDict, as_json: bool, replayed: bool = False) -> None:
@@ -65,7 +61,7 @@ def import_(
         err.print(f"[red]{file}[/red]: {exc.message}")
         raise typer.Exit(2) from None
     rows = [datasets.sample_to_json(s) for s in samples]
-    with _client(target) as client:
+    with connect(target) as client:
         result = rpc(
             lambda: client.create_golden(name, rows, description=description, request_id=request_id)
         )
@@ -82,7 +78,7 @@ def export(
     target: Target = "",
 ) -> None:
     """Write a version's samples as canonical JSONL (its sha256 is the version's)."""
-    with _client(target) as client:
+    with connect(target) as client:
         found = rpc(lambda: client.get_golden(name, version))
     dataset = convert_golden.dataset(json_format.ParseDict(found, pb.GoldenDataset()))
     body = datasets.export_jsonl(dataset.samples)
@@ -107,7 +103,7 @@ def promote(
     as_json: AsJson = False,
 ) -> None:
     """Store a canary run's samples, baseline outputs as expectations, as a new version."""
-    with _client(target) as client:
+    with connect(target) as client:
         result = rpc(
             lambda: client.promote_golden(
                 run_id, name, description=description, request_id=request_id
@@ -123,7 +119,7 @@ def list_(
     as_json: AsJson = False,
 ) -> None:
     """Every version of every golden dataset, active ones marked."""
-    with _client(target) as client:
+    with connect(target) as client:
         found = rpc(lambda: client.list_golden(name))
     if as_json:
         for dataset in found:
@@ -148,7 +144,7 @@ def list_(
 @app.command("show")
 def show(name: Name, version: Version = None, target: Target = "", as_json: AsJson = False) -> None:
     """One version: its identity, description, source and first samples."""
-    with _client(target) as client:
+    with connect(target) as client:
         found = rpc(lambda: client.get_golden(name, version))
     if as_json:
         print(json.dumps(found))
@@ -169,7 +165,7 @@ def activate(
     as_json: AsJson = False,
 ) -> None:
     """Make one version the active version of its name (the one canary runs use)."""
-    with _client(target) as client:
+    with connect(target) as client:
         dataset = rpc(lambda: client.activate_golden(name, version))
     _print_version(dataset, as_json)
 
@@ -266,7 +262,7 @@ def compare(
         "worst_samples": worst,
     }
     request = {k: v for k, v in fields.items() if v is not None and v != ""}
-    with _client(target) as client:
+    with connect(target) as client:
         comparison = rpc(lambda: client.compare_golden(request))
     if as_json:
         print(json.dumps(comparison))

@@ -35,6 +35,7 @@ from costsim_analytics.cli.common import (
     connect,
     err,
     out,
+    print_page,
     rpc,
     settings_with,
     stream,
@@ -254,35 +255,15 @@ def provenance_query(
                 page_token=page_token,
             )
         )
-        if as_json:
-            for item in items:
-                print(json.dumps(item))
-            return
-        last = ""
-        rows = []
-        for item in items:
-            r = item["record"]
-            last = item["page_token"]
-            rows.append(
-                [
-                    r["id"],
-                    r.get("created_at"),
-                    r.get("run_id"),
-                    r.get("tenant_id"),
-                    r.get("variant_slug"),
-                    r.get("v1_cost"),
-                    r.get("v2_cost"),
-                    r.get("cost_delta"),
-                ]
-            )
-        table(
-            "provenance",
-            ["id", "created_at", "run_id", "tenant", "variant", "v1", "v2", "delta"],
-            rows,
+        keys = ("created_at", "run_id", "tenant_id", "variant_slug", "v1_cost", "v2_cost")
+        print_page(
+            items,
+            as_json,
+            key="record",
+            title="provenance",
+            columns=["id", "created_at", "run_id", "tenant", "variant", "v1", "v2", "delta"],
+            row=lambda r: [r["id"], *map(r.get, keys), r.get("cost_delta")],
         )
-        if last:
-            # Plain print: rich would wrap the token at the terminal width.
-            print(f"next page: --page-token {last}")
 
 
 @app.command("drift-stats")
@@ -333,34 +314,22 @@ def reports(
                 page_token=page_token,
             )
         )
-        if as_json:
-            for item in items:
-                print(json.dumps(item))
-            return
-        rows = []
-        last = ""
-        for item in items:
-            r = item["report"]
-            last = item["page_token"]
-            rows.append(
-                [
-                    r.get("run_id"),
-                    r.get("timestamp"),
-                    r.get("status", "").removeprefix("CANARY_STATUS_").lower(),
-                    r.get("passed", False),
-                    r.get("total_samples", 0),
-                    r.get("kl_divergence"),
-                    "; ".join(r.get("failure_reasons", [])),
-                ]
-            )
-        table(
-            "canary reports",
-            ["run_id", "timestamp", "status", "passed", "samples", "kl", "reasons"],
-            rows,
+        print_page(
+            items,
+            as_json,
+            key="report",
+            title="canary reports",
+            columns=["run_id", "timestamp", "status", "passed", "samples", "kl", "reasons"],
+            row=lambda r: [
+                r.get("run_id"),
+                r.get("timestamp"),
+                r.get("status", "").removeprefix("CANARY_STATUS_").lower(),
+                r.get("passed", False),
+                r.get("total_samples", 0),
+                r.get("kl_divergence"),
+                "; ".join(r.get("failure_reasons", [])),
+            ],
         )
-        if last:
-            # Plain print: rich would wrap the token at the terminal width.
-            print(f"next page: --page-token {last}")
 
 
 @app.command()

@@ -32,28 +32,8 @@ from costsim_analytics.engines.reports import (
     details_to_json,
 )
 
-_COLUMNS = (
-    "id",
-    "run_id",
-    "timestamp",
-    "status",
-    "total_samples",
-    "matching_samples",
-    "minor_drift_samples",
-    "major_drift_samples",
-    "median_cost_diff",
-    "p90_cost_diff",
-    "kl_divergence",
-    "outlier_count",
-    "passed",
-    "failure_reasons_json",
-    "artifact_paths_json",
-    "golden_comparison_json",
-    "created_at",
-    "baseline_model",
-    "candidate_model",
-    "details_json",
-)
+# Every column, in the table's order (drivers/models.py: CanaryReportRow).
+_COLUMNS = tuple(t.c.keys())
 _SELECT_COLUMNS = [t.c[name] for name in _COLUMNS]
 
 
@@ -113,26 +93,15 @@ class SqlCanaryReportDriver:
 
         """
         values = {
-            "run_id": report.run_id,
-            "timestamp": report.timestamp,
-            "status": report.status,
-            "total_samples": report.total_samples,
-            "matching_samples": report.matching_samples,
-            "minor_drift_samples": report.minor_drift_samples,
-            "major_drift_samples": report.major_drift_samples,
-            "median_cost_diff": report.median_cost_diff,
-            "p90_cost_diff": report.p90_cost_diff,
-            "kl_divergence": report.kl_divergence,
-            "outlier_count": report.outlier_count,
-            "passed": report.passed,
-            "failure_reasons_json": list(report.failure_reasons),
-            "artifact_paths_json": list(report.artifact_paths),
-            "golden_comparison_json": golden_to_json(report.golden_comparison),
-            "created_at": now or datetime.now(UTC),
-            "baseline_model": report.baseline_model,
-            "candidate_model": report.candidate_model,
-            "details_json": details_to_json(report),
+            name: getattr(report, name) for name in _PLAIN if name not in ("id", "created_at")
         }
+        values.update(
+            failure_reasons_json=list(report.failure_reasons),
+            artifact_paths_json=list(report.artifact_paths),
+            golden_comparison_json=golden_to_json(report.golden_comparison),
+            created_at=now or datetime.now(UTC),
+            details_json=details_to_json(report),
+        )
         try:
             with translated():
                 return int(self._conn.execute(insert(t).returning(t.c.id), values).scalar_one())

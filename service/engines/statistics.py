@@ -362,45 +362,35 @@ def paired_test(baseline: npt.ArrayLike, candidate: npt.ArrayLike) -> PairedTest
     r_plus = float(ranks[nonzero > 0.0].sum())
     r_minus = float(ranks.sum()) - r_plus
     tied = np.unique(magnitude).size < magnitude.size
-    exact = nonzero.size <= MAX_EXACT_PAIRS and not tied
     if nonzero.size <= MAX_EXACT_PAIRS and tied:
         # scipy's exact table assumes untied ranks; the exact conditional distribution
         # given these average ranks (engines/signed_rank.py) replaces the normal approximation.
-        return PairedTest(
-            "wilcoxon",
-            n,
-            int(nonzero.size),
-            min(r_plus, r_minus),
-            exact_p_value(ranks, r_plus),
-            (r_plus - r_minus) / (r_plus + r_minus),
-            median,
-            n_pos,
-            n_neg,
-            EXACT_TIES_METHOD,
-        )
-    try:
-        result = stats.wilcoxon(
-            nonzero,
-            zero_method="wilcox",
-            correction=True,
-            alternative="two-sided",
-            method="exact" if exact else "asymptotic",
-        )
-        p_value = float(result.pvalue)
-    except ValueError:
-        return _sign_test(n, n_pos, n_neg, median)
-    if not math.isfinite(p_value):
-        return _sign_test(n, n_pos, n_neg, median)
+        p_value, p_method = exact_p_value(ranks, r_plus), EXACT_TIES_METHOD
+    else:
+        p_method = "exact" if nonzero.size <= MAX_EXACT_PAIRS else "asymptotic"
+        try:
+            result = stats.wilcoxon(
+                nonzero,
+                zero_method="wilcox",
+                correction=True,
+                alternative="two-sided",
+                method=p_method,
+            )
+            p_value = float(result.pvalue)
+        except ValueError:
+            return _sign_test(n, n_pos, n_neg, median)
+        if not math.isfinite(p_value):
+            return _sign_test(n, n_pos, n_neg, median)
     effect = (r_plus - r_minus) / (r_plus + r_minus)
     return PairedTest(
-        method="wilcoxon",
-        n=n,
-        n_nonzero=int(nonzero.size),
-        statistic=min(r_plus, r_minus),
-        p_value=p_value,
-        effect_size=effect,
-        median_difference=median,
-        n_positive=n_pos,
-        n_negative=n_neg,
-        p_value_method="exact" if exact else "asymptotic",
+        "wilcoxon",
+        n,
+        int(nonzero.size),
+        min(r_plus, r_minus),
+        p_value,
+        effect,
+        median,
+        n_pos,
+        n_neg,
+        p_method,
     )

@@ -89,36 +89,21 @@ def line_chart(
     def y_of(v: float) -> float:
         return TOP + plot_h - min(max(v / top, 0.0), 1.0) * plot_h
 
-    parts: list[Markup] = [
-        html(
-            '<rect x="{}" y="{}" width="{}" height="{}" class="frame"/>', LEFT, TOP, plot_w, plot_h
-        )
-    ]
+    frame = '<rect x="{}" y="{}" width="{}" height="{}" class="frame"/>'
+    parts: list[Markup] = [html(frame, LEFT, TOP, plot_w, plot_h)]
     for i in range(5):  # horizontal grid and y labels
         v = top * i / 4
         y = y_of(v)
-        parts.append(
-            html(
-                '<line x1="{}" x2="{}" y1="{:.1f}" y2="{:.1f}" class="grid"/>',
-                LEFT,
-                LEFT + plot_w,
-                y,
-                y,
-            )
-        )
+        grid = '<line x1="{x1}" x2="{x2}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
+        parts.append(html(grid, x1=LEFT, x2=LEFT + plot_w, y=y))
         parts.append(
             html('<text x="{}" y="{:.1f}" class="ylab">{}</text>', LEFT - 6, y + 4, y_format(v))
         )
     if times:
         parts.extend(_x_labels(t0, t1, x_of))
     if not values:
-        parts.append(
-            html(
-                '<text x="{}" y="{}" class="empty">no data yet</text>',
-                LEFT + plot_w / 2,
-                TOP + plot_h / 2,
-            )
-        )
+        no_data = '<text x="{}" y="{}" class="empty">no data yet</text>'
+        parts.append(html(no_data, LEFT + plot_w / 2, TOP + plot_h / 2))
     for index, s in enumerate(series):
         color, shape = PALETTE[index % len(PALETTE)], MARKERS[index % len(MARKERS)]
         parts.extend(_line(s, color, shape, x_of, y_of, y_format))
@@ -159,15 +144,8 @@ def _x_labels(t0: float, t1: float, x_of: Callable[[float], float]) -> list[Mark
         shown.add(text)
         # The outer labels lean inwards so that the frame does not cut them off.
         anchor = "middle" if len(ticks) == 1 else ("start", *["middle"] * 3, "end")[i]
-        labels.append(
-            html(
-                '<text x="{:.1f}" y="{}" class="xlab" text-anchor="{}">{}</text>',
-                x_of(t),
-                HEIGHT - BOTTOM + 16,
-                anchor,
-                text,
-            )
-        )
+        label = '<text x="{:.1f}" y="{}" class="xlab" text-anchor="{}">{}</text>'
+        labels.append(html(label, x_of(t), HEIGHT - BOTTOM + 16, anchor, text))
     return labels
 
 

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import math
 import string
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from html import escape
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from costsim_analytics.engines.reports import CANARY_STATUSES
+
+T = TypeVar("T")
 
 
 class Markup(str):
@@ -43,6 +45,8 @@ class _EscapingFormatter(string.Formatter):
 
 
 _FORMATTER = _EscapingFormatter()
+# An absent value in a cell.
+NONE = Markup('<span class="muted">-</span>')
 
 
 def html(template: str, /, *args: Any, **kwargs: Any) -> Markup:
@@ -96,6 +100,14 @@ def table(headers: Iterable[str], rows: Iterable[Iterable[Any]], *, cls: str = "
     return html(
         '<table class="{}"><thead><tr>{}</tr></thead><tbody>{}</tbody></table>', cls, head, body
     )
+
+
+def column_table(
+    columns: Sequence[tuple[str, Callable[[T], object]]], items: Iterable[T], *, cls: str = ""
+) -> Markup:
+    """A table of ``items``, a row each; ``columns`` pair each header with how to get its cell."""
+    rows = ([cell(item) for _, cell in columns] for item in items)
+    return table([header for header, _ in columns], rows, cls=cls)
 
 
 def definitions(items: Iterable[tuple[str, Any]]) -> Markup:

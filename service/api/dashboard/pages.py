@@ -5,11 +5,13 @@ Pure functions of domain objects: the app fetches, these render (unit-tested wit
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from costsim_analytics.api.dashboard.charts import Point, Series, line_chart
 from costsim_analytics.api.dashboard.markup import (
+    NONE,
     Markup,
+    column_table,
     html,
     join,
     num,
@@ -17,11 +19,13 @@ from costsim_analytics.api.dashboard.markup import (
     path_segment,
     pct,
     status_badge,
-    table,
     when,
 )
 from costsim_analytics.engines.golden.datasets import GoldenDataset
 from costsim_analytics.engines.reports import CANARY_STATUSES, CanaryReport
+
+_ACTIVE = html('<span class="badge pass">active</span>')
+_INACTIVE = html('<span class="muted">no</span>')
 
 
 def major_drift_share(report: CanaryReport) -> float | None:
@@ -49,19 +53,19 @@ def reason_list(report: CanaryReport) -> Markup:
         known = set(messages)
         messages += [r.message for r in report.golden_comparison.reasons if r.message not in known]
     if not messages:
-        return html('<span class="muted">-</span>')
+        return NONE
     return html('<ul class="reasons">{}</ul>', join(html("<li>{}</li>", m) for m in messages))
 
 
 def trend_charts(reports: Sequence[CanaryReport]) -> Markup:
     """KL divergence in one chart, the two shares (0-100 %) in the other."""
-    kl = Series("KL divergence", [Point(r.timestamp, r.kl_divergence, r.run_id) for r in reports])
-    drift = Series(
-        "major-drift share", [Point(r.timestamp, major_drift_share(r), r.run_id) for r in reports]
-    )
-    golden = Series(
-        "golden within tolerance", [Point(r.timestamp, golden_share(r), r.run_id) for r in reports]
-    )
+
+    def series(name: str, value: Callable[[CanaryReport], float | None]) -> Series:
+        return Series(name, [Point(r.timestamp, value(r), r.run_id) for r in reports])
+
+    kl = series("KL divergence", lambda r: r.kl_divergence)
+    drift = series("major-drift share", major_drift_share)
+    golden = series("golden within tolerance", golden_share)
     return html(
         '<div class="charts"><figure class="chart">{}</figure>'
         '<figure class="chart">{}</figure></div>',
@@ -87,6 +91,32 @@ def _filters(current: str, limit: int) -> Markup:
     )
 
 
+def _golden_cell(report: CanaryReport) -> Markup:
+    comparison = report.golden_comparison
+    if comparison is None:
+        return NONE
+    return html(
+        '{} {}<br><span class="muted">{} v{}</span>',
+        pct(comparison.candidate.within_tolerance_share),
+        status_badge("pass" if comparison.passed else "fail"),
+        comparison.dataset_name,
+        comparison.dataset_version,
+    )
+
+
+_REPORT_COLUMNS: tuple[tuple[str, Callable[[CanaryReport], object]], ...] = (
+    ("Time", lambda r: when(r.timestamp)),
+    ("Run", lambda r: report_link(r.run_id)),
+    ("Status", lambda r: status_badge(r.status)),
+    ("Passed", lambda r: num(r.passed)),
+    ("Samples", lambda r: num(r.total_samples)),
+    ("KL divergence", lambda r: num(r.kl_divergence)),
+    ("Major drift", lambda r: pct(major_drift_share(r))),
+    ("Golden within tol.", _golden_cell),
+    ("Failure reasons", reason_list),
+)
+
+
 def reports_page(reports: Sequence[CanaryReport], *, status: str = "", limit: int = 50) -> str:
     """``/``: the recent reports, newest first, and their trends (oldest to newest)."""
     counts = {s: sum(r.status == s for r in reports) for s in CANARY_STATUSES}
@@ -97,36 +127,8 @@ def reports_page(reports: Sequence[CanaryReport], *, status: str = "", limit: in
         join((html("{} {}", counts[s], s) for s in CANARY_STATUSES), ", "),
         _filters(status, limit),
     )
-    rows = [
-        (
-            when(r.timestamp),
-            report_link(r.run_id),
-            status_badge(r.status),
-            num(r.passed),
-            num(r.total_samples),
-            num(r.kl_divergence),
-            pct(major_drift_share(r)),
-            _golden_cell(r),
-            reason_list(r),
-        )
-        for r in reports
-    ]
     listing = (
-        table(
-            (
-                "Time",
-                "Run",
-                "Status",
-                "Passed",
-                "Samples",
-                "KL divergence",
-                "Major drift",
-                "Golden within tol.",
-                "Failure reasons",
-            ),
-            rows,
-            cls="reports",
-        )
+        column_table(_REPORT_COLUMNS, reports, cls="reports")
         if reports
         else html(
             '<p class="note">No canary reports yet: run one with <code>{}</code>.</p>',
@@ -142,19 +144,6 @@ def reports_page(reports: Sequence[CanaryReport], *, status: str = "", limit: in
     return page("Canary reports", body, nav="reports")
 
 
-def _golden_cell(report: CanaryReport) -> Markup:
-    comparison = report.golden_comparison
-    if comparison is None:
-        return html('<span class="muted">-</span>')
-    return html(
-        '{} {}<br><span class="muted">{} v{}</span>',
-        pct(comparison.candidate.within_tolerance_share),
-        status_badge("pass" if comparison.passed else "fail"),
-        comparison.dataset_name,
-        comparison.dataset_version,
-    )
-
-
 def golden_page(datasets: Sequence[GoldenDataset], reports: Iterable[CanaryReport] = ()) -> str:
     """``/golden``: every version of every golden dataset."""
     latest: dict[tuple[str, int], Markup] = {}
@@ -167,39 +156,25 @@ def golden_page(datasets: Sequence[GoldenDataset], reports: Iterable[CanaryRepor
                 status_badge("pass" if c.passed else "fail"),
                 report_link(r.run_id),
             )
-    rows = [
+    columns: tuple[tuple[str, Callable[[GoldenDataset], object]], ...] = (
         (
-            html('<span class="code" id="{}">{}</span>', f"{d.name}-v{d.version}", d.name),
-            num(d.version),
-            html('<span class="badge pass">active</span>')
-            if d.active
-            else html('<span class="muted">no</span>'),
-            num(d.sample_count),
-            html('<span class="mono">{}</span>', d.sha256),
-            d.source,
-            d.description,
-            when(d.created_at),
-            latest.get((d.name, d.version), html('<span class="muted">-</span>')),
-        )
-        for d in datasets
-    ]
+            "Name",
+            lambda d: html(
+                '<span class="code" id="{}">{}</span>', f"{d.name}-v{d.version}", d.name
+            ),
+        ),
+        ("Version", lambda d: num(d.version)),
+        ("Active", lambda d: _ACTIVE if d.active else _INACTIVE),
+        ("Samples", lambda d: num(d.sample_count)),
+        ("sha256", lambda d: html('<span class="mono">{}</span>', d.sha256)),
+        ("Source", lambda d: d.source),
+        ("Description", lambda d: d.description),
+        ("Created", lambda d: when(d.created_at)),
+        ("Latest judged report", lambda d: latest.get((d.name, d.version), NONE)),
+    )
     names = len({d.name for d in datasets})
     listing = (
-        table(
-            (
-                "Name",
-                "Version",
-                "Active",
-                "Samples",
-                "sha256",
-                "Source",
-                "Description",
-                "Created",
-                "Latest judged report",
-            ),
-            rows,
-            cls="golden",
-        )
+        column_table(columns, datasets, cls="golden")
         if datasets
         else html(
             '<p class="note">No golden datasets yet: import one with <code>{}</code>.</p>',

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from costsim_analytics.api.dashboard.markup import (
+    NONE,
     Markup,
+    column_table,
     definitions,
     html,
     join,
@@ -21,11 +23,10 @@ from costsim_analytics.engines.findings import FailureReason, Interval
 from costsim_analytics.engines.golden.results import (
     FeasibilityConfusion,
     GoldenComparison,
+    GoldenSampleResult,
     GoldenSummary,
 )
 from costsim_analytics.engines.reports import CanaryReport, Judgement, ReportStatistics
-
-NONE = Markup('<span class="muted">-</span>')
 
 
 def _interval(ci: Interval | None) -> str:
@@ -34,23 +35,23 @@ def _interval(ci: Interval | None) -> str:
     return f"{num(ci.estimate)} [{num(ci.low)}, {num(ci.high)}] ({pct(ci.level, 0)})"
 
 
+def _code(text: str) -> Markup:
+    return html('<span class="code">{}</span>', text)
+
+
+_REASON_COLUMNS: tuple[tuple[str, Callable[[FailureReason], object]], ...] = (
+    ("Code", lambda r: _code(r.code)),
+    ("Metric", lambda r: r.metric),
+    ("Observed", lambda r: num(r.observed)),
+    ("Rule", lambda r: f"{r.comparator}\u00a0{num(r.threshold)}"),
+    ("Interval", lambda r: _interval(r.interval)),
+    ("Message", lambda r: r.message),
+)
+
+
 def reasons_table(reasons: Sequence[FailureReason]) -> Markup:
     """Structured failure reasons: what was measured against which threshold, and the sentence."""
-    return table(
-        ("Code", "Metric", "Observed", "Rule", "Interval", "Message"),
-        (
-            (
-                html('<span class="code">{}</span>', r.code),
-                r.metric,
-                num(r.observed),
-                f"{r.comparator}\u00a0{num(r.threshold)}",
-                _interval(r.interval),
-                r.message,
-            )
-            for r in reasons
-        ),
-        cls="reasons",
-    )
+    return column_table(_REASON_COLUMNS, reasons, cls="reasons")
 
 
 def _reasons_section(report: CanaryReport) -> Markup:
@@ -125,20 +126,17 @@ def judgement_section(j: Judgement | None) -> Markup:
             ),
         ]
     )
-    rules = table(
-        ("Rule", "Observed", "Threshold", "p-value", "Level", "Upper bound", "Decision"),
+    rules = column_table(
         (
-            (
-                html('<span class="code">{}</span>', r.rule),
-                num(r.observed),
-                num(r.threshold),
-                _optional(r.p_value),
-                _optional(r.level),
-                _optional(r.upper_bound),
-                status_badge(r.decision),
-            )
-            for r in j.rules
+            ("Rule", lambda r: _code(r.rule)),
+            ("Observed", lambda r: num(r.observed)),
+            ("Threshold", lambda r: num(r.threshold)),
+            ("p-value", lambda r: _optional(r.p_value)),
+            ("Level", lambda r: _optional(r.level)),
+            ("Upper bound", lambda r: _optional(r.upper_bound)),
+            ("Decision", lambda r: status_badge(r.decision)),
         ),
+        j.rules,
         cls="rules",
     )
     return html("{}{}", overview, rules)
@@ -173,36 +171,39 @@ def _confusion(f: FeasibilityConfusion) -> str:
     )
 
 
+# The rows of the candidate/baseline table: a label, and how a summary shows it.
+_SUMMARY_ROWS: tuple[tuple[str, Callable[[GoldenSummary], str]], ...] = (
+    ("Model", lambda s: s.model),
+    ("Samples", lambda s: num(s.samples)),
+    ("Not estimated", lambda s: num(s.invalid_samples)),
+    ("Within tolerance", lambda s: num(s.within_tolerance)),
+    ("Share within tolerance", lambda s: pct(s.within_tolerance_share)),
+    ("Mean relative error", lambda s: pct(s.mean_relative_error)),
+    ("p90 relative error", lambda s: pct(s.p90_relative_error)),
+    ("Mean absolute error (cents)", lambda s: num(s.mean_absolute_error)),
+    ("Max absolute error (cents)", lambda s: num(s.max_absolute_error)),
+    ("Feasibility", lambda s: _confusion(s.feasibility)),
+)
+
+
 def _summaries(candidate: GoldenSummary, baseline: GoldenSummary) -> Markup:
-    rows = [
-        ("Model", candidate.model, baseline.model),
-        ("Samples", num(candidate.samples), num(baseline.samples)),
-        ("Not estimated", num(candidate.invalid_samples), num(baseline.invalid_samples)),
-        ("Within tolerance", num(candidate.within_tolerance), num(baseline.within_tolerance)),
-        (
-            "Share within tolerance",
-            pct(candidate.within_tolerance_share),
-            pct(baseline.within_tolerance_share),
-        ),
-        (
-            "Mean relative error",
-            pct(candidate.mean_relative_error),
-            pct(baseline.mean_relative_error),
-        ),
-        ("p90 relative error", pct(candidate.p90_relative_error), pct(baseline.p90_relative_error)),
-        (
-            "Mean absolute error (cents)",
-            num(candidate.mean_absolute_error),
-            num(baseline.mean_absolute_error),
-        ),
-        (
-            "Max absolute error (cents)",
-            num(candidate.max_absolute_error),
-            num(baseline.max_absolute_error),
-        ),
-        ("Feasibility", _confusion(candidate.feasibility), _confusion(baseline.feasibility)),
-    ]
+    rows = [(label, show(candidate), show(baseline)) for label, show in _SUMMARY_ROWS]
     return table(("", "Candidate", "Baseline"), rows, cls="summaries")
+
+
+_WORST_COLUMNS: tuple[tuple[str, Callable[[GoldenSampleResult], object]], ...] = (
+    ("Sample", lambda s: _code(s.id)),
+    ("Expected (cents)", lambda s: num(s.expected_cost_cents)),
+    ("Expected feasible", lambda s: num(s.expected_feasible)),
+    ("Candidate (cents)", lambda s: num(s.candidate_cost_cents)),
+    ("Candidate feasible", lambda s: num(s.candidate_feasible)),
+    ("Abs. error", lambda s: num(s.absolute_error)),
+    ("Rel. error", lambda s: pct(s.relative_error)),
+    ("Within tol.", lambda s: num(s.within_tolerance)),
+    ("Baseline (cents)", lambda s: num(s.baseline_cost_cents)),
+    ("Baseline rel. error", lambda s: pct(s.baseline_relative_error)),
+    ("Error", lambda s: s.error or ""),
+)
 
 
 def golden_section(
@@ -248,38 +249,7 @@ def golden_section(
     )
     unshown = [r for r in c.reasons if r.message not in shown]
     reasons = reasons_table(unshown) if unshown else Markup("")
-    worst = table(
-        (
-            "Sample",
-            "Expected (cents)",
-            "Expected feasible",
-            "Candidate (cents)",
-            "Candidate feasible",
-            "Abs. error",
-            "Rel. error",
-            "Within tol.",
-            "Baseline (cents)",
-            "Baseline rel. error",
-            "Error",
-        ),
-        (
-            (
-                html('<span class="code">{}</span>', s.id),
-                num(s.expected_cost_cents),
-                num(s.expected_feasible),
-                num(s.candidate_cost_cents),
-                num(s.candidate_feasible),
-                num(s.absolute_error),
-                pct(s.relative_error),
-                num(s.within_tolerance),
-                num(s.baseline_cost_cents),
-                pct(s.baseline_relative_error),
-                s.error or "",
-            )
-            for s in c.worst_samples
-        ),
-        cls="worst",
-    )
+    worst = column_table(_WORST_COLUMNS, c.worst_samples, cls="worst")
     return html(
         "{}{}<h3>Candidate and baseline</h3>{}<h3>Worst samples ({})</h3>{}",
         head,

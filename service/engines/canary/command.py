@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 from costsim_analytics.engines.canary.evaluation import CanaryConfig, Sample
 from costsim_analytics.engines.canary.judge import JUDGES
@@ -82,20 +82,16 @@ def validate(cmd: RunCanary) -> None:
         raise InvalidArgument(f"{first.field}: {first.description}", bad)
 
 
+# The thresholds a request may override: the CanaryConfig fields it names alike (but the
+# judge, which it names by its key in JUDGES).
+_CONFIG_FIELDS = {f.name for f in fields(CanaryConfig)} - {"judge"}
+_OVERRIDABLE = tuple(f.name for f in fields(RunCanary) if f.name in _CONFIG_FIELDS)
+
+
 def resolve_config(cmd: RunCanary, defaults: CanaryConfig) -> CanaryConfig:
     """The configured thresholds with the request's overrides applied."""
-    overrides = {
-        name: getattr(cmd, name)
-        for name in (
-            "drift_threshold",
-            "outlier_threshold",
-            "outlier_max_pct",
-            "major_drift_max_pct",
-            "min_samples",
-            "median_delta_tolerance",
-        )
-        if getattr(cmd, name) is not None
-    }
+    requested = {name: getattr(cmd, name) for name in _OVERRIDABLE}
+    overrides = {name: value for name, value in requested.items() if value is not None}
     if cmd.judge:
         overrides["judge"] = JUDGES[cmd.judge]
     return replace(defaults, **overrides)
@@ -103,22 +99,11 @@ def resolve_config(cmd: RunCanary, defaults: CanaryConfig) -> CanaryConfig:
 
 def fingerprint(cmd: RunCanary) -> str:
     """Digest of everything in the request except its request_id."""
-    return content_hash(
-        {
-            "sample_count": cmd.sample_count,
-            "lookback_days": cmd.lookback_days,
-            "drift_threshold": cmd.drift_threshold,
-            "outlier_threshold": cmd.outlier_threshold,
-            "outlier_max_pct": cmd.outlier_max_pct,
-            "major_drift_max_pct": cmd.major_drift_max_pct,
-            "min_samples": cmd.min_samples,
-            "median_delta_tolerance": cmd.median_delta_tolerance,
-            "baseline_model": cmd.baseline_model,
-            "candidate_model": cmd.candidate_model,
-            "samples": [[s.id, s.plan_input] for s in cmd.samples],
-            "seed": cmd.seed,
-            # Only when set, so that the digests of requests without one did not change.
-            **({"golden_dataset": cmd.golden_dataset} if cmd.golden_dataset else {}),
-            **({"judge": cmd.judge} if cmd.judge else {}),
-        }
-    )
+    data = {f.name: getattr(cmd, f.name) for f in fields(cmd) if f.name != "request_id"}
+    data["samples"] = [[s.id, s.plan_input] for s in cmd.samples]
+    # Left out when unset, so that the digests of requests from before these fields existed
+    # did not change (a field added later needs the same).
+    for name in ("golden_dataset", "judge"):
+        if not data[name]:
+            del data[name]
+    return content_hash(data)

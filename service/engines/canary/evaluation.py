@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import Any
 
@@ -252,14 +252,9 @@ def evaluate(
         )
     statistics = ReportStatistics(
         js_divergence=div.js,
+        # The summary's fields are the leading fields of the test's.
         paired_test=PairedTestSummary(
-            paired.method,
-            paired.n,
-            paired.n_nonzero,
-            paired.statistic,
-            paired.p_value,
-            paired.effect_size,
-            paired.median_difference,
+            *(getattr(paired, f.name) for f in fields(PairedTestSummary))
         ),
         median_cost_diff_ci=_interval(median_ci),
         p90_cost_diff_ci=_interval(p90_ci),
@@ -371,20 +366,9 @@ def sample_artifacts(ev: Evaluation) -> dict[str, bytes]:
 def report_artifact(ev: Evaluation, report: CanaryReport, request: dict[str, Any]) -> bytes:
     """The report JSON: the report, its thresholds, the binning behind KL, the request."""
     data = report_to_json(report)
-    data["config"] = {
-        "drift_threshold": ev.config.drift_threshold,
-        "outlier_threshold": ev.config.outlier_threshold,
-        "outlier_max_pct": ev.config.outlier_max_pct,
-        "major_drift_max_pct": ev.config.major_drift_max_pct,
-        "min_samples": ev.config.min_samples,
-        "max_invalid_share": ev.config.max_invalid_share,
-        "median_delta_tolerance": ev.config.median_delta_tolerance,
-        "bootstrap_resamples": ev.config.bootstrap_resamples,
-        "confidence_level": ev.config.confidence_level,
-        "judge": ev.config.judge.name,
-        "alpha": ev.config.alpha,
-        "permutations": ev.config.permutations,
-    }
+    # Every threshold and setting, by field; the judge by its name.
+    config = {f.name: getattr(ev.config, f.name) for f in fields(ev.config)}
+    data["config"] = {**config, "judge": ev.config.judge.name}
     if ev.divergence is not None:
         data["kl_binning"] = {
             "edges": list(ev.divergence.edges),

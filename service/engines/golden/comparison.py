@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -230,9 +230,6 @@ def resolve_config(cmd: CompareGolden, defaults: GoldenConfig) -> GoldenConfig:
     if cmd.worst_samples is not None and not 0 <= cmd.worst_samples <= MAX_WORST:
         bad.append(FieldViolation("worst_samples", f"must be between 0 and {MAX_WORST}"))
     raise_if(bad)
-    overrides = {
-        name: getattr(cmd, name)
-        for name in ("tolerance", "min_share", "max_feasibility_flips", "worst_samples")
-        if getattr(cmd, name) is not None
-    }
-    return replace(defaults, **overrides)
+    # The command names each threshold as GoldenConfig does; None keeps the default.
+    requested = {f.name: getattr(cmd, f.name) for f in fields(defaults)}
+    return replace(defaults, **{k: v for k, v in requested.items() if v is not None})
