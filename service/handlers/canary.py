@@ -43,6 +43,7 @@ from costsim_analytics.engines.golden.comparison import GoldenConfig
 from costsim_analytics.engines.golden.datasets import GoldenDataset
 from costsim_analytics.engines.maintenance import Reconcile, ReconcileResult
 from costsim_analytics.engines.reports import CanaryReport, report_from_json
+from costsim_analytics.engines.text import DEFAULT_MAX_JSON_DEPTH
 from costsim_analytics.handlers.call import Call, Clock, utc_now
 from costsim_analytics.handlers.golden import load_dataset
 from costsim_analytics.handlers.idempotency import Claim, ClaimTaken, Replay
@@ -155,10 +156,11 @@ class CanaryRunHandler:
     # The golden dataset of requests that name none ("": no golden comparison), and its verdict.
     golden_dataset: str = ""
     golden_config: GoldenConfig = field(default_factory=GoldenConfig)
+    max_json_depth: int = DEFAULT_MAX_JSON_DEPTH
 
     def __call__(self, cmd: RunCanary, call: Call, /) -> RunCanaryResult:
         """Run the canary (or skip it) and return its report."""
-        validate(cmd)
+        validate(cmd, max_depth=self.max_json_depth)
         config = resolve_config(cmd, self.defaults)
         baseline = self.models(cmd.baseline_model or "v1", field="baseline_model")
         candidate = self.models(cmd.candidate_model or "v2", field="candidate_model")

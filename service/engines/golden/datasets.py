@@ -25,10 +25,10 @@ from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import Any
 
-from costsim_analytics.engines.canonical import canonical_json, loads, normalize_numbers
-from costsim_analytics.engines.cost_models import InvalidPlan
+from costsim_analytics.engines.canonical import canonical_json, loads
 from costsim_analytics.engines.cost_models.plans import parse_plan
 from costsim_analytics.engines.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from costsim_analytics.engines.text import DEFAULT_MAX_JSON_DEPTH, check_text, normalize_json
 
 MAX_SAMPLES = 100_000
 MAX_DESCRIPTION = 1024
@@ -105,18 +105,20 @@ def validate_lookup(name: str, version: int | None) -> None:
     raise_if(bad)
 
 
-def _sample_violations(s: GoldenSample, path: str) -> tuple[GoldenSample, list[FieldViolation]]:
+def _sample_violations(
+    s: GoldenSample, path: str, max_depth: int
+) -> tuple[GoldenSample, list[FieldViolation]]:
     bad: list[FieldViolation] = []
     if not s.id or len(s.id) > MAX_SAMPLE_ID:
         bad.append(FieldViolation(f"{path}.id", f"must be 1 to {MAX_SAMPLE_ID} characters"))
+    else:
+        check_text(s.id, f"{path}.id", bad)
     plan = s.plan_input
     try:
-        plan = normalize_numbers(plan)
+        plan = normalize_json(plan, max_depth=max_depth)  # depth and text rule, no recursion
         parse_plan(plan)
-    except InvalidPlan as exc:
+    except ValueError as exc:  # InvalidPlan included
         bad.append(FieldViolation(f"{path}.plan_input", str(exc)))
-    except ValueError:
-        bad.append(FieldViolation(f"{path}.plan_input", "numbers must be finite"))
     for name in ("expected_cost_cents", "expected_duration_ms"):
         value = getattr(s, name)
         if value is not None and not (
@@ -127,9 +129,16 @@ def _sample_violations(s: GoldenSample, path: str) -> tuple[GoldenSample, list[F
 
 
 def prepare_dataset(
-    name: str, description: str, source: str, samples: Sequence[GoldenSample]
+    name: str,
+    description: str,
+    source: str,
+    samples: Sequence[GoldenSample],
+    *,
+    max_depth: int = DEFAULT_MAX_JSON_DEPTH,
 ) -> NewGoldenDataset:
     """Validate a new version, put its samples in canonical form and order, and hash them.
+
+    ``max_depth`` bounds each plan input's nesting (``COSTSIM_MAX_JSON_DEPTH``).
 
     Raises:
         InvalidArgument: naming every bad field (up to 100), as ``samples[3].expected_cost_cents``.
@@ -137,6 +146,8 @@ def prepare_dataset(
     bad = name_violations(name)
     if len(description) > MAX_DESCRIPTION:
         bad.append(FieldViolation("description", f"must be at most {MAX_DESCRIPTION} characters"))
+    else:
+        check_text(description, "description", bad)
     if not samples:
         bad.append(FieldViolation("samples", "must hold at least one sample"))
     if len(samples) > MAX_SAMPLES:
@@ -145,7 +156,7 @@ def prepare_dataset(
     seen: dict[str, int] = {}
     clean = []
     for i, sample in enumerate(samples):
-        fixed, problems = _sample_violations(sample, f"samples[{i}]")
+        fixed, problems = _sample_violations(sample, f"samples[{i}]", max_depth)
         if sample.id in seen:
             problems.append(
                 FieldViolation(f"samples[{i}].id", f"duplicate of samples[{seen[sample.id]}].id")

@@ -1,0 +1,136 @@
+"""Bad text and deep JSON through the real server: INVALID_ARGUMENT naming the field, no row.
+
+On both databases: PostgreSQL refuses NUL in text and jsonb, so without the engines' text rule
+these calls came back INTERNAL there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import json_format
+
+from costsim.analytics.v1 import analytics_pb2 as pb
+from costsim_analytics.engines.canary.synthetic import synthetic_samples
+from tests.e2e.rpc_errors import details
+from tests.factories import provenance_json
+
+PLANS = synthetic_samples()
+PAYLOAD_NUL = '{"input": {"\\u0000": 1}, "output": {}}'
+
+
+def batch(records, request_id=""):
+    request = pb.WriteProvenanceBatchRequest(request_id=request_id)
+    for record in records:
+        json_format.ParseDict(record, request.records.add())
+    return request
+
+
+def nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(depth - 1):
+        value = {"a": value}
+    return value
+
+
+def refused_field(call: Callable[[], object]) -> list[str]:
+    with pytest.raises(grpc.RpcError) as exc:
+        call()
+    code, reason, fields = details(exc.value)
+    assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT")
+    return fields
+
+
+def write_with(index: int, **overrides: Any) -> pb.WriteProvenanceBatchRequest:
+    records = [provenance_json(i) for i in range(4)]
+    records[index] = provenance_json(index, **overrides)
+    return batch(records)
+
+
+def canary(samples: list[tuple[str, dict[str, Any]]], **kw) -> pb.RunCanaryRequest:
+    request = pb.RunCanaryRequest(min_samples=1, **kw)
+    for sample_id, plan in samples:
+        request.samples.add(id=sample_id).plan_input.update(plan)
+    return request
+
+
+def test_every_request_string_refuses_nul_and_surrogates_by_path(stub):
+    deep_text = '{"a":' * 4999 + "{}" + "}" * 4999
+    write_cases: dict[str, dict[str, Any]] = {
+        "records[3].run_id": {"run_id": "r\x00"},
+        "records[3].tenant_id": {"tenant_id": "\x00"},
+        "records[3].commit_sha": {"commit_sha": "abc\x00"},
+        "records[3].payload": {"payload": {"input": {"k": "v\x00"}, "output": {}}},
+        "records[3].payload_json": {"payload": None, "payload_json": PAYLOAD_NUL},
+    }
+    for field, overrides in write_cases.items():
+        request = write_with(3, **overrides)
+        if overrides.get("payload", 0) is None:
+            request.records[3].ClearField("payload")
+        assert refused_field(partial(stub.WriteProvenanceBatch, request, timeout=10)) == [field]
+    surrogate = write_with(2)
+    surrogate.records[2].ClearField("payload")
+    surrogate.records[2].payload_json = '{"input": {"k": "\\udc00"}, "output": {}}'
+    assert refused_field(lambda: stub.WriteProvenanceBatch(surrogate, timeout=10)) == [
+        "records[2].payload_json"
+    ]
+    deep = write_with(1)
+    deep.records[1].ClearField("payload")
+    deep.records[1].payload_json = deep_text  # once RecursionError, INTERNAL
+    assert refused_field(lambda: stub.WriteProvenanceBatch(deep, timeout=10)) == [
+        "records[1].payload_json"
+    ]
+    deep_struct = write_with(0, payload={"input": nested(32), "output": {}})
+    assert refused_field(lambda: stub.WriteProvenanceBatch(deep_struct, timeout=10)) == [
+        "records[0].payload"
+    ]
+    request_id = batch([provenance_json(0)], request_id="req\x00")
+    assert refused_field(lambda: stub.WriteProvenanceBatch(request_id, timeout=10)) == [
+        "request_id"
+    ]
+
+    for name in ("tenant_id", "run_id"):
+        query = pb.QueryProvenanceRequest(**{name: "x\x00"})  # type: ignore[arg-type]
+        stream = partial(stub.QueryProvenance, query, timeout=10)
+        assert refused_field(lambda s=stream: list(s())) == [name]  # type: ignore[misc]
+    drift = pb.GetDriftStatsRequest(tenant_id="t\x00")
+    assert refused_field(lambda: stub.GetDriftStats(drift, timeout=10)) == ["tenant_id"]
+    report = pb.GetCanaryReportRequest(run_id="canary\x00")
+    assert refused_field(lambda: stub.GetCanaryReport(report, timeout=10)) == ["run_id"]
+    promote = pb.PromoteCanaryRunRequest(run_id="canary\x00", name="ref")
+    assert refused_field(lambda: stub.PromoteCanaryRun(promote, timeout=10)) == ["run_id"]
+
+    plans = [plan for _, plan in PLANS[:3]]
+    run = canary(
+        [("s0", plans[0]), ("s1", {**plans[1], "deep": nested(32)}), ("s\x002", plans[2])],
+        candidate_model="v2\x00",
+    )
+    assert refused_field(lambda: stub.RunCanary(run, timeout=60)) == [
+        "candidate_model",
+        "samples[1].plan_input",
+        "samples[2].id",
+    ]
+    golden = pb.CreateGoldenDatasetRequest(name="ref", description="d\x00")
+    golden.samples.add(id="a", expected_cost_cents=1.0).plan_input.update(plans[0])
+    golden.samples.add(id="b", expected_cost_cents=1.0).plan_input.update({**plans[1], "\x00": 1})
+    assert refused_field(lambda: stub.CreateGoldenDataset(golden, timeout=30)) == [
+        "description",
+        "samples[1].plan_input",
+    ]
+
+    # Nothing was written by any of them.
+    assert list(stub.QueryProvenance(pb.QueryProvenanceRequest(), timeout=10)) == []
+    listed = stub.ListGoldenDatasets(pb.ListGoldenDatasetsRequest(), timeout=10)
+    assert list(listed.datasets) == []
+
+
+def test_json_at_the_depth_limit_is_stored_and_reads_back(stub):
+    payload = {"input": nested(30), "output": {"x": {}}}  # 32 levels with the payload and "a"
+    record = provenance_json(0, payload=payload)
+    stub.WriteProvenanceBatch(batch([record]), timeout=10)
+    [message] = list(stub.QueryProvenance(pb.QueryProvenanceRequest(), timeout=10))
+    assert json_format.MessageToDict(message.record.payload)["input"] == nested(30)
