@@ -57,8 +57,8 @@ class Settings(BaseSettings):
     max_json_depth: int = Field(
         32,
         ge=1,
-        le=45,
-        description="Nesting levels of a payload or plan input (45 still reads back as a Struct)",
+        le=32,
+        description="Nesting levels of a payload or plan input (deeper ones may not decode)",
     )
     max_page_size: int = Field(10_000, ge=1, le=100_000, description="Messages per stream")
     workers: int = Field(8, ge=1, le=256, description="Threads running handlers")

@@ -3,10 +3,11 @@ r"""The one rule for text and JSON a caller sends: what every string and JSON va
 Every string field of every request, and every key and string inside a JSON value (a payload,
 a plan input), must be storable as sent: no NUL character (PostgreSQL's ``text`` and ``jsonb``
 refuse ``\u0000``) and no unpaired UTF-16 surrogate (no UTF-8 spelling exists for one). JSON
-values nest at most ``max_depth`` levels (``COSTSIM_MAX_JSON_DEPTH``), so that a stored value
-always converts back to a ``google.protobuf.Struct`` under protobuf's nesting limit (45 JSON
-levels still do, 50 do not). Depth is measured without recursion (an explicit stack, or a scan
-of the text), before any recursive parser or encoder sees the value.
+values nest at most ``max_depth`` levels (``COSTSIM_MAX_JSON_DEPTH``, at most 32), so that a
+stored value always converts back to a ``google.protobuf.Struct`` that protobuf's decoder
+accepts (upb's Python decoder stops at 33 JSON levels inside a QueryProvenanceResponse).
+Depth is measured without recursion (an explicit stack, or a scan of the text), before any
+recursive parser or encoder sees the value.
 
 Example:
     >>> text_problem("run-1") is None
@@ -30,8 +31,6 @@ from costsim_analytics.engines.canonical import JsonValue, whole_or_float
 from costsim_analytics.engines.errors import FieldViolation
 
 DEFAULT_MAX_JSON_DEPTH = 32
-# Protobuf's decoder refuses a Struct nested about 50 JSON levels deep; stay well below.
-MAX_JSON_DEPTH_LIMIT = 45
 NUL = "must not contain NUL characters"
 SURROGATE = "must not contain unpaired UTF-16 surrogates"
 

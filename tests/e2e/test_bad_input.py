@@ -6,7 +6,9 @@ these calls came back INTERNAL there.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -15,9 +17,12 @@ import pytest
 from google.protobuf import json_format
 
 from costsim.analytics.v1 import analytics_pb2 as pb
+from costsim_analytics.drivers.database import make_engine
 from costsim_analytics.engines.canary.synthetic import synthetic_samples
+from costsim_analytics.engines.provenance import prepare_batch
+from costsim_analytics.handlers.uow import SqlAlchemyUnitOfWorkFactory
 from tests.e2e.rpc_errors import details
-from tests.factories import provenance_json
+from tests.factories import provenance_input, provenance_json
 
 PLANS = synthetic_samples()
 PAYLOAD_NUL = '{"input": {"\\u0000": 1}, "output": {}}'
@@ -134,3 +139,27 @@ def test_json_at_the_depth_limit_is_stored_and_reads_back(stub):
     stub.WriteProvenanceBatch(batch([record]), timeout=10)
     [message] = list(stub.QueryProvenance(pb.QueryProvenanceRequest(), timeout=10))
     assert json_format.MessageToDict(message.record.payload)["input"] == nested(30)
+
+
+def test_rows_stored_too_deep_for_a_struct_are_served_as_json_text(server, stub):
+    # Rows like these could be stored before ingest limited the depth: insert them through
+    # the driver, past the service's validation.
+    deep = {"input": nested(49), "output": {}}  # 50 levels: protobuf refuses it as a Struct
+    rows = prepare_batch(
+        [provenance_input(0, payload=deep), provenance_input(1)],
+        max_batch=2,
+        now=datetime.now(UTC),
+        max_depth=100,
+    )
+    engine = make_engine(server.database_url)
+    with SqlAlchemyUnitOfWorkFactory(engine)() as uow:
+        ids = uow.provenance.insert_batch(rows)
+        uow.commit()
+    engine.dispose()
+    got = {m.record.id: m.record for m in stub.QueryProvenance(pb.QueryProvenanceRequest())}
+    assert set(got) == set(ids)
+    deep_record, plain = got[ids[0]], got[ids[1]]
+    assert not deep_record.HasField("payload")
+    assert json.loads(deep_record.payload_json) == deep
+    assert deep_record.run_id == "run-0" and deep_record.input_hash == rows[0].input_hash
+    assert plain.HasField("payload") and plain.payload_json == ""
