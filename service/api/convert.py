@@ -15,6 +15,7 @@ from costsim.analytics.v1 import analytics_pb2 as pb
 from costsim_analytics.engines.canonical import dumps
 from costsim_analytics.engines.drift import DriftStats, DriftStatsQuery
 from costsim_analytics.engines.findings import FailureReason, Interval
+from costsim_analytics.engines.pagination import check_instant
 from costsim_analytics.engines.provenance import (
     FILTER_TEXT_FIELDS,
     TEXT_FIELDS,
@@ -50,8 +51,16 @@ def timestamp(ts: timestamp_pb2.Timestamp) -> datetime:
 
 
 def optional_timestamp(msg: Any, field: str) -> datetime | None:
-    """The timestamp field ``field`` of ``msg``, or None when unset."""
-    return timestamp(getattr(msg, field)) if msg.HasField(field) else None
+    """The timestamp field ``field`` of ``msg``, or None when unset.
+
+    Raises:
+        InvalidArgument: naming ``field``, when no datetime can hold the instant.
+    """
+    if not msg.HasField(field):
+        return None
+    ts = getattr(msg, field)
+    check_instant(ts.seconds, ts.nanos, field)
+    return timestamp(ts)
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

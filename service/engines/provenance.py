@@ -49,6 +49,10 @@ SOURCES = frozenset({"sandbox", "canary", "manual", "backfill"})
 PAYLOAD_STATUSES = frozenset({"success", "error", "timeout", "schema_error"})
 MAX_STRING_CHARS = 256
 MAX_PAYLOAD_BYTES = 64 * 1024
+# runtime_ms is an INTEGER column (and an int32 on the wire).
+MAX_RUNTIME_MS = 2**31 - 1
+# Far beyond any real cost, yet every delta of two such costs stays exact enough to compare.
+MAX_COST = 1e15
 DEFAULT_MAX_BATCH = 1000
 # An error lists at most this many violations, so a hopeless batch cannot make a huge trailer.
 MAX_REPORTED_VIOLATIONS = 100
@@ -218,6 +222,8 @@ def _check_cost(value: float | None, path: str, out: list[FieldViolation]) -> No
         out.append(FieldViolation(path, "must be a finite number"))
     elif value < 0:
         out.append(FieldViolation(path, "must not be negative"))
+    elif value > MAX_COST:
+        out.append(FieldViolation(path, f"must be at most {MAX_COST:g}"))
 
 
 def _prepare_one(
@@ -248,6 +254,8 @@ def _prepare_one(
     _check_cost(rec.v2_cost, prefix + "v2_cost", out)
     if rec.runtime_ms < 0:
         out.append(FieldViolation(prefix + "runtime_ms", "must not be negative"))
+    elif rec.runtime_ms > MAX_RUNTIME_MS:
+        out.append(FieldViolation(prefix + "runtime_ms", f"must be at most {MAX_RUNTIME_MS}"))
     for name in _HASH_FIELDS:
         value = getattr(rec, name)
         if value and not _HASH.fullmatch(value):

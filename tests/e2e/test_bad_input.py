@@ -6,6 +6,7 @@ these calls came back INTERNAL there.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -14,11 +15,12 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import json_format
+from google.protobuf import json_format, timestamp_pb2
 
 from costsim.analytics.v1 import analytics_pb2 as pb
 from costsim_analytics.drivers.database import make_engine
 from costsim_analytics.engines.canary.synthetic import synthetic_samples
+from costsim_analytics.engines.pagination import MAX_EPOCH_SECONDS, MIN_EPOCH_SECONDS
 from costsim_analytics.engines.provenance import prepare_batch
 from costsim_analytics.handlers.uow import SqlAlchemyUnitOfWorkFactory
 from tests.e2e.rpc_errors import details
@@ -163,3 +165,54 @@ def test_rows_stored_too_deep_for_a_struct_are_served_as_json_text(server, stub)
     assert json.loads(deep_record.payload_json) == deep
     assert deep_record.run_id == "run-0" and deep_record.input_hash == rows[0].input_hash
     assert plain.HasField("payload") and plain.payload_json == ""
+
+
+def test_instants_and_numbers_beyond_the_columns_are_refused_by_field(stub):
+    after_9999 = timestamp_pb2.Timestamp(seconds=MAX_EPOCH_SECONDS + 1)
+    before_year_1 = timestamp_pb2.Timestamp(seconds=MIN_EPOCH_SECONDS - 1)
+    bad_nanos = timestamp_pb2.Timestamp(seconds=0, nanos=-1)
+    calls: dict[str, Callable[[], object]] = {
+        "start_time": lambda: list(
+            stub.QueryProvenance(pb.QueryProvenanceRequest(start_time=after_9999), timeout=10)
+        ),
+        "end_time": lambda: stub.GetDriftStats(
+            pb.GetDriftStatsRequest(end_time=bad_nanos), timeout=10
+        ),
+        "start_time ": lambda: list(
+            stub.QueryCanaryReports(
+                pb.QueryCanaryReportsRequest(start_time=before_year_1), timeout=10
+            )
+        ),
+    }
+    for field, call in calls.items():
+        assert refused_field(call) == [field.strip()]
+    # The first and last instants a datetime holds are fine on both databases.
+    first = timestamp_pb2.Timestamp(seconds=MIN_EPOCH_SECONDS)
+    last = timestamp_pb2.Timestamp(seconds=MAX_EPOCH_SECONDS, nanos=999_999_999)
+    window: dict[str, Any] = {"start_time": first, "end_time": last}
+    stub.WriteProvenanceBatch(batch([provenance_json(0)]), timeout=10)
+    assert len(list(stub.QueryProvenance(pb.QueryProvenanceRequest(**window), timeout=10))) == 1
+    assert stub.GetDriftStats(pb.GetDriftStatsRequest(**window), timeout=10).total == 1
+    assert list(stub.QueryCanaryReports(pb.QueryCanaryReportsRequest(**window), timeout=10)) == []
+    big_cost = write_with(2, v2_cost=1e300)
+    assert refused_field(lambda: stub.WriteProvenanceBatch(big_cost, timeout=10)) == [
+        "records[2].v2_cost"
+    ]
+
+
+def test_a_forged_page_token_with_a_huge_id_is_an_invalid_page_token(stub):
+    stub.WriteProvenanceBatch(batch([provenance_json(i) for i in range(2)]), timeout=10)
+    request = pb.QueryProvenanceRequest(page_size=1)
+    [first] = list(stub.QueryProvenance(request, timeout=10))
+    raw = base64.urlsafe_b64decode(first.page_token + "=" * (-len(first.page_token) % 4))
+    for row_id in (2**63, 2**70):
+        body = raw.decode().rsplit("|", 1)[0] + f"|{row_id}"
+        token = base64.urlsafe_b64encode(body.encode()).rstrip(b"=").decode()
+        resumed = pb.QueryProvenanceRequest(page_size=1, page_token=token)
+        with pytest.raises(grpc.RpcError) as exc:
+            list(stub.QueryProvenance(resumed, timeout=10))
+        assert details(exc.value) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_PAGE_TOKEN",
+            ["page_token"],
+        )

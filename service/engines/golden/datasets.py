@@ -33,6 +33,8 @@ from costsim_analytics.engines.text import DEFAULT_MAX_JSON_DEPTH, check_text, n
 MAX_SAMPLES = 100_000
 MAX_DESCRIPTION = 1024
 MAX_SAMPLE_ID = 256
+MAX_VERSION = 2**31 - 1  # an INTEGER column
+MAX_NUMBER = 1e15  # expected costs and durations: far beyond any real one
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 NAME_RULE = "must be 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit"
 SOURCE_IMPORT = "import"
@@ -100,8 +102,8 @@ def raise_if(bad: Sequence[FieldViolation]) -> None:
 def validate_lookup(name: str, version: int | None) -> None:
     """A dataset reference: a valid name and, if given, a version from 1."""
     bad = name_violations(name)
-    if version is not None and version < 1:
-        bad.append(FieldViolation("version", "must be 1 or more"))
+    if version is not None and not 1 <= version <= MAX_VERSION:
+        bad.append(FieldViolation("version", f"must be from 1 to {MAX_VERSION}"))
     raise_if(bad)
 
 
@@ -122,9 +124,11 @@ def _sample_violations(
     for name in ("expected_cost_cents", "expected_duration_ms"):
         value = getattr(s, name)
         if value is not None and not (
-            isinstance(value, int | float) and math.isfinite(value) and value >= 0
+            isinstance(value, int | float) and math.isfinite(value) and 0 <= value <= MAX_NUMBER
         ):
-            bad.append(FieldViolation(f"{path}.{name}", "must be a finite number >= 0"))
+            bad.append(
+                FieldViolation(f"{path}.{name}", f"must be a number from 0 to {MAX_NUMBER:g}")
+            )
     return replace(s, plan_input=plan), bad
 
 
