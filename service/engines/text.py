@@ -65,6 +65,21 @@ def check_texts(
         check_text(getattr(obj, name), prefix + name, out)
 
 
+def shown(value: object, limit: int = 64) -> str:
+    """``repr(value)`` for an error message, cut to ``limit`` characters with an ellipsis.
+
+    Messages go back in trailers, which gRPC bounds (8-16 KiB): a caller's 10,000-character
+    name must not be echoed whole.
+
+    Example:
+        >>> shown("x" * 100, limit=8)
+        "'xxxxxx…"
+
+    """
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def depth_problem(max_depth: int) -> str:
     """The description of a JSON value nested too deep."""
     return f"must nest at most {max_depth} levels deep"

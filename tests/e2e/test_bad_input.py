@@ -216,3 +216,23 @@ def test_a_forged_page_token_with_a_huge_id_is_an_invalid_page_token(stub):
             "INVALID_PAGE_TOKEN",
             ["page_token"],
         )
+
+
+def test_a_huge_model_name_is_refused_without_being_echoed_whole(stub):
+    name = "m" * 10_000
+    calls = [
+        lambda: stub.RunCanary(canary([("s0", PLANS[0][1])], candidate_model=name), timeout=60),
+        lambda: stub.CompareGolden(
+            pb.CompareGoldenRequest(name="ref", baseline_model=name), timeout=30
+        ),
+    ]
+    for call, field in zip(calls, ("candidate_model", "baseline_model"), strict=True):
+        with pytest.raises(grpc.RpcError) as exc:
+            call()
+        assert details(exc.value) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_ARGUMENT",
+            [field],
+        )
+        message = exc.value.details() or ""
+        assert "unknown cost model" in message and len(message) < 300

@@ -10,6 +10,7 @@ import pytest
 
 from costsim_analytics.engines.canary.command import RunCanary, validate
 from costsim_analytics.engines.canary.evaluation import Sample
+from costsim_analytics.engines.cost_models import load_cost_model
 from costsim_analytics.engines.drift import DriftStatsQuery, validate_drift_query
 from costsim_analytics.engines.errors import InvalidArgument
 from costsim_analytics.engines.golden.datasets import GoldenSample, prepare_dataset
@@ -178,3 +179,14 @@ def test_golden_samples_and_description_refuse_bad_text_and_deep_plans():
         "samples[1].plan_input": "must nest at most 32 levels deep",
         "samples[2].plan_input": NUL,
     }
+
+
+def test_unknown_model_names_and_plan_values_are_echoed_cut():
+    with pytest.raises(InvalidArgument) as exc:
+        load_cost_model("m" * 10_000, field="candidate_model")
+    assert len(exc.value.message) < 200 and "…" in exc.value.message
+    with pytest.raises(InvalidArgument) as exc:
+        plan = {**PLAN, "plan": [{"skill": "s", "iterations": "x" * 10_000}]}
+        prepare_dataset("ref", "", "import", [GoldenSample("a", plan, 1.0, True)])
+    [violation] = exc.value.violations
+    assert len(violation.description) < 200
