@@ -98,9 +98,9 @@ class ReportPublisher:
             ReportNotPersisted: artifacts written, row not: run ``canary reconcile``.
         """
         report = evaluation.report
-        run_dir = self.artifacts.run_dir(report.run_id)
+        # Relative to the artifacts root: no absolute server path reaches a caller.
         paths = tuple(
-            str(run_dir / name)
+            f"{report.run_id}/{name}"
             for name in (engine.COMPARISONS_FILE, engine.DIFFS_FILE, REPORT_FILE)
         )
         request = {
@@ -114,15 +114,15 @@ class ReportPublisher:
             refs += self.artifacts.save(report.run_id, {REPORT_FILE: body})
         except OSError as exc:
             raise ArtifactsUnwritable(
-                f"canary {report.run_id}: artifacts could not be written under "
-                f"{self.artifacts.root} ({exc.strerror or exc}); no report was stored"
+                f"canary {report.run_id}: its artifacts could not be written "
+                f"({exc.strerror or type(exc).__name__}); no report was stored"
             ) from exc
         report = replace(report, artifacts=refs)
         try:
             return self.store(report, claim)
         except DatabaseUnavailable as exc:
             raise ReportNotPersisted(
-                f"canary {report.run_id}: artifacts saved under {run_dir} but the report row "
+                f"canary {report.run_id}: artifacts saved but the report row "
                 "could not be written; run `costsim-analytics canary reconcile` once the "
                 "database is back"
             ) from exc
