@@ -123,7 +123,10 @@ def build_registry(
     page = settings.max_page_size
     registry = OperationRegistry()
     registry.register(
-        OP_PROVENANCE_BATCH, WriteProvenanceBatchHandler(uow, max_batch=settings.max_batch)
+        OP_PROVENANCE_BATCH,
+        WriteProvenanceBatchHandler(
+            uow, max_batch=settings.max_batch, max_json_depth=settings.max_json_depth
+        ),
     )
     registry.register(OP_PROVENANCE_QUERY, QueryProvenanceHandler(uow, max_page_size=page))
     registry.register(OP_DRIFT_STATS, DriftStatsHandler(uow))
@@ -133,7 +136,9 @@ def build_registry(
     registry.register(OP_CANARY_RECONCILE, ReconcileHandler(uow, artifacts))
     registry.register(OP_RETENTION, RetentionHandler(uow, artifacts))
     registry.register(OP_PARTITION_UPKEEP, PartitionUpkeepHandler(uow))
-    registry.register(OP_GOLDEN_CREATE, CreateGoldenDatasetHandler(uow))
+    registry.register(
+        OP_GOLDEN_CREATE, CreateGoldenDatasetHandler(uow, max_json_depth=settings.max_json_depth)
+    )
     registry.register(OP_GOLDEN_PROMOTE, PromoteCanaryRunHandler(uow, artifacts))
     registry.register(OP_GOLDEN_GET, GetGoldenDatasetHandler(uow))
     registry.register(OP_GOLDEN_LIST, ListGoldenDatasetsHandler(uow))
@@ -184,6 +189,7 @@ def build_canary_handler(
         progress=progress,
         golden_dataset=settings.canary_golden_dataset,
         golden_config=golden_config(settings),
+        max_json_depth=settings.max_json_depth,
     )
 
 

@@ -54,6 +54,12 @@ class Settings(BaseSettings):
 
     artifacts_dir: Path = Field(Path("var/artifacts"), description="Canary artifact root")
     max_batch: int = Field(1000, ge=1, le=100_000, description="Records per WriteProvenanceBatch")
+    max_json_depth: int = Field(
+        32,
+        ge=1,
+        le=32,
+        description="Nesting levels of a payload or plan input (deeper ones may not decode)",
+    )
     max_page_size: int = Field(10_000, ge=1, le=100_000, description="Messages per stream")
     workers: int = Field(8, ge=1, le=256, description="Threads running handlers")
     db_pool_size: int = Field(8, ge=1, le=256, description="Database connections kept open")

@@ -9,11 +9,13 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
-from google.protobuf import struct_pb2, timestamp_pb2
+from google.protobuf import message, struct_pb2, timestamp_pb2
 
 from costsim.analytics.v1 import analytics_pb2 as pb
+from costsim_analytics.engines.canonical import dumps
 from costsim_analytics.engines.drift import DriftStats, DriftStatsQuery
 from costsim_analytics.engines.findings import FailureReason, Interval
+from costsim_analytics.engines.pagination import check_instant
 from costsim_analytics.engines.provenance import (
     FILTER_TEXT_FIELDS,
     TEXT_FIELDS,
@@ -49,8 +51,16 @@ def timestamp(ts: timestamp_pb2.Timestamp) -> datetime:
 
 
 def optional_timestamp(msg: Any, field: str) -> datetime | None:
-    """The timestamp field ``field`` of ``msg``, or None when unset."""
-    return timestamp(getattr(msg, field)) if msg.HasField(field) else None
+    """The timestamp field ``field`` of ``msg``, or None when unset.
+
+    Raises:
+        InvalidArgument: naming ``field``, when no datetime can hold the instant.
+    """
+    if not msg.HasField(field):
+        return None
+    ts = getattr(msg, field)
+    check_instant(ts.seconds, ts.nanos, field)
+    return timestamp(ts)
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -92,8 +102,8 @@ def write_batch_response(result: WriteBatchResult) -> pb.WriteProvenanceBatchRes
     return pb.WriteProvenanceBatchResponse(ids=result.ids, replayed=result.replayed)
 
 
-def provenance_record(r: ProvenanceRecord) -> pb.ProvenanceRecord:
-    """A stored record as a message."""
+def provenance_record(r: ProvenanceRecord, *, payload_as_text: bool = False) -> pb.ProvenanceRecord:
+    """A stored record as a message; its payload as JSON text in ``payload_json`` if asked."""
     msg = pb.ProvenanceRecord(
         id=r.id,
         run_id=r.run_id,
@@ -111,8 +121,25 @@ def provenance_record(r: ProvenanceRecord) -> pb.ProvenanceRecord:
         runtime_ms=r.runtime_ms,
         created_at=to_timestamp(r.created_at),
     )
-    msg.payload.update(r.payload)
+    if payload_as_text:
+        msg.payload_json = dumps(r.payload)
+    else:
+        msg.payload.update(r.payload)
     return msg
+
+
+def provenance_response(r: ProvenanceRecord, page_token: str) -> pb.QueryProvenanceResponse:
+    """One QueryProvenance message; a payload too deep for a Struct comes as ``payload_json``.
+
+    Rows stored before ingest limited the depth may nest deeper than protobuf decodes (about
+    33 JSON levels inside this message): building the message decodes the record once, so that
+    is where it shows, as the decoder's own error. The usual row pays nothing for the check.
+    """
+    try:
+        return pb.QueryProvenanceResponse(record=provenance_record(r), page_token=page_token)
+    except message.DecodeError:
+        record = provenance_record(r, payload_as_text=True)
+        return pb.QueryProvenanceResponse(record=record, page_token=page_token)
 
 
 def provenance_query(request: pb.QueryProvenanceRequest) -> ProvenanceQuery:

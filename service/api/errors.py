@@ -37,6 +37,11 @@ log = logging.getLogger(__name__)
 
 DOMAIN = "costsim.analytics.v1"
 REQUEST_ID_HEADER = "x-request-id"
+# A status travels in trailers, which gRPC bounds (8 KiB soft, 16 KiB hard, after base64 and
+# percent-encoding): every text in it is cut, and violations stop at a byte budget.
+MAX_MESSAGE_CHARS = 512
+MAX_DETAIL_CHARS = 256
+MAX_VIOLATION_BYTES = 4096
 
 # Domain error -> google.rpc code, HTTP status and its title. Most specific first: the first
 # matching class wins.
@@ -84,31 +89,43 @@ def _pack(message: Any) -> any_pb2.Any:
     return packed
 
 
+def _cut(text: str, limit: int = MAX_DETAIL_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _violations(
+    error: CostsimError,
+) -> tuple[list[error_details_pb2.BadRequest.FieldViolation], int]:
+    """The error's violations as messages, cut to the byte budget; and how many were left off."""
+    if not isinstance(error, InvalidArgument | PermissionDenied):
+        return [], 0
+    out: list[error_details_pb2.BadRequest.FieldViolation] = []
+    size = 0
+    for v in error.violations:
+        field, description = _cut(v.field), _cut(v.description)
+        size += len(field.encode()) + len(description.encode()) + 8
+        if size > MAX_VIOLATION_BYTES and out:
+            break
+        out.append(
+            error_details_pb2.BadRequest.FieldViolation(field=field, description=description)
+        )
+    return out, len(error.violations) - len(out)
+
+
 def status_of(error: CostsimError, request_id: str) -> grpc.Status:
-    """The full status for a domain error."""
+    """The full status for a domain error, every text in it bounded."""
+    violations, omitted = _violations(error)
+    metadata = {key: _cut(value) for key, value in error.metadata.items()}
+    metadata["request_id"] = _cut(request_id)
+    if omitted:
+        metadata["violations_omitted"] = str(omitted)
     details = [
-        _pack(
-            error_details_pb2.ErrorInfo(
-                reason=error.reason,
-                domain=DOMAIN,
-                metadata={**error.metadata, "request_id": request_id},
-            )
-        )
+        _pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=metadata))
     ]
-    if isinstance(error, InvalidArgument | PermissionDenied) and error.violations:
-        details.append(
-            _pack(
-                error_details_pb2.BadRequest(
-                    field_violations=[
-                        error_details_pb2.BadRequest.FieldViolation(
-                            field=v.field, description=v.description
-                        )
-                        for v in error.violations
-                    ]
-                )
-            )
-        )
-    status = status_pb2.Status(code=code_of(error), message=error.message, details=details)
+    if violations:
+        details.append(_pack(error_details_pb2.BadRequest(field_violations=violations)))
+    message = _cut(error.message, MAX_MESSAGE_CHARS)
+    status = status_pb2.Status(code=code_of(error), message=message, details=details)
     return rpc_status.to_status(status)
 
 

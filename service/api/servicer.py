@@ -98,9 +98,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         """Stream provenance records, newest first."""
         stream = await self._run(OP_PROVENANCE_QUERY, convert.provenance_query, request, context)
         async for record, token in self._drain(stream):
-            yield pb.QueryProvenanceResponse(
-                record=convert.provenance_record(record), page_token=token
-            )
+            yield convert.provenance_response(record, token)
 
     @unary
     async def GetDriftStats(

@@ -4,6 +4,9 @@ Layout: ``<root>/<run_id>/{comparisons.jsonl, diffs.jsonl, report.json}``. Each 
 to a temporary name in the same directory, fsynced, renamed into place, and the directory is
 fsynced, so a crash leaves either the whole file or none of it. ``report.json`` is written last
 and names the checksums of the others: a run directory without it is incomplete and ignored.
+
+References name a file relative to the root (``<run_id>/<name>``), so that no absolute server
+path reaches a caller; reports stored before that name absolute paths, which still resolve.
 """
 
 from __future__ import annotations
@@ -25,6 +28,17 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def relative_path(run_id: str, name: str) -> str:
+    """An artifact's path as reports name it: relative to the artifacts root.
+
+    Example:
+        >>> relative_path("canary-20260101-000000-ab12", "report.json")
+        'canary-20260101-000000-ab12/report.json'
+
+    """
+    return f"{run_id}/{name}"
 
 
 class LocalArtifactStore:
@@ -59,7 +73,8 @@ class LocalArtifactStore:
                 os.replace(temp, final)
             finally:
                 temp.unlink(missing_ok=True)
-            refs.append(ArtifactRef(str(final), hashlib.sha256(data).hexdigest(), len(data)))
+            digest = hashlib.sha256(data).hexdigest()
+            refs.append(ArtifactRef(relative_path(run_id, name), digest, len(data)))
         _fsync_dir(directory)
         return tuple(refs)
 
@@ -85,15 +100,18 @@ class LocalArtifactStore:
 
     def ref(self, run_id: str, name: str) -> ArtifactRef:
         """The reference (path, checksum, size) of an existing artifact."""
-        path = self.run_dir(run_id) / name
-        data = path.read_bytes()
-        return ArtifactRef(str(path), hashlib.sha256(data).hexdigest(), len(data))
+        data = (self.run_dir(run_id) / name).read_bytes()
+        return ArtifactRef(relative_path(run_id, name), hashlib.sha256(data).hexdigest(), len(data))
 
-    @staticmethod
-    def verify(ref: ArtifactRef) -> bool:
+    def locate(self, path: str) -> Path:
+        """Where a reference's path is: under the root, or as is for an old absolute one."""
+        found = Path(path)
+        return found if found.is_absolute() else self.root / found
+
+    def verify(self, ref: ArtifactRef) -> bool:
         """True when the file exists with the recorded size and checksum."""
         try:
-            data = Path(ref.path).read_bytes()
+            data = self.locate(ref.path).read_bytes()
         except OSError:
             return False
         return len(data) == ref.size_bytes and hashlib.sha256(data).hexdigest() == ref.sha256

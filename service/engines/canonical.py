@@ -34,7 +34,7 @@ def normalize_numbers(value: JsonValue) -> JsonValue:
 
     """
     if isinstance(value, float):
-        return _whole_or_float(value)
+        return whole_or_float(value)
     if isinstance(value, dict):
         return {key: normalize_numbers(item) for key, item in value.items()}
     if isinstance(value, list):
@@ -42,7 +42,7 @@ def normalize_numbers(value: JsonValue) -> JsonValue:
     return value
 
 
-def _whole_or_float(number: str | float) -> int | float:
+def whole_or_float(number: str | float) -> int | float:
     """``number`` as a float, or as the equal int when it is whole and exact (finite only)."""
     value = float(number)
     if not math.isfinite(value):
@@ -57,7 +57,7 @@ def _no_constants(name: str) -> float:
 
 
 # Whole numbers become ints while the C parser reads them: no second walk over the tree.
-_DECODER = json.JSONDecoder(parse_float=_whole_or_float, parse_constant=_no_constants)
+_DECODER = json.JSONDecoder(parse_float=whole_or_float, parse_constant=_no_constants)
 
 
 def loads(text: str) -> JsonValue:

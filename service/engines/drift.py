@@ -17,7 +17,8 @@ from datetime import datetime
 
 from costsim_analytics.engines.errors import InvalidArgument
 from costsim_analytics.engines.pagination import check_window
-from costsim_analytics.engines.provenance import VARIANT_SLUGS
+from costsim_analytics.engines.provenance import MAX_STRING_CHARS, VARIANT_SLUGS
+from costsim_analytics.engines.text import text_problem
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +47,12 @@ class DriftStats:
 
 
 def validate_drift_query(query: DriftStatsQuery) -> None:
-    """Reject an unknown variant and an inverted time window."""
+    """Reject an unknown variant, a tenant that no record can have and an inverted window."""
+    if len(query.tenant_id) > MAX_STRING_CHARS:
+        raise InvalidArgument.field("tenant_id", f"must be at most {MAX_STRING_CHARS} chars")
+    problem = text_problem(query.tenant_id)
+    if problem is not None:
+        raise InvalidArgument.field("tenant_id", problem)
     if query.variant_slug and query.variant_slug not in VARIANT_SLUGS:
         raise InvalidArgument.field("variant_slug", f"must be one of {sorted(VARIANT_SLUGS)}")
     check_window(query.start_time, query.end_time)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from costsim_analytics.engines.errors import InvalidArgument
+from costsim_analytics.engines.text import text_problem
 
 MAX_REQUEST_ID_CHARS = 128
 
@@ -34,3 +35,6 @@ def validate_request_id(request_id: str) -> None:
         raise InvalidArgument.field(
             "request_id", f"must be at most {MAX_REQUEST_ID_CHARS} characters"
         )
+    problem = text_problem(request_id)
+    if problem is not None:
+        raise InvalidArgument.field("request_id", problem)

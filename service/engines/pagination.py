@@ -29,6 +29,11 @@ TOKEN_VERSION = 2
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 10_000
+# Row ids are BIGINT (signed 64 bits); a token naming a larger one is forged.
+MAX_ROW_ID = 2**63 - 1
+# The instants a datetime (and so every backend here) can hold: 0001-01-01 to 9999-12-31 UTC.
+MIN_EPOCH_SECONDS = int((datetime(1, 1, 1, tzinfo=UTC) - _EPOCH).total_seconds())
+MAX_EPOCH_SECONDS = int((datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC) - _EPOCH).total_seconds())
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +89,8 @@ def decode_token(token: str, kind: str, fingerprint: str) -> Cursor:
             raise ValueError("unknown token version")
         timestamp = _EPOCH + timedelta(microseconds=int(micros))
         cursor = Cursor(timestamp, int(row_id))
+        if not 0 <= cursor.id <= MAX_ROW_ID:
+            raise ValueError("row id out of range")
     except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError) as exc:
         raise _bad_token("malformed page token") from exc
     if kind_ != kind or fp != fingerprint:
@@ -100,6 +107,23 @@ def resolve_page_size(
     if requested == 0:
         return default
     return min(requested, maximum)
+
+
+def check_instant(seconds: int, nanos: int, field: str) -> None:
+    """Reject a ``google.protobuf.Timestamp``-shaped instant no datetime or database can hold.
+
+    Raises:
+        InvalidArgument: naming ``field``, for seconds outside 0001-01-01..9999-12-31 UTC or
+            nanos outside 0..999,999,999.
+
+    Example:
+        >>> check_instant(0, 0, "start_time")
+
+    """
+    if not MIN_EPOCH_SECONDS <= seconds <= MAX_EPOCH_SECONDS:
+        raise InvalidArgument.field(field, "must lie between 0001-01-01 and 9999-12-31 UTC")
+    if not 0 <= nanos <= 999_999_999:
+        raise InvalidArgument.field(field, "nanos must be between 0 and 999,999,999")
 
 
 def check_window(start: datetime | None, end: datetime | None) -> None:

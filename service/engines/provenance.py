@@ -29,16 +29,30 @@ from costsim_analytics.engines.canonical import (
     dumps_by_key,
     loads,
     loads_plain,
-    normalize_numbers,
     sha256_hex,
 )
 from costsim_analytics.engines.errors import FieldViolation, InvalidArgument
+from costsim_analytics.engines.text import (
+    DEFAULT_MAX_JSON_DEPTH,
+    NUL,
+    SURROGATE,
+    check_text,
+    check_texts,
+    depth_problem,
+    json_text_too_deep,
+    normalize_json,
+    text_problem,
+)
 
 VARIANT_SLUGS = frozenset({"v1", "v2", "canary"})
 SOURCES = frozenset({"sandbox", "canary", "manual", "backfill"})
 PAYLOAD_STATUSES = frozenset({"success", "error", "timeout", "schema_error"})
 MAX_STRING_CHARS = 256
 MAX_PAYLOAD_BYTES = 64 * 1024
+# runtime_ms is an INTEGER column (and an int32 on the wire).
+MAX_RUNTIME_MS = 2**31 - 1
+# Far beyond any real cost, yet every delta of two such costs stays exact enough to compare.
+MAX_COST = 1e15
 DEFAULT_MAX_BATCH = 1000
 # An error lists at most this many violations, so a hopeless batch cannot make a huge trailer.
 MAX_REPORTED_VIOLATIONS = 100
@@ -181,7 +195,8 @@ def compute_cost_delta(v1_cost: float | None, v2_cost: float | None) -> float | 
 
 def validate_filter(flt: ProvenanceFilter) -> None:
     """Reject filter values that can never match a valid record."""
-    violations = []
+    violations: list[FieldViolation] = []
+    check_texts(flt, FILTER_TEXT_FIELDS, violations)
     for name, allowed in _CHOICES:
         if getattr(flt, name) and getattr(flt, name) not in allowed:
             violations.append(FieldViolation(name, f"must be one of {sorted(allowed)}"))
@@ -207,10 +222,12 @@ def _check_cost(value: float | None, path: str, out: list[FieldViolation]) -> No
         out.append(FieldViolation(path, "must be a finite number"))
     elif value < 0:
         out.append(FieldViolation(path, "must not be negative"))
+    elif value > MAX_COST:
+        out.append(FieldViolation(path, f"must be at most {MAX_COST:g}"))
 
 
 def _prepare_one(
-    index: int, rec: ProvenanceInput, now: datetime, out: list[FieldViolation]
+    index: int, rec: ProvenanceInput, now: datetime, out: list[FieldViolation], max_depth: int
 ) -> NewProvenance | None:
     prefix = f"records[{index}]."
     start = len(out)
@@ -221,10 +238,13 @@ def _prepare_one(
     if rec.created_at_set:
         out.append(FieldViolation(prefix + "created_at", "is output only; the server sets it"))
     for name in _STRING_FIELDS:
-        if len(getattr(rec, name)) > MAX_STRING_CHARS:
+        value = getattr(rec, name)
+        if len(value) > MAX_STRING_CHARS:
             out.append(
                 FieldViolation(prefix + name, f"must be at most {MAX_STRING_CHARS} characters")
             )
+        else:
+            check_text(value, prefix + name, out)
     if not rec.run_id:
         out.append(FieldViolation(prefix + "run_id", "must not be empty"))
     for name, allowed in _CHOICES:
@@ -234,12 +254,15 @@ def _prepare_one(
     _check_cost(rec.v2_cost, prefix + "v2_cost", out)
     if rec.runtime_ms < 0:
         out.append(FieldViolation(prefix + "runtime_ms", "must not be negative"))
+    elif rec.runtime_ms > MAX_RUNTIME_MS:
+        out.append(FieldViolation(prefix + "runtime_ms", f"must be at most {MAX_RUNTIME_MS}"))
     for name in _HASH_FIELDS:
         value = getattr(rec, name)
         if value and not _HASH.fullmatch(value):
             out.append(FieldViolation(prefix + name, "must be 64 lowercase hex digits"))
 
-    parsed = _payload(rec, prefix, out, canonical=not (rec.input_hash and rec.output_hash))
+    canonical = not (rec.input_hash and rec.output_hash)
+    parsed = _payload(rec, prefix, out, canonical=canonical, max_depth=max_depth)
     if parsed is None:
         return None
     payload, payload_json, parts = parsed.value, parsed.stored, parsed.parts
@@ -280,12 +303,20 @@ class _Payload:
 
 
 def _payload(
-    rec: ProvenanceInput, prefix: str, out: list[FieldViolation], *, canonical: bool
+    rec: ProvenanceInput,
+    prefix: str,
+    out: list[FieldViolation],
+    *,
+    canonical: bool,
+    max_depth: int,
 ) -> _Payload | None:
     """Parse and check the payload; serialise it canonically when hashes must be computed.
 
     A ``payload_json`` whose hashes the caller supplied is stored as sent (the database keeps
     JSONB, not text, so nothing is lost) and is not re-serialised: that is the fast path.
+    Depth is checked before anything recursive runs: on the text by a bracket scan, on a
+    Struct in the walk that normalises its numbers. NUL and surrogates are found in the
+    serialised text (escaped there), so that no second walk is needed.
     """
     if rec.payload_json and rec.payload is not None:
         out.append(FieldViolation(prefix + "payload_json", "set payload or payload_json, not both"))
@@ -298,13 +329,18 @@ def _payload(
         if text:
             if len(text) > 4 * MAX_PAYLOAD_BYTES:  # don't even parse a huge one
                 raise ValueError(f"must serialise to at most {MAX_PAYLOAD_BYTES} bytes")
+            problem = text_problem(text)  # raw: not JSON either, but say what is wrong
+            if problem is not None:
+                raise ValueError(problem)
+            if json_text_too_deep(text, max_depth=max_depth):
+                raise ValueError(depth_problem(max_depth))
             value = loads(text) if canonical else loads_plain(text)
             if not isinstance(value, dict):
                 raise ValueError("must be a JSON object")
         else:
-            value = normalize_numbers(rec.payload or {})
+            value = normalize_json(rec.payload or {}, max_depth=max_depth, texts=False)
     except ValueError as exc:
-        out.append(FieldViolation(field, str(exc) if text else "numbers must be finite"))
+        out.append(FieldViolation(field, str(exc)))
         return None
     parsed = _Payload(value, text, None)
     if canonical or not text:
@@ -314,9 +350,9 @@ def _payload(
     if size > MAX_PAYLOAD_BYTES:
         out.append(FieldViolation(field, f"must serialise to at most {MAX_PAYLOAD_BYTES} bytes"))
     if "\\u0000" in stored:
-        out.append(FieldViolation(field, "must not contain NUL characters"))
+        out.append(FieldViolation(field, NUL))
     if ("\\ud" in stored or "\\uD" in stored) and _LONE_SURROGATE.search(stored):
-        out.append(FieldViolation(field, "must not contain unpaired UTF-16 surrogates"))
+        out.append(FieldViolation(field, SURROGATE))
     return parsed
 
 
@@ -330,9 +366,15 @@ def _hash_part(parts: dict[str, str] | None, key: str, path: str, out: list[Fiel
 
 
 def prepare_batch(
-    records: Sequence[ProvenanceInput], *, max_batch: int, now: datetime
+    records: Sequence[ProvenanceInput],
+    *,
+    max_batch: int,
+    now: datetime,
+    max_depth: int = DEFAULT_MAX_JSON_DEPTH,
 ) -> list[NewProvenance]:
     """Validate a batch and prepare every record for storage.
+
+    ``max_depth`` bounds the nesting of each payload (``COSTSIM_MAX_JSON_DEPTH``).
 
     Raises:
         InvalidArgument: listing every violation (up to 100), or naming the batch size.
@@ -351,7 +393,9 @@ def prepare_batch(
             reason="BATCH_TOO_LARGE",
         )
     violations: list[FieldViolation] = []
-    rows = [_prepare_one(index, rec, now, violations) for index, rec in enumerate(records)]
+    rows = [
+        _prepare_one(index, rec, now, violations, max_depth) for index, rec in enumerate(records)
+    ]
     if violations:
         raise InvalidArgument(_summary(violations), violations[:MAX_REPORTED_VIOLATIONS])
     return [row for row in rows if row is not None]

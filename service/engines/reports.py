@@ -24,6 +24,7 @@ from costsim_analytics.engines.golden.results import (
     golden_from_json,
     golden_to_json,
 )
+from costsim_analytics.engines.text import text_problem
 
 CANARY_STATUSES = ("pass", "fail", "error", "skipped", "inconclusive")
 
@@ -259,6 +260,9 @@ def validate_run_id(run_id: str) -> None:
         raise InvalidArgument.field("run_id", "must not be empty")
     if len(run_id) > 256:
         raise InvalidArgument.field("run_id", "must be at most 256 characters")
+    problem = text_problem(run_id)
+    if problem is not None:
+        raise InvalidArgument.field("run_id", problem)
 
 
 def validate_report_filter(flt: ReportFilter) -> None:

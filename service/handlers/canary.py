@@ -43,6 +43,7 @@ from costsim_analytics.engines.golden.comparison import GoldenConfig
 from costsim_analytics.engines.golden.datasets import GoldenDataset
 from costsim_analytics.engines.maintenance import Reconcile, ReconcileResult
 from costsim_analytics.engines.reports import CanaryReport, report_from_json
+from costsim_analytics.engines.text import DEFAULT_MAX_JSON_DEPTH
 from costsim_analytics.handlers.call import Call, Clock, utc_now
 from costsim_analytics.handlers.golden import load_dataset
 from costsim_analytics.handlers.idempotency import Claim, ClaimTaken, Replay
@@ -97,9 +98,9 @@ class ReportPublisher:
             ReportNotPersisted: artifacts written, row not: run ``canary reconcile``.
         """
         report = evaluation.report
-        run_dir = self.artifacts.run_dir(report.run_id)
+        # Relative to the artifacts root: no absolute server path reaches a caller.
         paths = tuple(
-            str(run_dir / name)
+            f"{report.run_id}/{name}"
             for name in (engine.COMPARISONS_FILE, engine.DIFFS_FILE, REPORT_FILE)
         )
         request = {
@@ -113,15 +114,15 @@ class ReportPublisher:
             refs += self.artifacts.save(report.run_id, {REPORT_FILE: body})
         except OSError as exc:
             raise ArtifactsUnwritable(
-                f"canary {report.run_id}: artifacts could not be written under "
-                f"{self.artifacts.root} ({exc.strerror or exc}); no report was stored"
+                f"canary {report.run_id}: its artifacts could not be written "
+                f"({exc.strerror or type(exc).__name__}); no report was stored"
             ) from exc
         report = replace(report, artifacts=refs)
         try:
             return self.store(report, claim)
         except DatabaseUnavailable as exc:
             raise ReportNotPersisted(
-                f"canary {report.run_id}: artifacts saved under {run_dir} but the report row "
+                f"canary {report.run_id}: artifacts saved but the report row "
                 "could not be written; run `costsim-analytics canary reconcile` once the "
                 "database is back"
             ) from exc
@@ -155,10 +156,11 @@ class CanaryRunHandler:
     # The golden dataset of requests that name none ("": no golden comparison), and its verdict.
     golden_dataset: str = ""
     golden_config: GoldenConfig = field(default_factory=GoldenConfig)
+    max_json_depth: int = DEFAULT_MAX_JSON_DEPTH
 
     def __call__(self, cmd: RunCanary, call: Call, /) -> RunCanaryResult:
         """Run the canary (or skip it) and return its report."""
-        validate(cmd)
+        validate(cmd, max_depth=self.max_json_depth)
         config = resolve_config(cmd, self.defaults)
         baseline = self.models(cmd.baseline_model or "v1", field="baseline_model")
         candidate = self.models(cmd.candidate_model or "v2", field="candidate_model")

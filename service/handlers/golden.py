@@ -32,6 +32,7 @@ from costsim_analytics.engines.golden.comparison import GoldenConfig
 from costsim_analytics.engines.golden.datasets import GoldenDataset, NewGoldenDataset
 from costsim_analytics.engines.golden.results import GoldenComparison
 from costsim_analytics.engines.reports import validate_run_id
+from costsim_analytics.engines.text import DEFAULT_MAX_JSON_DEPTH, check_text
 from costsim_analytics.handlers.call import Call, Clock, utc_now
 from costsim_analytics.handlers.idempotency import Replay
 from costsim_analytics.handlers.ports import ArtifactStore, UnitOfWork, UnitOfWorkFactory
@@ -86,11 +87,14 @@ class CreateGoldenDatasetHandler:
 
     uow_factory: UnitOfWorkFactory
     clock: Clock = utc_now
+    max_json_depth: int = DEFAULT_MAX_JSON_DEPTH
 
     def __call__(self, cmd: CreateGoldenDataset, call: Call, /) -> StoredVersion:
         """The stored version."""
         source = datasets.SOURCE_IMPORT
-        new = datasets.prepare_dataset(cmd.name, cmd.description, source, cmd.samples)
+        new = datasets.prepare_dataset(
+            cmd.name, cmd.description, source, cmd.samples, max_depth=self.max_json_depth
+        )
         return store_version(self.uow_factory, new, call, self.clock)
 
 
@@ -105,7 +109,9 @@ class PromoteCanaryRunHandler:
     def __call__(self, cmd: PromoteCanaryRun, call: Call, /) -> StoredVersion:
         """The stored version."""
         validate_run_id(cmd.run_id)
-        datasets.raise_if(datasets.name_violations(cmd.name))
+        bad = datasets.name_violations(cmd.name)
+        check_text(cmd.description, "description", bad)
+        datasets.raise_if(bad)
         with self.uow_factory(read_only=True) as uow:
             report = uow.reports.get_by_run_id(cmd.run_id)
         if report is None:

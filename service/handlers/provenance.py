@@ -18,6 +18,7 @@ from costsim_analytics.engines.provenance import (
     prepare_batch,
     validate_filter,
 )
+from costsim_analytics.engines.text import DEFAULT_MAX_JSON_DEPTH
 from costsim_analytics.handlers.call import Call, Clock, utc_now
 from costsim_analytics.handlers.idempotency import Replay
 from costsim_analytics.handlers.ports import UnitOfWork, UnitOfWorkFactory
@@ -45,16 +46,20 @@ class WriteProvenanceBatchHandler:
         uow_factory: UnitOfWorkFactory,
         *,
         max_batch: int = DEFAULT_MAX_BATCH,
+        max_json_depth: int = DEFAULT_MAX_JSON_DEPTH,
         clock: Clock = utc_now,
     ) -> None:
         self._uow_factory = uow_factory
         self._max_batch = max_batch
+        self._max_depth = max_json_depth
         self._clock = clock
 
     def __call__(self, command: WriteBatch, call: Call, /) -> WriteBatchResult:
         """Store the batch (and, with a request_id, its idempotency key) in one transaction."""
         now = self._clock()
-        rows = prepare_batch(command.records, max_batch=self._max_batch, now=now)
+        rows = prepare_batch(
+            command.records, max_batch=self._max_batch, now=now, max_depth=self._max_depth
+        )
         with self._uow_factory() as uow:
             if call.claim:
                 call.claim.take(uow, now)

@@ -53,12 +53,16 @@ def test_canary_over_provenance_is_stored_with_its_artifacts(server, stub):
         "diffs.jsonl",
         "report.json",
     ]
+    # Paths relative to the artifacts root: no absolute server path reaches the caller.
+    root = Path(server.env.get("COSTSIM_ARTIFACTS_DIR", "var/artifacts")).resolve()
+    assert list(found.artifact_paths) == [a.path for a in found.artifacts]
+    assert all(a.path.startswith(f"{report.run_id}/") for a in found.artifacts)
     for artifact in found.artifacts:
-        data = Path(artifact.path).read_bytes()
+        data = (root / artifact.path).read_bytes()
         assert (
             hashlib.sha256(data).hexdigest() == artifact.sha256 and len(data) == artifact.size_bytes
         )
-    comparisons = Path(found.artifacts[0].path).read_text().splitlines()
+    comparisons = (root / found.artifacts[0].path).read_text().splitlines()
     assert len(comparisons) == 120
 
 

@@ -70,9 +70,9 @@ def test_run_writes_artifacts_then_the_report(engine, tmp_path):
         "diffs.jsonl",
         "report.json",
     ]
-    assert all(LocalArtifactStore.verify(a) for a in stored.artifacts)
+    assert all(LocalArtifactStore(tmp_path).verify(a) for a in stored.artifacts)
     assert stored.statistics == report.statistics and stored.reasons == report.reasons
-    body = json.loads(Path(stored.artifacts[2].path).read_text())
+    body = json.loads((tmp_path / stored.artifacts[2].path).read_text())
     assert body["run_id"] == report.run_id and body["kl_binning"]["bins"] >= 1
 
 
@@ -129,7 +129,7 @@ def test_row_failure_after_artifacts_is_reconciled(engine, tmp_path):
     assert first.imported == (run_dir.name,) and first.corrupt == ()
     [stored] = stored_reports(engine)
     assert stored.run_id == run_dir.name and len(stored.artifacts) == 3
-    assert all(LocalArtifactStore.verify(a) for a in stored.artifacts)
+    assert all(LocalArtifactStore(tmp_path).verify(a) for a in stored.artifacts)
     again = reconcile(Reconcile(), Call())
     assert (again.imported, again.present) == ((), 1)
     # the request's idempotency key came back with the report: a retry replays it
@@ -201,7 +201,7 @@ def test_samples_come_from_recent_successful_provenance(engine, tmp_path):
     assert a.sample_source == "provenance" and a.total_samples + a.invalid_samples == 100
 
     def ids(report):
-        lines = Path(report.artifacts[0].path).read_text().splitlines()
+        lines = (tmp_path / report.artifacts[0].path).read_text().splitlines()
         return [json.loads(line)["id"] for line in lines]
 
     assert ids(a) == ids(b) != ids(c)
@@ -217,3 +217,12 @@ def test_synthetic_fallback_and_no_samples_at_all(engine, tmp_path):
     assert (none.status, none.passed, none.failure_reasons) == ("error", False, ("no samples",))
     # an error report is a report: it is stored, with its artifacts
     assert any(r.run_id == none.run_id for r in stored_reports(engine))
+
+
+def test_old_absolute_artifact_paths_still_verify_and_new_ones_are_relative(tmp_path):
+    store = LocalArtifactStore(tmp_path)
+    [ref] = store.save("canary-old", {"report.json": b"{}"})
+    assert ref.path == "canary-old/report.json" and store.verify(ref)
+    absolute = replace(ref, path=str(tmp_path.resolve() / ref.path))
+    assert store.verify(absolute)
+    assert not store.verify(replace(ref, sha256="0" * 64))

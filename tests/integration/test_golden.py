@@ -257,7 +257,7 @@ def test_canary_records_the_golden_version_it_used(engine, uow, tmp_path):
     assert g.baseline.model == "v1" and g.direction == "toward"
     [stored] = stored_reports(uow)
     assert stored.golden_comparison == g
-    body = json.loads(Path(report.artifacts[2].path).read_text())
+    body = json.loads((tmp_path / report.artifacts[2].path).read_text())
     assert body["golden_comparison"]["dataset_sha256"] == ref.sha256
 
 
@@ -327,7 +327,7 @@ def test_promote_a_real_canary_run(engine, uow, tmp_path):
         promote(PromoteCanaryRun(run.run_id, "from-canary"))
     with pytest.raises(NotFound):
         promote(PromoteCanaryRun("canary-nope", "x"))
-    comparisons = Path(run.artifacts[0].path)
+    comparisons = tmp_path / run.artifacts[0].path
     comparisons.write_text(comparisons.read_text().replace("synthetic-001", "synthetic-101"))
     with pytest.raises(FailedPrecondition, match="checksum"):
         promote(PromoteCanaryRun(run.run_id, "tampered"))

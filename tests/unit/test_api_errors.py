@@ -7,7 +7,7 @@ import grpc
 import pytest
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from costsim_analytics.api.errors import streaming, unary
+from costsim_analytics.api.errors import MAX_MESSAGE_CHARS, status_of, streaming, unary
 from costsim_analytics.engines.errors import (
     DatabaseUnavailable,
     FieldViolation,
@@ -164,3 +164,31 @@ def test_a_refused_batch_lists_its_records_in_bad_request():
         "globex",
     )
     assert [v.field for v in bad.field_violations] == ["records[1].tenant_id"]
+
+
+def test_status_texts_are_bounded_so_trailers_stay_small():
+    huge = "x" * 10_000
+    violations = [FieldViolation(f"records[{i}].{huge}", huge) for i in range(1000)]
+    error = InvalidArgument(huge, violations)
+    error.metadata["model"] = huge
+    status = status_of(error, request_id=huge)
+    assert len(status.details) <= MAX_MESSAGE_CHARS and status.details.endswith("…")
+    [(_key, raw)] = status.trailing_metadata
+    assert len(raw) * 4 // 3 + 3 * len(status.details) < 8 * 1024  # base64, percent-encoding
+    decoded = status_pb2.Status.FromString(raw)
+    info, bad = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
+    decoded.details[0].Unpack(info)
+    decoded.details[1].Unpack(bad)
+    assert 1 <= len(bad.field_violations) < 1000
+    assert int(info.metadata["violations_omitted"]) == 1000 - len(bad.field_violations)
+    assert all(len(v.description) <= 256 for v in bad.field_violations)
+
+
+def test_few_short_violations_are_all_sent():
+    error = InvalidArgument(
+        "bad", [FieldViolation(f"records[{i}].v1_cost", "bad") for i in range(100)]
+    )
+    [(_key, raw)] = status_of(error, request_id="r").trailing_metadata
+    bad = error_details_pb2.BadRequest()
+    status_pb2.Status.FromString(raw).details[1].Unpack(bad)
+    assert len(bad.field_violations) == 100

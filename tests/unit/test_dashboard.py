@@ -299,6 +299,9 @@ def test_routes_and_error_statuses():
         page = call(app, "/?limit=1")
         assert page.status == 200 and page.body.count(b'class="badge fail"') == 1
         assert call(app, "/?limit=0").status == 400
+        # Unicode digits ("²" passes str.isdigit(), int() refuses it) and huge numbers: 400.
+        for raw in ("%C2%B2", "%D9%A1", "9" * 5000, "1%00"):
+            assert call(app, f"/?limit={raw}").status == 400, raw
         found = call(app, "/reports/run-%3Cscript%3Ealert%28%22x%22%29%3C%2Fscript%3E%26")
         assert found.status == 200 and b"KL_DIVERGENCE" in found.body
         missing = call(app, "/reports/nope")

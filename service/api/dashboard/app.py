@@ -74,7 +74,8 @@ def _route_of(path: str) -> str:
 def _limit(raw: str) -> int:
     if not raw:
         return DEFAULT_LIMIT
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    # ASCII digits only: str.isdigit() is true for "²", which int() refuses.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 6 or not 1 <= int(raw) <= MAX_LIMIT:
         raise InvalidArgument.field("limit", f"must be a whole number from 1 to {MAX_LIMIT}")
     return int(raw)
 

@@ -11,6 +11,12 @@ from costsim_analytics.engines.canonical import content_hash
 from costsim_analytics.engines.errors import FieldViolation, InvalidArgument
 from costsim_analytics.engines.golden.datasets import name_violations
 from costsim_analytics.engines.reports import CanaryReport
+from costsim_analytics.engines.text import (
+    DEFAULT_MAX_JSON_DEPTH,
+    check_text,
+    check_texts,
+    normalize_json,
+)
 
 MAX_SAMPLES = 100_000
 DEFAULT_SAMPLE_COUNT = 100
@@ -47,9 +53,13 @@ class RunCanaryResult:
     replayed: bool = False
 
 
-def validate(cmd: RunCanary) -> None:
-    """Reject out-of-range numbers, oversized sample lists and long request ids."""
+def validate(cmd: RunCanary, *, max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> None:
+    """Reject out-of-range numbers, oversized sample lists, bad text and long request ids.
+
+    ``max_depth`` bounds each sample's plan input (``COSTSIM_MAX_JSON_DEPTH``).
+    """
     bad: list[FieldViolation] = []
+    check_texts(cmd, ("baseline_model", "candidate_model", "request_id"), bad)
     if cmd.sample_count < 0 or cmd.sample_count > MAX_SAMPLES:
         bad.append(FieldViolation("sample_count", f"must be between 0 and {MAX_SAMPLES}"))
     if cmd.lookback_days < 0 or cmd.lookback_days > 3650:
@@ -69,6 +79,12 @@ def validate(cmd: RunCanary) -> None:
     for i, sample in enumerate(cmd.samples):
         if not sample.id or len(sample.id) > 256:
             bad.append(FieldViolation(f"samples[{i}].id", "must be 1 to 256 characters"))
+        else:
+            check_text(sample.id, f"samples[{i}].id", bad)
+        try:
+            normalize_json(sample.plan_input, max_depth=max_depth)
+        except ValueError as exc:
+            bad.append(FieldViolation(f"samples[{i}].plan_input", str(exc)))
         if len(bad) >= 100:
             break
     if len(cmd.request_id) > 128:

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from costsim_analytics.engines.cost_models.base import InvalidPlan
+from costsim_analytics.engines.text import shown
 
 KNOWN_SKILLS = (
     "http_call",
@@ -135,7 +136,7 @@ def _iterations(value: object, i: int) -> int:
     count = whole_number(value)
     if count is None or not 1 <= count <= MAX_ITERATIONS:
         raise InvalidPlan(
-            f"plan[{i}].iterations must be a whole number from 1 to 2**53, got {value!r}"
+            f"plan[{i}].iterations must be a whole number from 1 to 2**53, got {shown(value)}"
         )
     return count
 
@@ -155,7 +156,7 @@ def _non_negative(value: object, path: str, expected: str) -> float:
     except OverflowError:
         number = math.inf
     if not math.isfinite(number) or number < 0:
-        raise InvalidPlan(f"{path} must be {expected}, got {value!r}")
+        raise InvalidPlan(f"{path} must be {expected}, got {shown(value)}")
     return number
 
 

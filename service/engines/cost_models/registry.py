@@ -19,6 +19,7 @@ from costsim_analytics.engines.cost_models.base import CostModel
 from costsim_analytics.engines.cost_models.v1 import V1CostModel
 from costsim_analytics.engines.cost_models.v2 import V2CostModel
 from costsim_analytics.engines.errors import FailedPrecondition, InvalidArgument
+from costsim_analytics.engines.text import shown
 
 ENTRY_POINT_GROUP = "costsim_analytics.cost_models"
 BUILT_IN: dict[str, Callable[[], CostModel]] = {"v1": V1CostModel, "v2": V2CostModel}
@@ -58,7 +59,7 @@ def load_cost_model(name: str, *, field: str = "model") -> CostModel:
         if ep.name == name:
             return _load(ep)
     known = ", ".join(available_cost_models())
-    raise InvalidArgument.field(field, f"unknown cost model {name!r} (available: {known})")
+    raise InvalidArgument.field(field, f"unknown cost model {shown(name)} (available: {known})")
 
 
 def _entry_points() -> tuple[importlib.metadata.EntryPoint, ...]:

@@ -25,14 +25,16 @@ from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import Any
 
-from costsim_analytics.engines.canonical import canonical_json, loads, normalize_numbers
-from costsim_analytics.engines.cost_models import InvalidPlan
+from costsim_analytics.engines.canonical import canonical_json, loads
 from costsim_analytics.engines.cost_models.plans import parse_plan
 from costsim_analytics.engines.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from costsim_analytics.engines.text import DEFAULT_MAX_JSON_DEPTH, check_text, normalize_json
 
 MAX_SAMPLES = 100_000
 MAX_DESCRIPTION = 1024
 MAX_SAMPLE_ID = 256
+MAX_VERSION = 2**31 - 1  # an INTEGER column
+MAX_NUMBER = 1e15  # expected costs and durations: far beyond any real one
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 NAME_RULE = "must be 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit"
 SOURCE_IMPORT = "import"
@@ -100,36 +102,47 @@ def raise_if(bad: Sequence[FieldViolation]) -> None:
 def validate_lookup(name: str, version: int | None) -> None:
     """A dataset reference: a valid name and, if given, a version from 1."""
     bad = name_violations(name)
-    if version is not None and version < 1:
-        bad.append(FieldViolation("version", "must be 1 or more"))
+    if version is not None and not 1 <= version <= MAX_VERSION:
+        bad.append(FieldViolation("version", f"must be from 1 to {MAX_VERSION}"))
     raise_if(bad)
 
 
-def _sample_violations(s: GoldenSample, path: str) -> tuple[GoldenSample, list[FieldViolation]]:
+def _sample_violations(
+    s: GoldenSample, path: str, max_depth: int
+) -> tuple[GoldenSample, list[FieldViolation]]:
     bad: list[FieldViolation] = []
     if not s.id or len(s.id) > MAX_SAMPLE_ID:
         bad.append(FieldViolation(f"{path}.id", f"must be 1 to {MAX_SAMPLE_ID} characters"))
+    else:
+        check_text(s.id, f"{path}.id", bad)
     plan = s.plan_input
     try:
-        plan = normalize_numbers(plan)
+        plan = normalize_json(plan, max_depth=max_depth)  # depth and text rule, no recursion
         parse_plan(plan)
-    except InvalidPlan as exc:
+    except ValueError as exc:  # InvalidPlan included
         bad.append(FieldViolation(f"{path}.plan_input", str(exc)))
-    except ValueError:
-        bad.append(FieldViolation(f"{path}.plan_input", "numbers must be finite"))
     for name in ("expected_cost_cents", "expected_duration_ms"):
         value = getattr(s, name)
         if value is not None and not (
-            isinstance(value, int | float) and math.isfinite(value) and value >= 0
+            isinstance(value, int | float) and math.isfinite(value) and 0 <= value <= MAX_NUMBER
         ):
-            bad.append(FieldViolation(f"{path}.{name}", "must be a finite number >= 0"))
+            bad.append(
+                FieldViolation(f"{path}.{name}", f"must be a number from 0 to {MAX_NUMBER:g}")
+            )
     return replace(s, plan_input=plan), bad
 
 
 def prepare_dataset(
-    name: str, description: str, source: str, samples: Sequence[GoldenSample]
+    name: str,
+    description: str,
+    source: str,
+    samples: Sequence[GoldenSample],
+    *,
+    max_depth: int = DEFAULT_MAX_JSON_DEPTH,
 ) -> NewGoldenDataset:
     """Validate a new version, put its samples in canonical form and order, and hash them.
+
+    ``max_depth`` bounds each plan input's nesting (``COSTSIM_MAX_JSON_DEPTH``).
 
     Raises:
         InvalidArgument: naming every bad field (up to 100), as ``samples[3].expected_cost_cents``.
@@ -137,6 +150,8 @@ def prepare_dataset(
     bad = name_violations(name)
     if len(description) > MAX_DESCRIPTION:
         bad.append(FieldViolation("description", f"must be at most {MAX_DESCRIPTION} characters"))
+    else:
+        check_text(description, "description", bad)
     if not samples:
         bad.append(FieldViolation("samples", "must hold at least one sample"))
     if len(samples) > MAX_SAMPLES:
@@ -145,7 +160,7 @@ def prepare_dataset(
     seen: dict[str, int] = {}
     clean = []
     for i, sample in enumerate(samples):
-        fixed, problems = _sample_violations(sample, f"samples[{i}]")
+        fixed, problems = _sample_violations(sample, f"samples[{i}]", max_depth)
         if sample.id in seen:
             problems.append(
                 FieldViolation(f"samples[{i}].id", f"duplicate of samples[{seen[sample.id]}].id")
