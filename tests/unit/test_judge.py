@@ -10,6 +10,7 @@ from scipy import stats
 from costsim_analytics.engines import statistics as st
 from costsim_analytics.engines.canary import judge as jd
 from costsim_analytics.engines.canary import permutation as perm
+from costsim_analytics.engines.reports import RuleDecision
 from costsim_analytics.engines.signed_rank import exact_p_value, null_counts
 
 QUANTILE = perm.Binning("quantile", 10, "laplace")
@@ -62,7 +63,7 @@ def test_legacy_judge_decides_on_point_estimates_only():
 
 def test_overall_fail_beats_inconclusive_beats_pass():
     def result(decision):
-        return jd.RuleResult("r", "m", 0.0, 1.0, decision)
+        return RuleDecision("r", "m", 0.0, 1.0, decision)
 
     assert jd.overall([result("pass"), result("inconclusive"), result("fail")]) == "fail"
     assert jd.overall([result("pass"), result("inconclusive")]) == "inconclusive"

@@ -29,6 +29,7 @@ from scipy import stats
 
 from costsim_analytics.engines.arrays import FloatArray
 from costsim_analytics.engines.canary.permutation import Binning
+from costsim_analytics.engines.reports import RuleDecision
 
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
 
@@ -69,21 +70,6 @@ class RuleInput:
     upper_bound: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class RuleResult:
-    """One rule's decision: ``pass``, ``fail`` or ``inconclusive``."""
-
-    rule: str
-    metric: str
-    observed: float
-    threshold: float
-    decision: str
-    p_value: float | None = None
-    level: float | None = None
-    """The Holm-adjusted significance level this rule's p-value was compared with."""
-    upper_bound: float | None = None
-
-
 def holm_levels(p_values: Sequence[float], alpha: float) -> tuple[list[bool], list[float]]:
     """Holm's step-down procedure: which hypotheses are rejected, and each one's level.
 
@@ -109,11 +95,11 @@ def holm_levels(p_values: Sequence[float], alpha: float) -> tuple[list[bool], li
     return rejected, levels
 
 
-def decide(inputs: Sequence[RuleInput], spec: JudgeSpec, alpha: float) -> list[RuleResult]:
+def decide(inputs: Sequence[RuleInput], spec: JudgeSpec, alpha: float) -> list[RuleDecision]:
     """Each rule's decision under ``spec``; the p-values share ``alpha`` (Holm)."""
     if not spec.calibrated:
         return [
-            RuleResult(r.rule, r.metric, r.observed, r.threshold, FAIL if r.fires else PASS)
+            RuleDecision(r.rule, r.metric, r.observed, r.threshold, FAIL if r.fires else PASS)
             for r in inputs
         ]
     tested = [r for r in inputs if r.p_value is not None]
@@ -129,14 +115,14 @@ def decide(inputs: Sequence[RuleInput], spec: JudgeSpec, alpha: float) -> list[R
         else:
             decision = INCONCLUSIVE
         results.append(
-            RuleResult(
+            RuleDecision(
                 r.rule, r.metric, r.observed, r.threshold, decision, r.p_value, level, r.upper_bound
             )
         )
     return results
 
 
-def overall(results: Sequence[RuleResult]) -> str:
+def overall(results: Sequence[RuleDecision]) -> str:
     """``fail`` when any rule fails, ``pass`` when every rule passes, else ``inconclusive``."""
     decisions = {r.decision for r in results}
     if FAIL in decisions:

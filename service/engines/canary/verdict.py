@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,7 +74,7 @@ def _share_text(rule: str) -> str:
     return "outliers" if rule == "outliers" else "major drift"
 
 
-def _fail_reason(r: jd.RuleResult, rel: RelativeDelta | None, spec: jd.JudgeSpec) -> FailureReason:
+def _fail_reason(r: RuleDecision, rel: RelativeDelta | None, spec: jd.JudgeSpec) -> FailureReason:
     significance = "" if r.p_value is None else f" (p = {r.p_value:.2g} <= {r.level:.2g})"
     if r.rule == "kl_divergence":
         binning = "" if not spec.calibrated else f", {spec.binning.method} bins"
@@ -105,7 +104,7 @@ def _fail_reason(r: jd.RuleResult, rel: RelativeDelta | None, spec: jd.JudgeSpec
     )
 
 
-def _inconclusive_reason(r: jd.RuleResult, n: int, confidence: float) -> FailureReason:
+def _inconclusive_reason(r: RuleDecision, n: int, confidence: float) -> FailureReason:
     code = f"{r.rule.upper()}_INCONCLUSIVE"
     if r.rule == "kl_divergence":
         message = (
@@ -200,15 +199,6 @@ def judge_run(
         kl_p_value=None if null is None else null.p_value,
         alpha=settings.alpha if spec.calibrated else 0.0,
         correction="holm" if spec.calibrated else "none",
-        rules=_decisions(results),
+        rules=tuple(results),
     )
     return JudgedRun(status, tuple(reasons), judgement, div)
-
-
-def _decisions(results: Sequence[jd.RuleResult]) -> tuple[RuleDecision, ...]:
-    return tuple(
-        RuleDecision(
-            r.rule, r.metric, r.observed, r.threshold, r.decision, r.p_value, r.level, r.upper_bound
-        )
-        for r in results
-    )
