@@ -15,10 +15,11 @@ import functools
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -124,6 +125,10 @@ def status_of(error: CostsimError, request_id: str) -> grpc.Status:
     ]
     if violations:
         details.append(_pack(error_details_pb2.BadRequest(field_violations=violations)))
+    if isinstance(error, Unavailable):  # AIP-194: say when a retry makes sense
+        delay = duration_pb2.Duration()
+        delay.FromTimedelta(timedelta(seconds=error.retry_after_s))
+        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     message = _cut(error.message, MAX_MESSAGE_CHARS)
     status = status_pb2.Status(code=code_of(error), message=message, details=details)
     return rpc_status.to_status(status)

@@ -108,9 +108,10 @@ class SchemaOutOfDate(FailedPrecondition):
 
 
 class Unavailable(CostsimError):
-    """A dependency is temporarily unavailable; the caller may retry."""
+    """A dependency is temporarily unavailable; the caller may retry after ``retry_after_s``."""
 
     reason = "UNAVAILABLE"
+    retry_after_s = 1.0
 
 
 class DatabaseUnavailable(Unavailable):

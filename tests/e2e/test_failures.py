@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import grpc
 import pytest
 from google.protobuf import json_format
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2
+from grpc_status import rpc_status
 from sqlalchemy.engine import make_url
 
 from costsim.analytics.v1 import analytics_pb2 as pb
@@ -17,6 +21,8 @@ from tests.e2e.rpc_errors import details
 from tests.e2e.server import CLI, ServerProcess
 from tests.e2e.tcp_proxy import TcpProxy
 from tests.factories import provenance_json
+
+REPO = Path(__file__).resolve().parents[2]
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -50,6 +56,25 @@ def test_unreachable_database_is_unavailable_and_not_serving(tmp_path):
                     "DATABASE_UNAVAILABLE",
                 )
             assert time.monotonic() - started < 10
+        # UNAVAILABLE says when to retry, and the README's service config does retry it.
+        config = (REPO / "deploy" / "grpc-service-config.json").read_text()
+        methods = {m.name for m in pb.DESCRIPTOR.services_by_name["AnalyticsService"].methods}
+        named = {n["method"] for c in json.loads(config)["methodConfig"] for n in c["name"]}
+        assert named <= methods and "RunCanary" in named
+        options = [("grpc.service_config", config), ("grpc.enable_retries", 1)]
+        before = server.log().count("GetDriftStats -> DATABASE_UNAVAILABLE")
+        with grpc.insecure_channel(server.address, options=options) as ch:
+            with pytest.raises(grpc.RpcError) as exc:
+                server.stub(ch).GetDriftStats(pb.GetDriftStatsRequest(), timeout=20)
+            assert exc.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert isinstance(exc.value, grpc.Call)
+            status = rpc_status.from_call(exc.value)
+            assert status is not None
+            assert any(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in status.details)
+        deadline = time.monotonic() + 5
+        while server.log().count("GetDriftStats -> DATABASE_UNAVAILABLE") - before < 5:
+            assert time.monotonic() < deadline, "the client did not retry 5 times"
+            time.sleep(0.05)
     finally:
         server.stop()
     assert "Traceback" not in server.log()

@@ -192,3 +192,23 @@ def test_few_short_violations_are_all_sent():
     bad = error_details_pb2.BadRequest()
     status_pb2.Status.FromString(raw).details[1].Unpack(bad)
     assert len(bad.field_violations) == 100
+
+
+def test_unavailable_says_when_to_retry_and_other_errors_do_not():
+    from costsim_analytics.api.errors import status_of
+
+    def retry_delays(error):
+        rich = status_pb2.Status.FromString(
+            dict(status_of(error, "r").trailing_metadata)["grpc-status-details-bin"]
+        )
+        delays = []
+        for detail in rich.details:
+            if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                info = error_details_pb2.RetryInfo()
+                detail.Unpack(info)
+                delays.append(info.retry_delay.ToTimedelta().total_seconds())
+        return delays
+
+    assert retry_delays(DatabaseUnavailable("down")) == [1.0]
+    assert retry_delays(NotFound("gone")) == []
+    assert retry_delays(InvalidArgument.field("x", "bad")) == []
