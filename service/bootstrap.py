@@ -234,6 +234,26 @@ def build_security(settings: Settings) -> Security:
     )
 
 
+def connection_options(settings: Settings) -> list[tuple[str, int]]:
+    """Keepalive and connection age for the gRPC server (README, "Connections").
+
+    The server pings idle connections (a dead peer or a silent middlebox is noticed), lets
+    clients ping every 10 s, and sends GOAWAY to connections older than the maximum age, so
+    that clients behind a load balancer spread over new replicas; calls in flight on a closing
+    connection get the grace to finish.
+    """
+    s = settings
+    return [
+        ("grpc.keepalive_time_ms", int(s.keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(s.keepalive_timeout_s * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.max_connection_age_ms", int(s.max_connection_age_s * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(s.max_connection_age_grace_s * 1000)),
+    ]
+
+
 def health_probe(engine: Engine) -> Callable[[], None]:
     """The server's health probe: reads the schema version, writes nothing."""
     return lambda: check_schema(engine)
@@ -263,4 +283,5 @@ def build_server(
         health_interval_s=settings.health_interval_s,
         grace_period_s=settings.grace_period_s,
         http_listen=settings.http_listen,
+        connection_options=connection_options(settings),
     )

@@ -72,6 +72,16 @@ class Settings(BaseSettings):
     db_connect_timeout_s: int = Field(3, ge=1, le=60, description="Connect timeout (PostgreSQL)")
     grace_period_s: float = Field(10.0, ge=0, description="Shutdown grace for in-flight calls")
     health_interval_s: float = Field(1.0, gt=0, description="Database health probe period")
+    keepalive_time_s: float = Field(
+        60.0, gt=0, description="Ping an idle connection this often; drop it when unanswered"
+    )
+    keepalive_timeout_s: float = Field(20.0, gt=0, description="Wait for a keepalive ping's ack")
+    max_connection_age_s: float = Field(
+        1800.0, gt=0, description="Close connections this old (GOAWAY) so clients rebalance"
+    )
+    max_connection_age_grace_s: float = Field(
+        300.0, ge=0, description="Time calls on a closing connection get to finish"
+    )
     max_message_mb: int = Field(
         80, ge=4, le=2000, description="Largest gRPC message accepted or sent, in MiB"
     )

@@ -11,7 +11,7 @@ import contextlib
 import gc
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -76,6 +76,7 @@ class AnalyticsServer:
         health_interval_s: float = 1.0,
         grace_period_s: float = 10.0,
         http_listen: str = "",
+        connection_options: Sequence[tuple[str, int]] = (),
     ) -> None:
         self._probe = probe
         self._upkeep = upkeep
@@ -95,6 +96,7 @@ class AnalyticsServer:
                 ("grpc.max_send_message_length", max_message_bytes),
                 # A leftover server on the same port must not steal this one's connections.
                 ("grpc.so_reuseport", 0),
+                *connection_options,
             ],
         )
         pb_grpc.add_AnalyticsServiceServicer_to_server(

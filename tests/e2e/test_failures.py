@@ -179,3 +179,29 @@ def test_cancelled_stream_stops_its_database_work(postgres_migrated_url, tmp_pat
     finally:
         server.stop()
         engine.dispose()
+
+
+def test_old_connections_are_closed_so_clients_rebalance(database_url, tmp_path):
+    # A maximum connection age of 1 s: the server sends GOAWAY, the channel leaves READY, and
+    # the next call simply opens a new connection (behind a balancer: maybe to another replica).
+    server = ServerProcess(
+        database_url,
+        tmp_path / "server.log",
+        COSTSIM_MAX_CONNECTION_AGE_S="1",
+        COSTSIM_MAX_CONNECTION_AGE_GRACE_S="1",
+    ).start()
+    try:
+        server.wait_health(SERVING)
+        states: list[grpc.ChannelConnectivity] = []
+        with server.channel() as ch:
+            ch.subscribe(states.append, try_to_connect=True)
+            stub = server.stub(ch)
+            stub.GetDriftStats(pb.GetDriftStatsRequest(), timeout=10)
+            deadline = time.monotonic() + 10
+            ready = grpc.ChannelConnectivity.READY
+            while not (ready in states and states[-1] != ready):
+                assert time.monotonic() < deadline, f"the connection was never closed: {states}"
+                time.sleep(0.05)
+            assert stub.GetDriftStats(pb.GetDriftStatsRequest(), timeout=10).total == 0
+    finally:
+        server.stop()
