@@ -32,10 +32,10 @@ from costsim_analytics.engines.canary.evaluation import REPORT_FILE, CanaryConfi
 from costsim_analytics.engines.canary.synthetic import synthetic_samples
 from costsim_analytics.engines.cost_models import CostModel, load_cost_model
 from costsim_analytics.engines.errors import (
+    AlreadyExists,
     DatabaseUnavailable,
     FailedPrecondition,
     NotFound,
-    RequestIdReused,
     Unavailable,
 )
 from costsim_analytics.engines.golden import comparison as golden
@@ -240,7 +240,13 @@ class ReconcileHandler:
     clock: Clock = utc_now
 
     def __call__(self, _command: Reconcile, _call: Call, /) -> ReconcileResult:
-        """One idempotent pass over the store."""
+        """One idempotent pass over the store, run folder by folder.
+
+        A folder that cannot be read or whose artifacts do not match their checksums counts
+        as corrupt and the pass goes on. When a run's request id has meanwhile been taken by
+        another run (a client retried after this run's row failed), the run is imported
+        without the key: the key stays with the run that answered the retry.
+        """
         publisher = ReportPublisher(self.uow_factory, self.artifacts, self.clock)
         imported, corrupt, present = [], [], 0
         for run_id in self.artifacts.runs():
@@ -248,21 +254,39 @@ class ReconcileHandler:
                 if uow.reports.get_by_run_id(run_id) is not None:
                     present += 1
                     continue
-            body = self.artifacts.read(run_id, REPORT_FILE)
-            data = json.loads(body)
-            report = report_from_json(data)
+            try:
+                data = json.loads(self.artifacts.read(run_id, REPORT_FILE))
+                report = report_from_json(data)
+                request = data.get("request") or {}
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                log.warning(
+                    "reconcile: %s has an unreadable report.json (%r); skipped", run_id, exc
+                )
+                corrupt.append(run_id)
+                continue
             if report.run_id != run_id or not all(map(self.artifacts.verify, report.artifacts)):
                 log.warning("reconcile: %s has missing or altered artifacts; skipped", run_id)
                 corrupt.append(run_id)
                 continue
-            refs = (*report.artifacts, self.artifacts.ref(run_id, REPORT_FILE))
-            request = data.get("request") or {}
+            report = replace(
+                report, artifacts=(*report.artifacts, self.artifacts.ref(run_id, REPORT_FILE))
+            )
             request_id = str(request.get("request_id", ""))
             digest = functools.partial(str, request.get("request_hash", ""))
             claim = Claim(OP_CANARY_RUN.name, request_id, digest) if request_id else None
             try:
-                publisher.store(replace(report, artifacts=refs), claim)
-            except ClaimTaken:
-                raise RequestIdReused(f"request_id {request_id!r} is used by another run") from None
+                try:
+                    publisher.store(report, claim)
+                except ClaimTaken:
+                    log.warning(
+                        "reconcile: %s: request_id %r now belongs to another run; "
+                        "imported without it",
+                        run_id,
+                        request_id,
+                    )
+                    publisher.store(report, None)
+            except AlreadyExists:  # another reconcile imported it meanwhile
+                present += 1
+                continue
             imported.append(run_id)
         return ReconcileResult(tuple(imported), present, tuple(corrupt))

@@ -384,3 +384,39 @@ def test_reconcile_imports_orphans_counts_present_and_reports_corrupt(rig):
     assert rig.stored(present).run_id == present
     # One idempotent pass: the next finds the import present and the corrupt run still corrupt.
     assert rig.reconcile() == ReconcileResult((), 2, (corrupt,))
+
+
+def test_reconcile_imports_a_run_whose_request_id_a_retry_took_and_goes_on():
+    rig = make_rig()
+    cmd = RunCanary(samples=SYNTHETIC, request_id="nightly-1", **SAME)
+    rig.store.reports.unavailable = True
+    with pytest.raises(ReportNotPersisted):
+        rig.run(cmd)
+    [orphan] = rig.artifacts.runs()
+    rig.store.reports.unavailable = False
+    retried = rig.run(cmd).report  # the client's retry: a new run takes the key
+    assert retried.run_id != orphan and rig.run(cmd).report.run_id == retried.run_id
+    later = rig.run(RunCanary(samples=SYNTHETIC[:60], **SAME)).report.run_id
+    del rig.store.reports.reports[later]  # a second orphan, after the first in the folder order
+
+    result = rig.reconcile()
+
+    assert set(result.imported) == {orphan, later} and result.corrupt == ()
+    assert rig.stored(orphan).run_id == orphan
+    # The key stays with the run that answered the retry.
+    assert rig.run(cmd).report.run_id == retried.run_id
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"{not json", b'{"run_id": "x"}', b"[]", b'{"timestamp": "yesterday"}', b"\xff\xfe"],
+)
+def test_reconcile_counts_an_unreadable_report_as_corrupt_and_goes_on(body):
+    rig = make_rig()
+    broken = rig.run(RunCanary(samples=SYNTHETIC[:40], **SAME)).report.run_id
+    orphan = rig.run(RunCanary(samples=SYNTHETIC[:50], **SAME)).report.run_id
+    for run_id in (broken, orphan):
+        del rig.store.reports.reports[run_id]
+    rig.artifacts.files[broken][REPORT_FILE] = body
+
+    assert rig.reconcile() == ReconcileResult(imported=(orphan,), present=0, corrupt=(broken,))
