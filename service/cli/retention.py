@@ -51,6 +51,10 @@ def retention(
         [f"partition {name}", f"{count:,} rows"] for name, count in result.provenance_partitions
     ]
     rows += [
+        [f"partition {name}", "in use: left for the next pass"]
+        for name in result.provenance_partitions_deferred
+    ]
+    rows += [
         ["provenance rows deleted", f"{result.provenance_rows_deleted:,}"],
         ["canary reports", f"{len(result.reports_deleted):,}"],
         ["artifact folders", f"{result.artifact_dirs_removed:,}"],

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from psycopg.errors import LockNotAvailable
 from sqlalchemy import Connection, text
+from sqlalchemy import exc as sa_exc
 
 from costsim_analytics.drivers.errors import translated
 
@@ -116,16 +119,54 @@ def list_partitions(conn: Connection) -> list[Partition]:
     return [partition_for(month) for month in sorted(months)]
 
 
-def drop_partitions_before(conn: Connection, cutoff: datetime) -> list[tuple[str, int]]:
-    """Drop every monthly partition that ends at or before ``cutoff``; return (name, rows)."""
-    dropped = []
+# DROP TABLE of a partition waits for every reader of it (an open stream), and while it waits
+# every writer of the table queues behind it. So it waits at most this long, a few times with a
+# pause between (writers get through meanwhile), then leaves the partition for the next pass.
+DROP_LOCK_TIMEOUT_MS = 500
+DROP_ATTEMPTS = 3
+DROP_RETRY_PAUSE_S = 1.0
+
+
+def _drop(conn: Connection, name: str) -> int | None:
+    """Count and drop one partition in a savepoint; None when its lock was not had in time."""
+    with translated():
+        savepoint = conn.begin_nested()
+        try:
+            conn.execute(text(f"SET LOCAL lock_timeout = {int(DROP_LOCK_TIMEOUT_MS)}"))
+            rows = conn.execute(text(f'SELECT count(*) FROM "{name}"')).scalar_one()
+            conn.execute(text(f'DROP TABLE "{name}"'))
+        except sa_exc.OperationalError as exc:
+            savepoint.rollback()
+            if isinstance(exc.orig, LockNotAvailable):
+                return None
+            raise
+        savepoint.commit()
+    return int(rows)
+
+
+def drop_partitions_before(
+    conn: Connection, cutoff: datetime
+) -> tuple[list[tuple[str, int]], list[str]]:
+    """Drop the monthly partitions that end at or before ``cutoff``.
+
+    Returns (name, rows) of each dropped partition, and the names of those deferred because a
+    reader held them through every attempt.
+    """
+    dropped, deferred = [], []
     for partition in list_partitions(conn):
-        if partition.end <= cutoff:
-            with translated():
-                rows = conn.execute(text(f'SELECT count(*) FROM "{partition.name}"')).scalar_one()
-                conn.execute(text(f'DROP TABLE "{partition.name}"'))
-            dropped.append((partition.name, int(rows)))
-    return dropped
+        if partition.end > cutoff:
+            continue
+        for attempt in range(DROP_ATTEMPTS):
+            if attempt:
+                time.sleep(DROP_RETRY_PAUSE_S)
+            rows = _drop(conn, partition.name)
+            if rows is not None:
+                dropped.append((partition.name, rows))
+                break
+        else:
+            log.warning("retention: %s is in use; left for the next pass", partition.name)
+            deferred.append(partition.name)
+    return dropped, deferred
 
 
 class SqlPartitionDriver:

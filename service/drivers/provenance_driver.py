@@ -42,6 +42,7 @@ from costsim_analytics.engines.provenance import (
     ProvenanceFilter,
     ProvenanceRecord,
 )
+from costsim_analytics.engines.retention import ProvenanceRemoval
 from costsim_analytics.engines.statistics import interpolate, percentile_rank
 
 # Every column in table order; the model declares them in the order of ProvenanceRecord.
@@ -156,9 +157,7 @@ class SqlProvenanceDriver:
                 found.update({row_id: value for row_id, value in self._conn.execute(stmt)})
         return found
 
-    def remove_before(
-        self, cutoff: datetime, *, dry_run: bool = False
-    ) -> tuple[list[tuple[str, int]], int]:
+    def remove_before(self, cutoff: datetime, *, dry_run: bool = False) -> ProvenanceRemoval:
         """Remove provenance older than ``cutoff``: (dropped partitions with rows, rows deleted).
 
         PostgreSQL drops whole monthly partitions that end at or before the cutoff and deletes
@@ -166,18 +165,21 @@ class SqlProvenanceDriver:
         """
         target: TableClause = t
         dropped: list[tuple[str, int]] = []
+        deferred: list[str] = []
         if partitions.is_partitioned(self._conn):
             doomed = [p for p in partitions.list_partitions(self._conn) if p.end <= cutoff]
             if dry_run:
                 dropped = [(p.name, self._count(table(p.name))) for p in doomed]
             else:
-                dropped = partitions.drop_partitions_before(self._conn, cutoff)
+                dropped, deferred = partitions.drop_partitions_before(self._conn, cutoff)
             target = table(partitions.DEFAULT_PARTITION, column("created_at"))
         old = target.c.created_at < cutoff
         if dry_run:
-            return dropped, self._count(target, old)
-        with translated():
-            return dropped, int(self._conn.execute(delete(target).where(old)).rowcount)
+            rows = self._count(target, old)
+        else:
+            with translated():
+                rows = int(self._conn.execute(delete(target).where(old)).rowcount)
+        return ProvenanceRemoval(tuple(dropped), rows, tuple(deferred))
 
     def _count(self, target: TableClause, where: ColumnElement[bool] | None = None) -> int:
         stmt = select(func.count()).select_from(target)

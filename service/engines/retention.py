@@ -32,12 +32,23 @@ class RetentionPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class ProvenanceRemoval:
+    """What one pass over provenance removed: whole partitions, rows, partitions deferred."""
+
+    partitions: tuple[tuple[str, int], ...] = ()
+    rows_deleted: int = 0
+    deferred: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class RetentionResult:
     """What a retention pass removed (or, in a dry run, would remove)."""
 
     dry_run: bool
     provenance_partitions: tuple[tuple[str, int], ...] = ()
     provenance_rows_deleted: int = 0
+    # Partitions left for the next pass: a reader held them past the DDL lock timeout.
+    provenance_partitions_deferred: tuple[str, ...] = ()
     reports_deleted: tuple[str, ...] = ()
     artifact_dirs_removed: int = 0
     idempotency_keys_deleted: int = 0

@@ -14,6 +14,7 @@ from costsim_analytics.engines.idempotency import StoredRequest
 from costsim_analytics.engines.pagination import Cursor
 from costsim_analytics.engines.provenance import NewProvenance, ProvenanceFilter, ProvenanceRecord
 from costsim_analytics.engines.reports import ArtifactRef, CanaryReport, ReportFilter
+from costsim_analytics.engines.retention import ProvenanceRemoval
 
 
 class ProvenanceStore(Protocol):
@@ -36,9 +37,7 @@ class ProvenanceStore(Protocol):
     def plan_inputs(self, ids: Sequence[int], chunk_size: int = ...) -> dict[int, Any]:
         """Plan inputs by record id."""
 
-    def remove_before(
-        self, cutoff: datetime, *, dry_run: bool = ...
-    ) -> tuple[list[tuple[str, int]], int]:
+    def remove_before(self, cutoff: datetime, *, dry_run: bool = ...) -> ProvenanceRemoval:
         """Drop/delete provenance older than the cutoff."""
 
 

@@ -7,7 +7,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from costsim_analytics.engines.maintenance import UpkeepResult
-from costsim_analytics.engines.retention import RetentionPolicy, RetentionResult, validate
+from costsim_analytics.engines.retention import (
+    ProvenanceRemoval,
+    RetentionPolicy,
+    RetentionResult,
+    validate,
+)
 from costsim_analytics.handlers.call import Call, Clock, utc_now
 from costsim_analytics.handlers.ports import ArtifactStore, UnitOfWorkFactory
 
@@ -50,14 +55,14 @@ class RetentionHandler:
         now = self.clock()
         dry = policy.dry_run
         cutoffs: dict[str, str] = {}
-        partitions: list[tuple[str, int]] = []
-        rows = keys = removed_dirs = 0
+        provenance = ProvenanceRemoval()
+        keys = removed_dirs = 0
         reports: list[str] = []
 
         if (cutoff := policy.cutoff(now, policy.provenance_days)) is not None:
             cutoffs["provenance"] = cutoff.isoformat()
             with self.uow_factory(read_only=dry) as uow:
-                partitions, rows = uow.provenance.remove_before(cutoff, dry_run=dry)
+                provenance = uow.provenance.remove_before(cutoff, dry_run=dry)
                 uow.commit()
         if (cutoff := policy.cutoff(now, policy.reports_days)) is not None:
             cutoffs["reports"] = cutoff.isoformat()
@@ -69,8 +74,9 @@ class RetentionHandler:
                 uow.commit()
         result = RetentionResult(
             dry_run=dry,
-            provenance_partitions=tuple(partitions),
-            provenance_rows_deleted=rows,
+            provenance_partitions=provenance.partitions,
+            provenance_rows_deleted=provenance.rows_deleted,
+            provenance_partitions_deferred=provenance.deferred,
             reports_deleted=tuple(reports),
             artifact_dirs_removed=removed_dirs,
             idempotency_keys_deleted=keys,

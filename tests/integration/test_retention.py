@@ -162,3 +162,55 @@ def test_upkeep_creates_partitions_ahead_and_the_health_probe_never_does(engine,
     assert ahead.name in upkeep(None, Call()).created
     assert ahead.name in names()
     assert upkeep(None, Call()).created == ()  # idempotent
+
+
+def test_a_partition_in_use_is_deferred_and_writers_never_queue_for_long(
+    engine, seeded, monkeypatch
+):
+    handler, _ = seeded
+    if engine.dialect.name != "postgresql":  # one table, no DDL: nothing is ever deferred
+        result = handler(RetentionPolicy(provenance_days=60))
+        assert result.provenance_partitions_deferred == () and result.provenance_rows_deleted
+        return
+    import threading
+    import time
+
+    from costsim_analytics.handlers.uow import SqlAlchemyUnitOfWorkFactory as Uow
+
+    monkeypatch.setattr(partitions, "DROP_LOCK_TIMEOUT_MS", 200)
+    monkeypatch.setattr(partitions, "DROP_RETRY_PAUSE_S", 0.2)
+    busy = partitions.partition_for(NOW - timedelta(days=100)).name
+    waits: list[float] = []
+    with engine.connect() as reader:
+        reader.begin()  # an open stream over old data: it holds the partition's lock
+        reader.exec_driver_sql(f"SELECT count(*) FROM {busy}").scalar_one()
+        done = threading.Event()
+
+        def write_meanwhile() -> None:
+            uow = Uow(engine)
+            while not done.is_set():
+                started = time.monotonic()
+                with uow() as w:
+                    w.provenance.insert_batch(
+                        prepare_batch([provenance_input(7)], max_batch=1, now=NOW)
+                    )
+                    w.commit()
+                waits.append(time.monotonic() - started)
+
+        writer = threading.Thread(target=write_meanwhile)
+        writer.start()
+        try:
+            result = handler(RetentionPolicy(provenance_days=60))
+        finally:
+            done.set()
+            writer.join()
+    assert result.provenance_partitions_deferred == (busy,)
+    assert busy not in {name for name, _ in result.provenance_partitions}
+    assert partitions.partition_for(NOW - timedelta(days=400)).name in {
+        name for name, _ in result.provenance_partitions
+    }
+    assert waits and max(waits) < 2.0, waits  # a write waited at most about one lock timeout
+    # Once the reader is gone the next pass drops it.
+    again = handler(RetentionPolicy(provenance_days=60))
+    assert [name for name, _ in again.provenance_partitions] == [busy]
+    assert again.provenance_partitions_deferred == ()

@@ -41,6 +41,7 @@ from costsim_analytics.engines.idempotency import StoredRequest
 from costsim_analytics.engines.pagination import Cursor
 from costsim_analytics.engines.provenance import NewProvenance, ProvenanceFilter, ProvenanceRecord
 from costsim_analytics.engines.reports import ArtifactRef, CanaryReport, ReportFilter
+from costsim_analytics.engines.retention import ProvenanceRemoval
 from costsim_analytics.handlers.ports import (
     ArtifactStore,
     CanaryReportStore,
@@ -177,15 +178,13 @@ class FakeProvenance:
         wanted = set(ids)
         return {r.id: r.payload.get("input") for r in self.rows if r.id in wanted}
 
-    def remove_before(
-        self, cutoff: datetime, *, dry_run: bool = False
-    ) -> tuple[list[tuple[str, int]], int]:
+    def remove_before(self, cutoff: datetime, *, dry_run: bool = False) -> ProvenanceRemoval:
         """Delete rows (no partitions here, as on SQLite); a dry run counts."""
         old = [r for r in self.rows if r.created_at < cutoff]
         if not dry_run:
             self.guard.write("provenance.remove_before")
             self.rows = [r for r in self.rows if r.created_at >= cutoff]
-        return [], len(old)
+        return ProvenanceRemoval(rows_deleted=len(old))
 
     def snapshot(self) -> object:
         return list(self.rows), list(self.inserted)
