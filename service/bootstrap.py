@@ -186,6 +186,7 @@ def build_canary_handler(
         defaults=canary_config(settings),
         lock_timeout_s=settings.canary_lock_timeout_s,
         synthetic_fallback=settings.canary_synthetic_fallback,
+        max_candidates=settings.canary_max_candidates,
         progress=progress,
         golden_dataset=settings.canary_golden_dataset,
         golden_config=golden_config(settings),

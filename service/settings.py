@@ -116,6 +116,9 @@ class Settings(BaseSettings):
         return value
 
     canary_lock_timeout_s: float = Field(2.0, ge=0, description="Wait for the run lock")
+    canary_max_candidates: int = Field(
+        100_000, ge=1, le=10_000_000, description="Newest provenance records a canary samples from"
+    )
     canary_synthetic_fallback: bool = Field(
         True, description="Use the built-in samples when no recent provenance exists"
     )

@@ -133,8 +133,12 @@ class SqlProvenanceDriver:
             convert=_record,
         )
 
-    def sample_candidates(self, since: datetime) -> list[int]:
-        """Ids of successful records since ``since`` that carry a plan input, ascending."""
+    def sample_candidates(self, since: datetime, limit: int) -> list[int]:
+        """Ids of the newest ``limit`` successful records since ``since`` with a plan input.
+
+        Ascending, so that a seeded choice among them is reproducible; bounded, so that one
+        canary run never loads every id of a busy week.
+        """
         stmt = (
             select(t.c.id)
             .where(
@@ -142,10 +146,11 @@ class SqlProvenanceDriver:
                 t.c.payload["status"].as_string() == "success",
                 t.c.payload["input"].is_not(None),
             )
-            .order_by(t.c.id)
+            .order_by(t.c.created_at.desc(), t.c.id.desc())
+            .limit(limit)
         )
         with translated():
-            return list(self._conn.execute(stmt).scalars())
+            return sorted(self._conn.execute(stmt).scalars())
 
     def plan_inputs(self, ids: Sequence[int], chunk_size: int = 1000) -> dict[int, Any]:
         """``payload.input`` of the given records, by id."""

@@ -150,6 +150,8 @@ class CanaryRunHandler:
     defaults: CanaryConfig = field(default_factory=CanaryConfig)
     lock_timeout_s: float = 2.0
     synthetic_fallback: bool = True
+    # The newest this many candidates are drawn from: bounded work per run.
+    max_candidates: int = 100_000
     clock: Clock = utc_now
     models: Callable[..., CostModel] = load_cost_model
     progress: Progress | None = None
@@ -218,7 +220,7 @@ class CanaryRunHandler:
             if cmd.samples:
                 return list(cmd.samples), "explicit", reference
             ids = engine.choose(
-                uow.provenance.sample_candidates(since),
+                uow.provenance.sample_candidates(since, self.max_candidates),
                 cmd.sample_count or DEFAULT_SAMPLE_COUNT,
                 cmd.seed,
             )

@@ -31,8 +31,8 @@ class ProvenanceStore(Protocol):
     def drift_stats(self, query: DriftStatsQuery) -> DriftStats:
         """Aggregate cost_delta."""
 
-    def sample_candidates(self, since: datetime) -> list[int]:
-        """Ids of successful records with a plan input since ``since``."""
+    def sample_candidates(self, since: datetime, limit: int) -> list[int]:
+        """Ids of the newest ``limit`` successful records with a plan input since ``since``."""
 
     def plan_inputs(self, ids: Sequence[int], chunk_size: int = ...) -> dict[int, Any]:
         """Plan inputs by record id."""

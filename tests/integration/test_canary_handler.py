@@ -226,3 +226,24 @@ def test_old_absolute_artifact_paths_still_verify_and_new_ones_are_relative(tmp_
     absolute = replace(ref, path=str(tmp_path.resolve() / ref.path))
     assert store.verify(absolute)
     assert not store.verify(replace(ref, sha256="0" * 64))
+
+
+def test_a_run_draws_only_from_the_newest_candidates(engine, tmp_path):
+    uow = SqlAlchemyUnitOfWorkFactory(engine)
+    with uow() as w:
+        for day in (3, 2, 1):  # three days of 40 successful records each
+            batch = [provenance_input(i, payload=plan_payload(i)) for i in range(40)]
+            w.provenance.insert_batch(
+                prepare_batch(batch, max_batch=100, now=NOW - timedelta(days=day))
+            )
+        w.commit()
+    with uow(read_only=True) as r:
+        newest = r.provenance.sample_candidates(NOW - timedelta(days=7), 40)
+        everything = r.provenance.sample_candidates(NOW - timedelta(days=7), 1000)
+    assert len(everything) == 120 and newest == everything[-40:]  # the last day's, ascending
+    report = run(replace(handler(engine, tmp_path), max_candidates=40))(
+        RunCanary(sample_count=100, seed=3)
+    ).report
+    assert report.total_samples + report.invalid_samples == 40
+    lines = (tmp_path / report.artifacts[0].path).read_text().splitlines()
+    assert {json.loads(line)["id"] for line in lines} == {f"provenance-{i}" for i in newest}

@@ -165,14 +165,19 @@ class FakeProvenance:
             p90_delta=st.percentile(deltas, 90),
         )
 
-    def sample_candidates(self, since: datetime) -> list[int]:
-        return sorted(
-            r.id
-            for r in self.rows
-            if r.created_at >= since
-            and r.payload.get("status") == "success"
-            and r.payload.get("input") is not None
+    def sample_candidates(self, since: datetime, limit: int) -> list[int]:
+        newest = sorted(
+            (
+                r
+                for r in self.rows
+                if r.created_at >= since
+                and r.payload.get("status") == "success"
+                and r.payload.get("input") is not None
+            ),
+            key=lambda r: (r.created_at, r.id),
+            reverse=True,
         )
+        return sorted(r.id for r in newest[:limit])
 
     def plan_inputs(self, ids: Sequence[int], chunk_size: int = 1000) -> dict[int, Any]:
         wanted = set(ids)
