@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from costsim_analytics.api.errors import abort, code_of, request_id_of
-from costsim_analytics.api.metrics import ServiceMetrics, code_name
+from costsim_analytics.api.errors import abort, request_id_of
+from costsim_analytics.api.metrics import ServiceMetrics, code_name, rebuilt
 from costsim_analytics.auth import audit, methods
 from costsim_analytics.auth.authn import Authenticator
 from costsim_analytics.auth.policy import PolicyStore
@@ -44,7 +44,6 @@ else:
     _Handler = grpc.RpcMethodHandler
 
 Context = grpc.aio.ServicerContext[Any, Any]
-_CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 
 
 class AuthInterceptor(_Interceptor):
@@ -65,17 +64,9 @@ class AuthInterceptor(_Interceptor):
         if handler is None or methods.is_public(method):
             return handler
         if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(method, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+            return rebuilt(handler, self._unary(method, handler.unary_unary))
         if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                self._stream(method, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+            return rebuilt(handler, self._stream(method, handler.unary_stream))
         return handler  # no client-streaming RPC exists; methods.authorize would refuse it
 
     async def _admit(
@@ -105,17 +96,13 @@ class AuthInterceptor(_Interceptor):
         principal: Principal | None,
         exc: BaseException | None,
     ) -> None:
-        if isinstance(exc, CostsimError):  # not yet on the context: name its mapped code
-            outcome = _CODE_NAMES.get(code_of(exc), "UNKNOWN")
-        else:
-            outcome = code_name(context, exc)
         audit.audit(
             principal=principal.id if principal else None,
             authenticated_by=principal.authenticated_by if principal else "",
             method=method,
             tenants=tenants,
             request_id=request_id_of(context),
-            outcome=outcome,
+            outcome=code_name(context, exc),
             reason=exc.reason if isinstance(exc, CostsimError) else "",
         )
 

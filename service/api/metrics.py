@@ -36,7 +36,9 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
+from costsim_analytics.api.errors import code_of
 from costsim_analytics.engines.canary.command import RunCanaryResult
+from costsim_analytics.engines.errors import CostsimError
 from costsim_analytics.engines.provenance import WriteBatchResult
 from costsim_analytics.engines.reports import CANARY_STATUSES
 from costsim_analytics.handlers.call import Call
@@ -165,8 +167,30 @@ def code_name(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException | 
         return code.name
     if isinstance(code, int):
         return _CODE_NAMES.get(code, "UNKNOWN")
-    # No code set: a normal return is OK; an exception escaping the handler is UNKNOWN.
+    if isinstance(exc, CostsimError):  # about to be mapped (api/errors.py): its code
+        return _CODE_NAMES.get(code_of(exc), "UNKNOWN")
+    # No code set: a normal return is OK; any other exception escaping the handler is UNKNOWN.
     return "OK" if exc is None else "UNKNOWN"
+
+
+# By (request streaming, response streaming): the label, the handler's behaviour attribute and
+# the factory that rebuilds such a handler.
+_KINDS = {
+    (False, False): ("unary", "unary_unary", grpc.unary_unary_rpc_method_handler),
+    (False, True): ("server_stream", "unary_stream", grpc.unary_stream_rpc_method_handler),
+    (True, False): ("client_stream", "stream_unary", grpc.stream_unary_rpc_method_handler),
+    (True, True): ("bidi_stream", "stream_stream", grpc.stream_stream_rpc_method_handler),
+}
+
+
+def rebuilt(handler: _Handler, behavior: Any) -> _Handler:
+    """``handler`` of the same kind and (de)serializers, running ``behavior`` instead."""
+    _, _, make = _KINDS[(handler.request_streaming, handler.response_streaming)]
+    return make(
+        behavior,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
 
 
 class MetricsInterceptor(_Interceptor):
@@ -185,25 +209,10 @@ class MetricsInterceptor(_Interceptor):
         if handler is None:  # an unknown method: grpc answers UNIMPLEMENTED itself
             return handler
         service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
-        # By (request streaming, response streaming): the label, the handler's behaviour
-        # attribute and the factory that rebuilds such a handler.
-        kind = {
-            (False, False): ("unary", "unary_unary", grpc.unary_unary_rpc_method_handler),
-            (False, True): ("server_stream", "unary_stream", grpc.unary_stream_rpc_method_handler),
-            (True, False): ("client_stream", "stream_unary", grpc.stream_unary_rpc_method_handler),
-            (True, True): ("bidi_stream", "stream_stream", grpc.stream_stream_rpc_method_handler),
-        }
-        grpc_type, attribute, make = kind[(handler.request_streaming, handler.response_streaming)]
-        behavior = getattr(handler, attribute)
+        grpc_type, attribute, _ = _KINDS[(handler.request_streaming, handler.response_streaming)]
         labels = {"grpc_service": service, "grpc_method": method, "grpc_type": grpc_type}
-        wrapped = self._measure(behavior, labels)
-        if wrapped is None:
-            return handler
-        return make(
-            wrapped,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        wrapped = self._measure(getattr(handler, attribute), labels)
+        return handler if wrapped is None else rebuilt(handler, wrapped)
 
     def _finish(
         self,
