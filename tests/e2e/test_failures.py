@@ -17,9 +17,9 @@ from grpc_status import rpc_status
 from sqlalchemy.engine import make_url
 
 from costsim.analytics.v1 import analytics_pb2 as pb
+from costsim_analytics.testing.tcp_proxy import TcpProxy
 from tests.e2e.rpc_errors import details
 from tests.e2e.server import CLI, ServerProcess
-from tests.e2e.tcp_proxy import TcpProxy
 from tests.factories import provenance_json
 
 REPO = Path(__file__).resolve().parents[2]

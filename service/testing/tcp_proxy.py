@@ -67,6 +67,7 @@ class TcpProxy:
         self._up.set()
 
     def close(self) -> None:
+        """Cut everything and stop listening."""
         self._closed = True
         self.down()
         self._listener.close()
