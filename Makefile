@@ -10,7 +10,7 @@ PROTO   := protos/costsim/analytics/v1/analytics.proto
 GEN     := service/_generated
 STAMP   := $(VENV)/.installed
 
-.PHONY: help install proto proto-check lint typecheck test test-fast run migrate bench clean
+.PHONY: help install proto proto-check lint typecheck test test-fast run migrate bench soak clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -68,6 +68,10 @@ bench: install ## Benchmarks against PostgreSQL (COSTSIM_BENCH_DATABASE_URL).
 	$(PY) bench/ingest.py
 	$(PY) bench/reports.py
 	$(PY) bench/auth.py
+
+SOAK_SECONDS ?= 300
+soak: install ## Mixed load with a database cut and a SIGKILL on a schedule (SOAK_SECONDS, 300).
+	$(PY) bench/soak.py --seconds $(SOAK_SECONDS)
 
 clean: ## Remove the virtualenv, node_modules and local state.
 	rm -rf $(VENV) node_modules var .pytest_cache .mypy_cache .ruff_cache
