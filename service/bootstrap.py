@@ -18,6 +18,7 @@ from costsim_analytics.drivers.schema import check_schema
 from costsim_analytics.engines.canary.evaluation import CanaryConfig, Progress
 from costsim_analytics.engines.canary.judge import JUDGES
 from costsim_analytics.engines.golden.comparison import GoldenConfig
+from costsim_analytics.engines.limits import MIB, WorkLimits
 from costsim_analytics.handlers.call import Call
 from costsim_analytics.handlers.canary import RUN_REPLAY, CanaryRunHandler, ReconcileHandler
 from costsim_analytics.handlers.golden import (
@@ -136,18 +137,32 @@ def build_registry(
     registry.register(OP_CANARY_RECONCILE, ReconcileHandler(uow, artifacts))
     registry.register(OP_RETENTION, RetentionHandler(uow, artifacts))
     registry.register(OP_PARTITION_UPKEEP, PartitionUpkeepHandler(uow))
+    limits = work_limits(settings)
     registry.register(
-        OP_GOLDEN_CREATE, CreateGoldenDatasetHandler(uow, max_json_depth=settings.max_json_depth)
+        OP_GOLDEN_CREATE,
+        CreateGoldenDatasetHandler(uow, max_json_depth=settings.max_json_depth, limits=limits),
     )
-    registry.register(OP_GOLDEN_PROMOTE, PromoteCanaryRunHandler(uow, artifacts))
+    registry.register(OP_GOLDEN_PROMOTE, PromoteCanaryRunHandler(uow, artifacts, limits=limits))
     registry.register(OP_GOLDEN_GET, GetGoldenDatasetHandler(uow))
     registry.register(OP_GOLDEN_LIST, ListGoldenDatasetsHandler(uow))
     registry.register(OP_GOLDEN_ACTIVATE, ActivateGoldenDatasetHandler(uow))
-    registry.register(OP_GOLDEN_COMPARE, CompareGoldenHandler(uow, golden_config(settings)))
+    registry.register(
+        OP_GOLDEN_COMPARE, CompareGoldenHandler(uow, golden_config(settings), limits=limits)
+    )
     middleware: list[Middleware] = [] if metrics is None else [metrics.middleware()]
     middleware += [request_ids(IDEMPOTENT), idempotency(uow, IDEMPOTENT)]
     registry.wrap(*middleware)
     return registry
+
+
+def work_limits(settings: Settings) -> WorkLimits:
+    """The per-call work bounds (samples, plan size, artifact bytes)."""
+    return WorkLimits(
+        max_samples=settings.max_samples,
+        max_plan_bytes=settings.max_plan_bytes,
+        max_plan_steps=settings.max_plan_steps,
+        max_artifact_bytes=settings.canary_max_artifact_mb * MIB,
+    )
 
 
 def canary_config(settings: Settings) -> CanaryConfig:
@@ -191,6 +206,7 @@ def build_canary_handler(
         golden_dataset=settings.canary_golden_dataset,
         golden_config=golden_config(settings),
         max_json_depth=settings.max_json_depth,
+        limits=work_limits(settings),
     )
 
 

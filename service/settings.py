@@ -12,6 +12,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from costsim_analytics.engines.canary.judge import JUDGES
+from costsim_analytics.engines.limits import MAX_SAMPLES
 
 # Values of COSTSIM_HTTP_LISTEN that turn the HTTP side port off.
 HTTP_OFF = ("", "off", "none", "false", "no")
@@ -54,6 +55,16 @@ class Settings(BaseSettings):
 
     artifacts_dir: Path = Field(Path("var/artifacts"), description="Canary artifact root")
     max_batch: int = Field(1000, ge=1, le=100_000, description="Records per WriteProvenanceBatch")
+    max_samples: int = Field(
+        20_000,
+        ge=1,
+        le=MAX_SAMPLES,
+        description="Samples one RunCanary or CreateGoldenDataset may carry or ask for",
+    )
+    max_plan_bytes: int = Field(
+        64 * 1024, ge=1024, le=16 * 1024 * 1024, description="Compact JSON bytes of one plan_input"
+    )
+    max_plan_steps: int = Field(1000, ge=1, le=1_000_000, description="Steps of one plan_input")
     max_json_depth: int = Field(
         32,
         ge=1,
@@ -118,6 +129,9 @@ class Settings(BaseSettings):
     canary_lock_timeout_s: float = Field(2.0, ge=0, description="Wait for the run lock")
     canary_max_candidates: int = Field(
         100_000, ge=1, le=10_000_000, description="Newest provenance records a canary samples from"
+    )
+    canary_max_artifact_mb: int = Field(
+        64, ge=1, le=100_000, description="Artifact MiB one canary run may write"
     )
     canary_synthetic_fallback: bool = Field(
         True, description="Use the built-in samples when no recent provenance exists"

@@ -4,6 +4,8 @@
 
     CostsimError                      base; ``reason`` is a stable UPPER_SNAKE code
      ├── InvalidArgument              the caller sent something wrong; carries field violations
+     │    └── WorkBoundExceeded       more work than one call may ask for (samples, plan size,
+     │                                artifact bytes: ``engines/limits.py``); names the bound
      ├── NotFound                     the named thing does not exist
      ├── AlreadyExists                a unique name or idempotency key is taken
      │    └── RequestIdReused         same request_id, different request
@@ -75,6 +77,23 @@ class InvalidArgument(CostsimError):
 
         """
         return cls(f"{field}: {description}", [FieldViolation(field, description)], reason=reason)
+
+
+class WorkBoundExceeded(InvalidArgument):
+    """The call asks for more work than a bound allows; ``bound`` names it (``samples``)."""
+
+    reason = "WORK_BOUND_EXCEEDED"
+
+    def __init__(
+        self,
+        message: str,
+        violations: Iterable[FieldViolation] = (),
+        *,
+        bound: str,
+        reason: str | None = None,
+    ) -> None:
+        super().__init__(message, violations, reason=reason)
+        self.bound = bound
 
 
 class NotFound(CostsimError):

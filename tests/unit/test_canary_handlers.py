@@ -236,9 +236,10 @@ def test_report_artifact_unwritable_leaves_nothing_for_reconcile(rig):
 
     assert exc.value.reason == "ARTIFACTS_UNWRITABLE"
     assert rig.store.reports.reports == {}
-    [run_id] = rig.artifacts.files  # the sample artifacts were written ...
-    assert REPORT_FILE not in rig.artifacts.files[run_id]
-    assert list(rig.artifacts.runs()) == []  # ... but without report.json the run is incomplete
+    # The sample artifacts were written, then removed with their folder: no partial run.
+    [saved] = [e for e in rig.store.events if e.startswith("artifacts.save")]
+    assert saved.endswith(f"{COMPARISONS_FILE},{DIFFS_FILE}")
+    assert rig.artifacts.files == {} and list(rig.artifacts.runs()) == []
     rig.artifacts.fail_on = ""
     assert rig.reconcile() == ReconcileResult((), 0, ())
 
