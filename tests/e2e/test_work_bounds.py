@@ -62,8 +62,9 @@ def refused(call: Callable[[], object]) -> tuple[str, list[str], str]:
     with pytest.raises(grpc.RpcError) as exc:
         call()
     code, reason, fields = details(exc.value)
-    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and isinstance(exc.value, grpc.Call)
     status = rpc_status.from_call(exc.value)
+    assert status is not None
     bad = error_details_pb2.BadRequest()
     next(d for d in status.details if d.Is(bad.DESCRIPTOR)).Unpack(bad)
     return reason, fields, bad.field_violations[0].description
