@@ -145,6 +145,19 @@ class ServiceMetrics:
         for method, bounds in _BOUNDED.values():
             for bound in bounds:
                 self.work_refusals.labels(method=method, bound=bound)
+        self.admission_refusals = Counter(
+            "costsim_admission_refusals",
+            "Calls refused RESOURCE_EXHAUSTED by admission control (and streams cut for a slow"
+            " reader), by class of call and reason.",
+            ("call_class", "reason"),
+            registry=self.registry,
+        )
+        self.calls_in_flight = Gauge(
+            "costsim_calls_in_flight",
+            "Calls admitted and not yet ended, by class of call.",
+            ("call_class",),
+            registry=self.registry,
+        )
         self.http_requests = Counter(
             "costsim_http_requests",
             "Requests to the HTTP side port, by route and status.",

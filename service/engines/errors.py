@@ -13,6 +13,9 @@
      │    └── SchemaOutOfDate         database schema behind the code's migrations
      ├── Unavailable                  a dependency is down; retrying later may work
      │    └── DatabaseUnavailable     the database cannot be reached
+     ├── ResourceExhausted            over a bound on concurrent calls (retry later), or a
+     │                                stream cut because its reader stopped reading
+     ├── DeadlineExceeded             the call's deadline passed before its work was done
      ├── Unauthenticated              no credentials, or credentials that do not verify
      └── PermissionDenied             a known caller asked for something the policy refuses;
                                       carries field violations (``records[3].tenant_id``)
@@ -137,6 +140,32 @@ class DatabaseUnavailable(Unavailable):
     """The database cannot be reached or dropped the connection."""
 
     reason = "DATABASE_UNAVAILABLE"
+
+
+class ResourceExhausted(CostsimError):
+    """A bound on the server's capacity refused the call (reasons in ``api/admission.py``).
+
+    Retrying after ``retry_after_s`` may succeed.
+    """
+
+    reason = "RESOURCE_EXHAUSTED"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        retry_after_s: float = 1.0,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceeded(CostsimError):
+    """The call's deadline passed: before its work started, or while it ran."""
+
+    reason = "DEADLINE_EXCEEDED"
 
 
 class Unauthenticated(CostsimError):

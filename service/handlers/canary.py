@@ -220,6 +220,13 @@ class CanaryRunHandler:
                 with self.uow_factory(read_only=True) as uow:
                     call.claim.check_free(uow)
             samples, source, reference = self._samples(cmd, now)
+
+            def stage(doing: str) -> None:
+                call.check_deadline(doing)  # the caller stopped waiting: stop working
+                if self.progress:
+                    self.progress(doing)
+
+            stage("the evaluation")
             evaluation = engine.evaluate(
                 samples,
                 baseline,
@@ -229,16 +236,14 @@ class CanaryRunHandler:
                 timestamp=now,
                 seed=cmd.seed,
                 sample_source=source,
-                progress=self.progress,
+                progress=stage,
             )
             if reference is not None:
-                if self.progress:
-                    self.progress("golden comparison")
+                stage("golden comparison")
                 comparison = golden.compare(reference, candidate, baseline, self.golden_config)
                 report = golden.judge_report(evaluation.report, comparison)
                 evaluation = replace(evaluation, report=report)
-            if self.progress:
-                self.progress("artifacts and report")
+            stage("artifacts and report")
             publisher = ReportPublisher(self.uow_factory, self.artifacts, self.clock, self.limits)
             return RunCanaryResult(publisher.publish(evaluation, call.claim))
         finally:

@@ -213,7 +213,7 @@ class CompareGoldenHandler:
     models: Callable[..., CostModel] = load_cost_model
     limits: WorkLimits = field(default_factory=WorkLimits)
 
-    def __call__(self, cmd: CompareGolden, _call: Call, /) -> GoldenComparison:
+    def __call__(self, cmd: CompareGolden, call: Call, /) -> GoldenComparison:
         """The comparison (never stored: CompareGolden is a read)."""
         datasets.validate_lookup(cmd.name, cmd.version)
         config = golden.resolve_config(cmd, self.defaults)
@@ -221,4 +221,5 @@ class CompareGoldenHandler:
         baseline = self.models(cmd.baseline_model or "v1", field="baseline_model")
         with self.uow_factory(read_only=True) as uow:
             dataset = load_dataset(uow, cmd.name, cmd.version, limits=self.limits)
+        call.check_deadline("the comparison")
         return golden.compare(dataset, candidate, baseline, config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,7 +22,12 @@ from costsim_analytics.engines.canary.evaluation import (
 )
 from costsim_analytics.engines.canary.synthetic import synthetic_samples
 from costsim_analytics.engines.cost_models import load_cost_model
-from costsim_analytics.engines.errors import FailedPrecondition, InvalidArgument, RequestIdReused
+from costsim_analytics.engines.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    RequestIdReused,
+)
 from costsim_analytics.engines.maintenance import Reconcile, ReconcileResult
 from costsim_analytics.engines.provenance import ProvenanceRecord
 from costsim_analytics.engines.reports import CanaryReport
@@ -421,3 +427,15 @@ def test_reconcile_counts_an_unreadable_report_as_corrupt_and_goes_on(body):
     rig.artifacts.files[broken][REPORT_FILE] = body
 
     assert rig.reconcile() == ReconcileResult(imported=(orphan,), present=0, corrupt=(broken,))
+
+
+def test_a_run_past_its_deadline_gives_up_and_stores_nothing(rig):
+    gone = Call(deadline=time.monotonic() - 0.001)  # the caller stopped waiting
+
+    with pytest.raises(DeadlineExceeded, match="the evaluation"):
+        rig.registry.get(OP_CANARY_RUN)(RunCanary(samples=SYNTHETIC, request_id="r-1"), gone)
+
+    assert rig.store.reports.reports == {}
+    assert rig.artifacts.files == {}
+    assert rig.store.idempotency.keys == {}
+    assert rig.lock.released == 1  # the lock was given back
