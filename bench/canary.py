@@ -197,7 +197,9 @@ def python_canary(url: str, artifacts: Path) -> tuple[dict[str, Any], dict[str, 
             (run_dir / "comparisons.jsonl").open("w") as out,
             (run_dir / "diffs.jsonl").open("w") as diffs,
         ):
-            for row_id, a, b, delta, pct_delta, score, verdict, plan in comparisons:
+            for index, (row_id, a, b, delta, pct_delta, score, verdict, plan) in enumerate(
+                comparisons
+            ):
                 line = json.dumps(
                     {
                         "id": row_id,
@@ -212,8 +214,16 @@ def python_canary(url: str, artifacts: Path) -> tuple[dict[str, Any], dict[str, 
                     }
                 )
                 out.write(line + "\n")
-                if verdict:  # like the service, a drifting sample's diff carries its plan
-                    diffs.write(json.dumps({"comparison": line, "plan_input": plan}) + "\n")
+                if verdict:  # like the service: a drifting sample's diff points at its line
+                    diff = {
+                        "index": index,
+                        "id": row_id,
+                        "cost_delta": delta,
+                        "cost_delta_pct": pct_delta,
+                        "drift_score": score,
+                        "verdict": verdict,
+                    }
+                    diffs.write(json.dumps(diff) + "\n")
         (run_dir / "report.json").write_text(json.dumps(metrics))
         conn.execute(
             "INSERT INTO costsim_canary_reports (run_id, timestamp, status, total_samples,"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
@@ -18,6 +19,7 @@ from costsim_analytics.drivers.schema import check_schema
 from costsim_analytics.engines.canary.evaluation import CanaryConfig, Progress
 from costsim_analytics.engines.canary.judge import JUDGES
 from costsim_analytics.engines.golden.comparison import GoldenConfig
+from costsim_analytics.engines.limits import MIB, WorkLimits
 from costsim_analytics.handlers.call import Call
 from costsim_analytics.handlers.canary import RUN_REPLAY, CanaryRunHandler, ReconcileHandler
 from costsim_analytics.handlers.golden import (
@@ -88,17 +90,52 @@ def configure_logging(level: str) -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
-def build_engine(settings: Settings) -> Engine:
-    """The database engine for ``settings``."""
+def build_engine(
+    settings: Settings, *, pool_size: int | None = None, max_overflow: int | None = None
+) -> Engine:
+    """The database engine for ``settings`` (its pool sized by the settings unless given)."""
     return make_engine(
         settings.database_url,
         EngineOptions(
-            pool_size=settings.db_pool_size,
-            max_overflow=settings.db_max_overflow,
+            pool_size=settings.db_pool_size if pool_size is None else pool_size,
+            max_overflow=settings.db_max_overflow if max_overflow is None else max_overflow,
             pool_timeout_s=settings.db_pool_timeout_s,
             connect_timeout_s=settings.db_connect_timeout_s,
         ),
     )
+
+
+# Connections of the stream pool beyond COSTSIM_MAX_STREAMS: the dashboard's report lists.
+STREAM_POOL_SPARE = 4
+
+
+@dataclass(frozen=True)
+class ServerEngines:
+    """The server's connection pools: the main one, the streams' and the health probe's.
+
+    Admission lets at most ``COSTSIM_MAX_STREAMS`` streams in, and each holds one connection
+    of its own pool for its life: streams can never take the connections that unary calls or
+    the probe need. An in-memory SQLite database is one per engine, so there it is shared.
+    """
+
+    main: Engine
+    streams: Engine
+    probe: Engine
+
+    @classmethod
+    def build(cls, main: Engine, settings: Settings) -> ServerEngines:
+        """The stream and probe pools beside ``main`` (the caller's engine)."""
+        if main.url.get_backend_name() == "sqlite" and main.url.database in (None, "", ":memory:"):
+            return cls(main, main, main)
+        streams = build_engine(
+            settings, pool_size=settings.max_streams, max_overflow=STREAM_POOL_SPARE
+        )
+        return cls(main, streams, build_engine(settings, pool_size=1, max_overflow=0))
+
+    def dispose(self) -> None:
+        """Close the pools this object made (the main engine is its caller's)."""
+        for engine in {id(e): e for e in (self.streams, self.probe) if e is not self.main}.values():
+            engine.dispose()
 
 
 def build_registry(
@@ -106,6 +143,8 @@ def build_registry(
     settings: Settings,
     metrics: ServiceMetrics | None = None,
     progress: Progress | None = None,
+    *,
+    stream_engine: Engine | None = None,
 ) -> OperationRegistry:
     """Every operation's handler on one unit-of-work factory, with the cross-cutting concerns.
 
@@ -114,11 +153,17 @@ def build_registry(
     1. metrics: counts the results of writes and canary runs (the server's only);
     2. (the caller's principal is decided at the transport edge, ``api/auth.py``, once per
        RPC, and reaches handlers as ``Call.principal``);
-    3. (admission control will go here);
+    3. (admission control too, ``api/admission.py``: it must refuse a call before the call
+       queues for a worker thread, which is before any middleware runs; the call's deadline
+       reaches handlers as ``Call.deadline``);
     4. request ids: the one length rule for every idempotent operation;
     5. idempotency: replay a finished request, or let the handler take the key.
+
+    The streaming queries read through ``stream_engine`` (the stream pool, see
+    :class:`ServerEngines`) when given.
     """
     uow = SqlAlchemyUnitOfWorkFactory(engine)
+    streams = uow if stream_engine is None else SqlAlchemyUnitOfWorkFactory(stream_engine)
     artifacts = LocalArtifactStore(settings.artifacts_dir)
     page = settings.max_page_size
     registry = OperationRegistry()
@@ -128,26 +173,40 @@ def build_registry(
             uow, max_batch=settings.max_batch, max_json_depth=settings.max_json_depth
         ),
     )
-    registry.register(OP_PROVENANCE_QUERY, QueryProvenanceHandler(uow, max_page_size=page))
+    registry.register(OP_PROVENANCE_QUERY, QueryProvenanceHandler(streams, max_page_size=page))
     registry.register(OP_DRIFT_STATS, DriftStatsHandler(uow))
-    registry.register(OP_CANARY_REPORTS, QueryCanaryReportsHandler(uow, max_page_size=page))
+    registry.register(OP_CANARY_REPORTS, QueryCanaryReportsHandler(streams, max_page_size=page))
     registry.register(OP_CANARY_REPORT, GetCanaryReportHandler(uow))
     registry.register(OP_CANARY_RUN, build_canary_handler(engine, settings, progress))
     registry.register(OP_CANARY_RECONCILE, ReconcileHandler(uow, artifacts))
     registry.register(OP_RETENTION, RetentionHandler(uow, artifacts))
     registry.register(OP_PARTITION_UPKEEP, PartitionUpkeepHandler(uow))
+    limits = work_limits(settings)
     registry.register(
-        OP_GOLDEN_CREATE, CreateGoldenDatasetHandler(uow, max_json_depth=settings.max_json_depth)
+        OP_GOLDEN_CREATE,
+        CreateGoldenDatasetHandler(uow, max_json_depth=settings.max_json_depth, limits=limits),
     )
-    registry.register(OP_GOLDEN_PROMOTE, PromoteCanaryRunHandler(uow, artifacts))
+    registry.register(OP_GOLDEN_PROMOTE, PromoteCanaryRunHandler(uow, artifacts, limits=limits))
     registry.register(OP_GOLDEN_GET, GetGoldenDatasetHandler(uow))
     registry.register(OP_GOLDEN_LIST, ListGoldenDatasetsHandler(uow))
     registry.register(OP_GOLDEN_ACTIVATE, ActivateGoldenDatasetHandler(uow))
-    registry.register(OP_GOLDEN_COMPARE, CompareGoldenHandler(uow, golden_config(settings)))
+    registry.register(
+        OP_GOLDEN_COMPARE, CompareGoldenHandler(uow, golden_config(settings), limits=limits)
+    )
     middleware: list[Middleware] = [] if metrics is None else [metrics.middleware()]
     middleware += [request_ids(IDEMPOTENT), idempotency(uow, IDEMPOTENT)]
     registry.wrap(*middleware)
     return registry
+
+
+def work_limits(settings: Settings) -> WorkLimits:
+    """The per-call work bounds (samples, plan size, artifact bytes)."""
+    return WorkLimits(
+        max_samples=settings.max_samples,
+        max_plan_bytes=settings.max_plan_bytes,
+        max_plan_steps=settings.max_plan_steps,
+        max_artifact_bytes=settings.canary_max_artifact_mb * MIB,
+    )
 
 
 def canary_config(settings: Settings) -> CanaryConfig:
@@ -191,6 +250,7 @@ def build_canary_handler(
         golden_dataset=settings.canary_golden_dataset,
         golden_config=golden_config(settings),
         max_json_depth=settings.max_json_depth,
+        limits=work_limits(settings),
     )
 
 
@@ -265,21 +325,34 @@ def build_server(
 ) -> AnalyticsServer:
     """The gRPC server for ``settings`` on ``engine`` (``security`` built from them if None)."""
     # Imported here so that in-process users of the handlers need not load grpc.
+    from costsim_analytics.api.admission import AdmissionLimits, Bound
     from costsim_analytics.api.metrics import ServiceMetrics
     from costsim_analytics.api.server import AnalyticsServer
 
     security = security or build_security(settings)
     metrics = ServiceMetrics()
-    registry = build_registry(engine, settings, metrics)
+    engines = ServerEngines.build(engine, settings)
+    registry = build_registry(engine, settings, metrics, stream_engine=engines.streams)
     upkeep = registry.get(OP_PARTITION_UPKEEP)
+    s = settings
+    limits = AdmissionLimits(
+        stream=Bound(s.max_streams, s.max_streams_per_principal),
+        long=Bound(s.max_long_calls, s.max_long_calls_per_principal),
+        unary=Bound(s.max_unary_calls, s.max_unary_calls_per_principal),
+        retry_after_s=s.admission_retry_after_s,
+    )
     return AnalyticsServer(
         registry,
-        probe=health_probe(engine),
+        probe=health_probe(engines.probe),
         metrics=metrics,
         security=security,
         upkeep=lambda: upkeep(None, Call()),
         listen=settings.listen,
         workers=settings.workers,
+        stream_workers=settings.stream_workers,
+        limits=limits,
+        send_timeout_s=settings.stream_send_timeout_s,
+        on_stopped=engines.dispose,
         max_message_bytes=settings.max_message_mb * 1024 * 1024,
         health_interval_s=settings.health_interval_s,
         grace_period_s=settings.grace_period_s,

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from costsim_analytics.engines.canary.judge import JUDGES
+from costsim_analytics.engines.limits import MAX_SAMPLES
 
 # Values of COSTSIM_HTTP_LISTEN that turn the HTTP side port off.
 HTTP_OFF = ("", "off", "none", "false", "no")
@@ -54,6 +55,16 @@ class Settings(BaseSettings):
 
     artifacts_dir: Path = Field(Path("var/artifacts"), description="Canary artifact root")
     max_batch: int = Field(1000, ge=1, le=100_000, description="Records per WriteProvenanceBatch")
+    max_samples: int = Field(
+        20_000,
+        ge=1,
+        le=MAX_SAMPLES,
+        description="Samples one RunCanary or CreateGoldenDataset may carry or ask for",
+    )
+    max_plan_bytes: int = Field(
+        64 * 1024, ge=1024, le=16 * 1024 * 1024, description="Compact JSON bytes of one plan_input"
+    )
+    max_plan_steps: int = Field(1000, ge=1, le=1_000_000, description="Steps of one plan_input")
     max_json_depth: int = Field(
         32,
         ge=1,
@@ -119,6 +130,9 @@ class Settings(BaseSettings):
     canary_max_candidates: int = Field(
         100_000, ge=1, le=10_000_000, description="Newest provenance records a canary samples from"
     )
+    canary_max_artifact_mb: int = Field(
+        64, ge=1, le=100_000, description="Artifact MiB one canary run may write"
+    )
     canary_synthetic_fallback: bool = Field(
         True, description="Use the built-in samples when no recent provenance exists"
     )
@@ -134,6 +148,54 @@ class Settings(BaseSettings):
     golden_max_feasibility_flips: int = Field(
         0, ge=0, description="Golden feasibility flips above which a comparison fails"
     )
+
+    # --- admission control (README "Admission control") --------------------------------------
+    max_streams: int = Field(
+        32,
+        ge=1,
+        le=1024,
+        description="Server streams in flight on the server (each holds a connection)",
+    )
+    max_streams_per_principal: int = Field(
+        8, ge=1, le=1024, description="Server streams in flight for one principal"
+    )
+    max_long_calls: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description="RunCanary, CompareGolden, PromoteCanaryRun in flight (threads)",
+    )
+    max_long_calls_per_principal: int = Field(
+        2, ge=1, le=256, description="Long calls in flight for one principal"
+    )
+    max_unary_calls: int = Field(
+        64,
+        ge=1,
+        le=4096,
+        description="Other calls in flight, queued or running (and dashboard pages)",
+    )
+    max_unary_calls_per_principal: int = Field(
+        32, ge=1, le=4096, description="Other calls in flight for one principal"
+    )
+    stream_workers: int = Field(4, ge=1, le=256, description="Threads fetching stream chunks")
+    stream_send_timeout_s: float = Field(
+        30.0, gt=0, description="Cut a stream whose client has read nothing for this long"
+    )
+    admission_retry_after_s: float = Field(
+        1.0, ge=0, description="RetryInfo delay sent with an admission refusal"
+    )
+
+    @model_validator(mode="after")
+    def _per_principal_bounds(self) -> Settings:
+        """A principal's bound cannot exceed the server's."""
+        for cls in ("streams", "long_calls", "unary_calls"):
+            total, per = getattr(self, f"max_{cls}"), getattr(self, f"max_{cls}_per_principal")
+            if per > total:
+                raise ValueError(
+                    f"COSTSIM_MAX_{cls.upper()}_PER_PRINCIPAL ({per}) exceeds"
+                    f" COSTSIM_MAX_{cls.upper()} ({total})"
+                )
+        return self
 
     # --- identity and authorization (docs/security.md) ----------------------------------------
     tls_cert: Path | None = Field(None, description="PEM certificate chain of both ports")

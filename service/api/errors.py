@@ -11,12 +11,14 @@ line carries the error id and the request id.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -26,10 +28,12 @@ from grpc_status import rpc_status
 from costsim_analytics.engines.errors import (
     AlreadyExists,
     CostsimError,
+    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    ResourceExhausted,
     Unauthenticated,
     Unavailable,
 )
@@ -38,6 +42,7 @@ log = logging.getLogger(__name__)
 
 DOMAIN = "costsim.analytics.v1"
 REQUEST_ID_HEADER = "x-request-id"
+RETRY_PUSHBACK = "grpc-retry-pushback-ms"
 # A status travels in trailers, which gRPC bounds (8 KiB soft, 16 KiB hard, after base64 and
 # percent-encoding): every text in it is cut, and violations stop at a byte budget.
 MAX_MESSAGE_CHARS = 512
@@ -52,6 +57,8 @@ _CODES: tuple[tuple[type[CostsimError], int, int, str], ...] = (
     (AlreadyExists, code_pb2.ALREADY_EXISTS, 409, "Conflict"),
     (FailedPrecondition, code_pb2.FAILED_PRECONDITION, 412, "Precondition failed"),
     (Unavailable, code_pb2.UNAVAILABLE, 503, "Unavailable"),
+    (ResourceExhausted, code_pb2.RESOURCE_EXHAUSTED, 429, "Too many requests"),
+    (DeadlineExceeded, code_pb2.DEADLINE_EXCEEDED, 504, "Deadline exceeded"),
     (Unauthenticated, code_pb2.UNAUTHENTICATED, 401, "Unauthenticated"),
     (PermissionDenied, code_pb2.PERMISSION_DENIED, 403, "Forbidden"),
 )
@@ -60,6 +67,7 @@ INTERNAL_HTTP = (500, "Internal error")
 Servicer = TypeVar("Servicer")
 Request = TypeVar("Request")
 Response = TypeVar("Response")
+SenderT = TypeVar("SenderT", bound="Sender")
 
 
 def code_of(error: CostsimError) -> int:
@@ -125,13 +133,26 @@ def status_of(error: CostsimError, request_id: str) -> grpc.Status:
     ]
     if violations:
         details.append(_pack(error_details_pb2.BadRequest(field_violations=violations)))
-    if isinstance(error, Unavailable):  # AIP-194: say when a retry makes sense
+    if isinstance(error, Unavailable | ResourceExhausted):  # AIP-194: when a retry makes sense
         delay = duration_pb2.Duration()
         delay.FromTimedelta(timedelta(seconds=error.retry_after_s))
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     message = _cut(error.message, MAX_MESSAGE_CHARS)
-    status = status_pb2.Status(code=code_of(error), message=message, details=details)
-    return rpc_status.to_status(status)
+    status = rpc_status.to_status(
+        status_pb2.Status(code=code_of(error), message=message, details=details)
+    )
+    if isinstance(error, Unavailable | ResourceExhausted) and error.retry_after_s > 0:
+        # The same advice for gRPC's own retry policy, which reads this trailer (gRFC A6).
+        pushback = (RETRY_PUSHBACK, str(int(error.retry_after_s * 1000)))
+        return _Status(status.code, status.details, (*status.trailing_metadata, pushback))
+    return status
+
+
+@dataclass(frozen=True)
+class _Status(grpc.Status):
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple[tuple[str, str | bytes], ...]
 
 
 def internal_status(error_id: str, request_id: str) -> grpc.Status:
@@ -193,17 +214,38 @@ def unary(
     return wrapper
 
 
+class Sender(Protocol):
+    """What :func:`streaming` needs of the servicer: how long one message may take to leave."""
+
+    send_timeout_s: float
+
+    def stalled(self, method: str) -> ResourceExhausted:
+        """The error (counted) for a stream whose reader stopped reading."""
+
+
 def streaming(
-    method: StreamMethod[Servicer, Request, Response],
-) -> StreamMethod[Servicer, Request, Response]:
-    """Map errors of a unary-stream method, including those raised after the first message."""
+    method: StreamMethod[SenderT, Request, Response],
+) -> StreamMethod[SenderT, Request, Response]:
+    """Send a unary-stream method's messages; map its errors, also those after the first message.
+
+    Each message goes out through ``context.write`` bounded by the servicer's
+    ``send_timeout_s``: gRPC's flow control makes the write wait while the client reads
+    nothing, and a stream whose reader stopped for that long is cut (``RESOURCE_EXHAUSTED``,
+    reason ``SLOW_READER``) instead of holding its database connection for ever. The wrapper is
+    an async generator that yields nothing, as gRPC and the interceptors expect of a stream.
+    """
 
     @functools.wraps(method)
-    async def wrapper(self: Servicer, request: Request, context: Any) -> AsyncIterator[Response]:
+    async def wrapper(self: SenderT, request: Request, context: Any) -> AsyncIterator[Response]:
         try:
             async for message in method(self, request, context):
-                yield message
+                try:
+                    await asyncio.wait_for(context.write(message), self.send_timeout_s)
+                except TimeoutError:
+                    raise self.stalled(method.__name__) from None
         except Exception as exc:
             await abort(exc, method.__name__, context)
+        return
+        yield  # unreachable: makes this an async generator
 
     return wrapper

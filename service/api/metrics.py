@@ -38,12 +38,22 @@ from prometheus_client.process_collector import ProcessCollector
 
 from costsim_analytics.api.errors import code_of
 from costsim_analytics.engines.canary.command import RunCanaryResult
-from costsim_analytics.engines.errors import CostsimError
+from costsim_analytics.engines.errors import CostsimError, WorkBoundExceeded
+from costsim_analytics.engines.limits import (
+    ARTIFACT_BYTES,
+    PLAN_BYTES,
+    PLAN_STEPS,
+    RECORDS,
+    SAMPLES,
+)
 from costsim_analytics.engines.provenance import WriteBatchResult
 from costsim_analytics.engines.reports import CANARY_STATUSES
 from costsim_analytics.handlers.call import Call
 from costsim_analytics.handlers.registry import (
     OP_CANARY_RUN,
+    OP_GOLDEN_COMPARE,
+    OP_GOLDEN_CREATE,
+    OP_GOLDEN_PROMOTE,
     OP_PROVENANCE_BATCH,
     Handler,
     Middleware,
@@ -58,6 +68,15 @@ _CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 _RPC_LABELS = ("grpc_service", "grpc_method", "grpc_type")
 C = TypeVar("C")
 R = TypeVar("R")
+# The operations a work bound can refuse, by the RPC method that runs them, with their bounds
+# (engines/limits.py): costsim_work_refusals_total{method, bound} starts at 0 for each.
+_BOUNDED: dict[str, tuple[str, tuple[str, ...]]] = {
+    OP_PROVENANCE_BATCH.name: ("WriteProvenanceBatch", (RECORDS,)),
+    OP_CANARY_RUN.name: ("RunCanary", (SAMPLES, PLAN_BYTES, PLAN_STEPS, ARTIFACT_BYTES)),
+    OP_GOLDEN_CREATE.name: ("CreateGoldenDataset", (SAMPLES, PLAN_BYTES, PLAN_STEPS)),
+    OP_GOLDEN_PROMOTE.name: ("PromoteCanaryRun", (SAMPLES,)),
+    OP_GOLDEN_COMPARE.name: ("CompareGolden", (SAMPLES,)),
+}
 
 if TYPE_CHECKING:  # generic in grpc-stubs only
     _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
@@ -117,6 +136,28 @@ class ServiceMetrics:
             ("reason",),
             registry=self.registry,
         )
+        self.work_refusals = Counter(
+            "costsim_work_refusals",
+            "Calls refused for asking more work than a bound allows, by method and bound.",
+            ("method", "bound"),
+            registry=self.registry,
+        )
+        for method, bounds in _BOUNDED.values():
+            for bound in bounds:
+                self.work_refusals.labels(method=method, bound=bound)
+        self.admission_refusals = Counter(
+            "costsim_admission_refusals",
+            "Calls refused RESOURCE_EXHAUSTED by admission control (and streams cut for a slow"
+            " reader), by class of call and reason.",
+            ("call_class", "reason"),
+            registry=self.registry,
+        )
+        self.calls_in_flight = Gauge(
+            "costsim_calls_in_flight",
+            "Calls admitted and not yet ended, by class of call.",
+            ("call_class",),
+            registry=self.registry,
+        )
         self.http_requests = Counter(
             "costsim_http_requests",
             "Requests to the HTTP side port, by route and status.",
@@ -129,7 +170,11 @@ class ServiceMetrics:
         return generate_latest(self.registry)
 
     def middleware(self) -> Middleware:
-        """Middleware that counts the results of the operations whose outcomes are metrics."""
+        """Middleware that counts the results of the operations whose outcomes are metrics.
+
+        Also the refusals of the operations a work bound can refuse, by their RPC method (a
+        refusal escapes the handler as :class:`WorkBoundExceeded`; it is counted and re-raised).
+        """
         observers: dict[str, Callable[[object], None]] = {
             OP_PROVENANCE_BATCH.name: self._rows_written,
             OP_CANARY_RUN.name: self._canary_outcome,
@@ -137,12 +182,19 @@ class ServiceMetrics:
 
         def wrap(op: Operation[C, R], handler: Handler[C, R]) -> Handler[C, R]:
             observe = observers.get(op.name)
-            if observe is None:
+            bounded = _BOUNDED.get(op.name)
+            if observe is None and bounded is None:
                 return handler
+            method = op.name if bounded is None else bounded[0]
 
             def observed(command: C, call: Call, /) -> R:
-                result = handler(command, call)
-                observe(result)
+                try:
+                    result = handler(command, call)
+                except WorkBoundExceeded as exc:
+                    self.work_refusals.labels(method=method, bound=exc.bound).inc()
+                    raise
+                if observe is not None:
+                    observe(result)
                 return result
 
             return observed

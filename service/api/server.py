@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 
 from costsim.analytics.v1 import analytics_pb2 as pb
 from costsim.analytics.v1 import analytics_pb2_grpc as pb_grpc
+from costsim_analytics.api.admission import CLASSES, Admission, AdmissionLimits, WorkerPools
 from costsim_analytics.api.auth import AuthInterceptor, Security
 from costsim_analytics.api.dashboard.access import Access
 from costsim_analytics.api.dashboard.app import POST_PATHS, Dashboard
@@ -72,6 +73,10 @@ class AnalyticsServer:
         upkeep: Callable[[], object] | None = None,
         listen: str,
         workers: int = 8,
+        stream_workers: int = 4,
+        limits: AdmissionLimits | None = None,
+        send_timeout_s: float = 30.0,
+        on_stopped: Callable[[], None] | None = None,
         max_message_bytes: int = 80 * 1024 * 1024,
         health_interval_s: float = 1.0,
         grace_period_s: float = 10.0,
@@ -83,7 +88,23 @@ class AnalyticsServer:
         self.metrics = metrics
         self._health_interval_s = health_interval_s
         self._grace_period_s = grace_period_s
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="handler")
+        limits = limits or AdmissionLimits()
+        # One pool per class of call (api/admission.py), and the probe's own thread: a health
+        # check never queues behind handler work.
+        self._pools = WorkerPools(
+            stream=ThreadPoolExecutor(max_workers=stream_workers, thread_name_prefix="stream"),
+            long=ThreadPoolExecutor(max_workers=limits.long.total, thread_name_prefix="long"),
+            unary=ThreadPoolExecutor(max_workers=workers, thread_name_prefix="handler"),
+        )
+        self._probe_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="probe")
+        self._on_stopped = on_stopped
+        self.admission = Admission(
+            limits,
+            lambda cls, reason: metrics.admission_refusals.labels(cls, reason).inc(),
+        )
+        for cls in CLASSES:
+            gauge = metrics.calls_in_flight.labels(cls)
+            gauge.set_function(lambda cls=cls: self.admission.in_flight(cls))  # type: ignore[misc]
         self._security = security
         self._server = grpc.aio.server(
             # Metrics outermost: a refused call is counted with the code it was refused with.
@@ -100,7 +121,8 @@ class AnalyticsServer:
             ],
         )
         pb_grpc.add_AnalyticsServiceServicer_to_server(
-            AnalyticsServicer(registry, self._executor), self._server
+            AnalyticsServicer(registry, self._pools, self.admission, send_timeout_s=send_timeout_s),
+            self._server,
         )
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
@@ -127,7 +149,9 @@ class AnalyticsServer:
             metrics_auth=security.metrics_auth,
             tls=security.tls is not None,
         )
-        dashboard = Dashboard(registry, self._executor, self.metrics, lambda: self.serving, access)
+        dashboard = Dashboard(
+            registry, self._pools.unary, self.metrics, lambda: self.serving, access, self.admission
+        )
         # A client certificate is optional at the TLS layer here (verified when presented),
         # unlike on the gRPC port: a browser with only a token must reach the sign-in page.
         # The dashboard itself still refuses a request without a token or a certificate.
@@ -168,7 +192,7 @@ class AnalyticsServer:
         loop = asyncio.get_running_loop()
         while not self._stopping.is_set():
             try:
-                await loop.run_in_executor(self._executor, self._probe)
+                await loop.run_in_executor(self._probe_pool, self._probe)
             except CostsimError as exc:
                 await self._set_serving(False, exc.message)
             except Exception as exc:
@@ -186,7 +210,7 @@ class AnalyticsServer:
             delay = UPKEEP_INTERVAL_S
             # Inserts never wait for it (the default partition takes any row): log, retry.
             try:
-                await loop.run_in_executor(self._executor, self._upkeep)
+                await loop.run_in_executor(self._pools.long, self._upkeep)
             except CostsimError as exc:  # the database is down: the probe says so too
                 log.warning("partition upkeep: %s; retrying in %ss", exc.message, UPKEEP_RETRY_S)
                 delay = UPKEEP_RETRY_S
@@ -220,7 +244,7 @@ class AnalyticsServer:
             try:  # first: a taken port fails before any RPC is served
                 await self._http.start()
             except OSError:
-                self._executor.shutdown(wait=False)
+                self._shutdown_pools(wait=False)
                 raise
             log.info("dashboard on %s", self.http_url)
         await self._server.start()
@@ -241,5 +265,11 @@ class AnalyticsServer:
             await watcher
             if upkeep is not None:
                 await upkeep
-            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._shutdown_pools(wait=True)
+            if self._on_stopped is not None:
+                self._on_stopped()
             log.info("stopped")
+
+    def _shutdown_pools(self, *, wait: bool) -> None:
+        for pool in (self._pools.stream, self._pools.long, self._pools.unary, self._probe_pool):
+            pool.shutdown(wait=wait, cancel_futures=True)

@@ -1,14 +1,19 @@
 """The AnalyticsService servicer: transport only.
 
-Each method converts the request to a domain command, runs the registered handler in the
-worker pool (handlers and drivers are synchronous), and converts the answer back.
+Each method converts the request to a domain command, runs the registered handler in a worker
+pool (handlers and drivers are synchronous), and converts the answer back. Every call is
+admitted first (``api/admission.py``): over a bound it is refused before any work is queued,
+and its class decides the pool it runs in, so short calls never queue behind streams or
+canary runs.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Executor
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from concurrent.futures import Future
+from contextlib import aclosing
 from typing import TypeVar
 
 import grpc
@@ -16,9 +21,19 @@ import grpc
 from costsim.analytics.v1 import analytics_pb2 as pb
 from costsim.analytics.v1 import analytics_pb2_grpc as pb_grpc
 from costsim_analytics.api import convert, convert_canary, convert_golden
+from costsim_analytics.api.admission import (
+    SLOW_READER,
+    Admission,
+    CallClass,
+    Slot,
+    WorkerPools,
+    release_when_done,
+    submit,
+)
 from costsim_analytics.api.auth import PRINCIPAL
 from costsim_analytics.api.errors import streaming, unary
-from costsim_analytics.engines.errors import Unauthenticated
+from costsim_analytics.auth.principal import Principal
+from costsim_analytics.engines.errors import ResourceExhausted, Unauthenticated
 from costsim_analytics.handlers.call import Call
 from costsim_analytics.handlers.registry import (
     OP_CANARY_REPORT,
@@ -44,44 +59,109 @@ Req = TypeVar("Req")
 T = TypeVar("T")
 Context = grpc.aio.ServicerContext[object, object]
 
+# The unary operations that evaluate cost models over many samples: seconds, not milliseconds.
+LONG = frozenset(op.name for op in (OP_CANARY_RUN, OP_GOLDEN_COMPARE, OP_GOLDEN_PROMOTE))
+
+
+def deadline_of(context: Context) -> float | None:
+    """The call's deadline as ``time.monotonic()`` seconds (None: the client set none)."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+def admission_key(principal: Principal, context: Context) -> str:
+    """Whose bounds a call counts against: its principal's.
+
+    In the insecure mode every caller is the same principal, so there each connection (peer
+    address) counts as one: a client with many streams open cannot lock the others out.
+    """
+    if principal.authenticated_by == "insecure":
+        return f"insecure:{context.peer()}"
+    return principal.id
+
 
 class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
     """gRPC face of the operation registry."""
 
-    def __init__(self, registry: OperationRegistry, executor: Executor) -> None:
+    def __init__(
+        self,
+        registry: OperationRegistry,
+        pools: WorkerPools,
+        admission: Admission,
+        *,
+        send_timeout_s: float = 30.0,
+    ) -> None:
         self._registry = registry
-        self._executor = executor
+        self._pools = pools
+        self._admission = admission
+        self.send_timeout_s = send_timeout_s
+
+    def stalled(self, method: str) -> ResourceExhausted:
+        """A stream cut because its reader read nothing for ``send_timeout_s`` (counted)."""
+        self._admission.refused("stream", SLOW_READER)
+        return ResourceExhausted(
+            f"the client read nothing for {self.send_timeout_s:g} s; the stream was cut."
+            " Resume it with the page_token of the last message received",
+            reason=SLOW_READER,
+            retry_after_s=0.0,
+            metadata={"method": method},
+        )
+
+    def _admit(self, cls: CallClass, context: Context) -> tuple[Call, Slot]:
+        principal = PRINCIPAL.get()
+        if principal is None:  # fail closed: this server runs behind the AuthInterceptor
+            raise Unauthenticated("the call was not authenticated", reason="CREDENTIALS_MISSING")
+        slot = self._admission.enter(cls, admission_key(principal, context))
+        return Call(principal=principal, deadline=deadline_of(context)), slot
 
     async def _run(
         self, op: Operation[C, R], to_command: Callable[[Req], C], request: Req, context: Context
     ) -> R:
-        """Convert the request and run the handler, both in a worker thread.
+        """Admit the call, then convert the request and run the handler in a worker thread.
 
         Converting a large request (100,000 canary samples, 1,000 Struct payloads) takes tens
         to hundreds of milliseconds: on the event loop it would stall every other call.
         """
+        cls: CallClass = "long" if op.name in LONG else "unary"
+        call, slot = self._admit(cls, context)
         handler = self._registry.get(op)
-        principal = PRINCIPAL.get()
-        if principal is None:  # fail closed: this server runs behind the AuthInterceptor
-            raise Unauthenticated("the call was not authenticated", reason="CREDENTIALS_MISSING")
-        call = Call(principal=principal)
-        return await asyncio.get_running_loop().run_in_executor(
-            self._executor, lambda: handler(to_command(request), call)
-        )
+        future = submit(self._pools.of(cls), lambda: handler(to_command(request), call), call)
+        release_when_done(future, slot)
+        return await asyncio.wrap_future(future)
 
-    async def _drain(self, stream: ResultStream[T]) -> AsyncIterator[tuple[T, str]]:
-        """Yield a stream's items, fetching the next chunk while this one is being sent."""
+    async def _stream(
+        self,
+        op: Operation[C, ResultStream[T]],
+        to_command: Callable[[Req], C],
+        request: Req,
+        context: Context,
+    ) -> AsyncGenerator[tuple[T, str]]:
+        """Admit the stream, open it, and yield its items; its slot lasts until it is closed.
+
+        Chunks are fetched in the stream pool, the next while this one is being sent.
+        """
+        call, slot = self._admit("stream", context)
+        handler = self._registry.get(op)
+        pool = self._pools.stream
+        opening = submit(pool, lambda: handler(to_command(request), call), call)
+        try:
+            stream = await asyncio.wrap_future(opening)
+        except BaseException:
+            # Cancelled while a worker still opens it: close what it opens, then free the slot.
+            opening.add_done_callback(_close_opened)
+            release_when_done(opening, slot)
+            raise
         loop = asyncio.get_running_loop()
-        pending = loop.run_in_executor(self._executor, stream.next_chunk)
+        pending = loop.run_in_executor(pool, stream.next_chunk)
         try:
             while chunk := await pending:
-                pending = loop.run_in_executor(self._executor, stream.next_chunk)
+                pending = loop.run_in_executor(pool, stream.next_chunk)
                 for pair in chunk:
                     yield pair
         finally:
             # Not awaited: a cancelled call must not wait for it. The stream's lock makes the
-            # close wait for a fetch still running in a worker.
-            loop.run_in_executor(self._executor, stream.close)
+            # close wait for a fetch still running in a worker; the slot is free after it.
+            release_when_done(pool.submit(stream.close), slot)
 
     @unary
     async def WriteProvenanceBatch(
@@ -96,9 +176,10 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         self, request: pb.QueryProvenanceRequest, context: Context
     ) -> AsyncIterator[pb.QueryProvenanceResponse]:
         """Stream provenance records, newest first."""
-        stream = await self._run(OP_PROVENANCE_QUERY, convert.provenance_query, request, context)
-        async for record, token in self._drain(stream):
-            yield convert.provenance_response(record, token)
+        stream = self._stream(OP_PROVENANCE_QUERY, convert.provenance_query, request, context)
+        async with aclosing(stream):
+            async for record, token in stream:
+                yield convert.provenance_response(record, token)
 
     @unary
     async def GetDriftStats(
@@ -113,11 +194,12 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         self, request: pb.QueryCanaryReportsRequest, context: Context
     ) -> AsyncIterator[pb.QueryCanaryReportsResponse]:
         """Stream canary reports, newest first."""
-        stream = await self._run(OP_CANARY_REPORTS, convert_canary.report_query, request, context)
-        async for report, token in self._drain(stream):
-            yield pb.QueryCanaryReportsResponse(
-                report=convert_canary.canary_report(report), page_token=token
-            )
+        stream = self._stream(OP_CANARY_REPORTS, convert_canary.report_query, request, context)
+        async with aclosing(stream):
+            async for report, token in stream:
+                yield pb.QueryCanaryReportsResponse(
+                    report=convert_canary.canary_report(report), page_token=token
+                )
 
     @unary
     async def GetCanaryReport(
@@ -186,3 +268,9 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         """Judge a candidate cost model against a golden dataset version."""
         comparison = await self._run(OP_GOLDEN_COMPARE, convert_golden.compare, request, context)
         return pb.CompareGoldenResponse(comparison=convert_golden.comparison(comparison))
+
+
+def _close_opened(future: Future[ResultStream[T]]) -> None:
+    """Close the stream a worker opened for a call that was gone by then."""
+    if not future.cancelled() and future.exception() is None:
+        future.result().close()

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import psycopg
 from sqlalchemy import exc as sa_exc
 
-from costsim_analytics.engines.errors import DatabaseUnavailable
+from costsim_analytics.engines.errors import DatabaseUnavailable, DeadlineExceeded
 
 _SQLITE_TRANSIENT = ("locked", "busy", "unable to open", "disk i/o")
 _UNREACHABLE = (
@@ -41,12 +41,16 @@ def is_unreachable(exc: BaseException) -> bool:
 def translated() -> Iterator[None]:
     """Re-raise connectivity failures as :class:`DatabaseUnavailable`.
 
-    Other storage errors (a broken query, a constraint nobody expected) propagate unchanged:
+    A statement cancelled by its timeout is :class:`DeadlineExceeded`. Other storage errors
+    (a broken query, a constraint nobody expected) propagate unchanged:
     they are bugs, and become INTERNAL at the edge.
     """
     try:
         yield
     except Exception as exc:
+        if isinstance(getattr(exc, "orig", exc), psycopg.errors.QueryCanceled):
+            # The statement timeout the unit of work derives from the call's deadline.
+            raise DeadlineExceeded("the call's deadline passed during a database query") from exc
         if is_unreachable(exc):
             raise DatabaseUnavailable(f"database unavailable: {type(exc).__name__}") from exc
         raise

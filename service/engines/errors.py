@@ -4,6 +4,8 @@
 
     CostsimError                      base; ``reason`` is a stable UPPER_SNAKE code
      ├── InvalidArgument              the caller sent something wrong; carries field violations
+     │    └── WorkBoundExceeded       more work than one call may ask for (samples, plan size,
+     │                                artifact bytes: ``engines/limits.py``); names the bound
      ├── NotFound                     the named thing does not exist
      ├── AlreadyExists                a unique name or idempotency key is taken
      │    └── RequestIdReused         same request_id, different request
@@ -11,6 +13,9 @@
      │    └── SchemaOutOfDate         database schema behind the code's migrations
      ├── Unavailable                  a dependency is down; retrying later may work
      │    └── DatabaseUnavailable     the database cannot be reached
+     ├── ResourceExhausted            over a bound on concurrent calls (retry later), or a
+     │                                stream cut because its reader stopped reading
+     ├── DeadlineExceeded             the call's deadline passed before its work was done
      ├── Unauthenticated              no credentials, or credentials that do not verify
      └── PermissionDenied             a known caller asked for something the policy refuses;
                                       carries field violations (``records[3].tenant_id``)
@@ -77,6 +82,23 @@ class InvalidArgument(CostsimError):
         return cls(f"{field}: {description}", [FieldViolation(field, description)], reason=reason)
 
 
+class WorkBoundExceeded(InvalidArgument):
+    """The call asks for more work than a bound allows; ``bound`` names it (``samples``)."""
+
+    reason = "WORK_BOUND_EXCEEDED"
+
+    def __init__(
+        self,
+        message: str,
+        violations: Iterable[FieldViolation] = (),
+        *,
+        bound: str,
+        reason: str | None = None,
+    ) -> None:
+        super().__init__(message, violations, reason=reason)
+        self.bound = bound
+
+
 class NotFound(CostsimError):
     """The requested entity does not exist."""
 
@@ -118,6 +140,32 @@ class DatabaseUnavailable(Unavailable):
     """The database cannot be reached or dropped the connection."""
 
     reason = "DATABASE_UNAVAILABLE"
+
+
+class ResourceExhausted(CostsimError):
+    """A bound on the server's capacity refused the call (reasons in ``api/admission.py``).
+
+    Retrying after ``retry_after_s`` may succeed.
+    """
+
+    reason = "RESOURCE_EXHAUSTED"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        retry_after_s: float = 1.0,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceeded(CostsimError):
+    """The call's deadline passed: before its work started, or while it ran."""
+
+    reason = "DEADLINE_EXCEEDED"
 
 
 class Unauthenticated(CostsimError):

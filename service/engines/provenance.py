@@ -31,7 +31,8 @@ from costsim_analytics.engines.canonical import (
     loads_plain,
     sha256_hex,
 )
-from costsim_analytics.engines.errors import FieldViolation, InvalidArgument
+from costsim_analytics.engines.errors import FieldViolation, InvalidArgument, WorkBoundExceeded
+from costsim_analytics.engines.limits import REASONS, RECORDS
 from costsim_analytics.engines.text import (
     DEFAULT_MAX_JSON_DEPTH,
     NUL,
@@ -387,10 +388,11 @@ def prepare_batch(
             reason="EMPTY_BATCH",
         )
     if len(records) > max_batch:
-        raise InvalidArgument(
+        raise WorkBoundExceeded(
             f"records: {len(records)} records exceed the batch limit of {max_batch}",
             [FieldViolation("records", f"must hold at most {max_batch} records")],
-            reason="BATCH_TOO_LARGE",
+            bound=RECORDS,
+            reason=REASONS[RECORDS],
         )
     violations: list[FieldViolation] = []
     rows = [

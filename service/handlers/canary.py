@@ -41,8 +41,9 @@ from costsim_analytics.engines.errors import (
 from costsim_analytics.engines.golden import comparison as golden
 from costsim_analytics.engines.golden.comparison import GoldenConfig
 from costsim_analytics.engines.golden.datasets import GoldenDataset
+from costsim_analytics.engines.limits import WorkLimits, check_artifact_bytes, plan_bytes
 from costsim_analytics.engines.maintenance import Reconcile, ReconcileResult
-from costsim_analytics.engines.reports import CanaryReport, report_from_json
+from costsim_analytics.engines.reports import ArtifactRef, CanaryReport, report_from_json
 from costsim_analytics.engines.text import DEFAULT_MAX_JSON_DEPTH
 from costsim_analytics.handlers.call import Call, Clock, utc_now
 from costsim_analytics.handlers.golden import load_dataset
@@ -51,6 +52,9 @@ from costsim_analytics.handlers.ports import ArtifactStore, RunLock, UnitOfWork,
 from costsim_analytics.handlers.registry import OP_CANARY_RUN
 
 log = logging.getLogger(__name__)
+
+# Provenance plan inputs are read this many at a time (and their bytes checked after each).
+PLAN_CHUNK = 1000
 
 
 class ArtifactsUnwritable(FailedPrecondition):
@@ -89,12 +93,15 @@ class ReportPublisher:
     uow_factory: UnitOfWorkFactory
     artifacts: ArtifactStore
     clock: Clock = utc_now
+    limits: WorkLimits = field(default_factory=WorkLimits)
 
     def publish(self, evaluation: engine.Evaluation, claim: Claim | None = None) -> CanaryReport:
-        """Write the artifacts, then the row; return the stored report.
+        """Check the artifacts' size, write them, then the row; return the stored report.
 
         Raises:
-            ArtifactsUnwritable: no artifact store write, so no row either.
+            WorkBoundExceeded: the artifacts would take more than ``limits.max_artifact_bytes``
+                (reason ``ARTIFACTS_TOO_LARGE``); nothing was written.
+            ArtifactsUnwritable: no artifact store write, so no row either (and no folder).
             ReportNotPersisted: artifacts written, row not: run ``canary reconcile``.
         """
         report = evaluation.report
@@ -103,16 +110,20 @@ class ReportPublisher:
             f"{report.run_id}/{name}"
             for name in (engine.COMPARISONS_FILE, engine.DIFFS_FILE, REPORT_FILE)
         )
+        report = replace(report, artifact_paths=paths)
         request = {
             "request_id": claim.request_id if claim else "",
             "request_hash": claim.digest() if claim else "",
         }
+        files = engine.sample_artifacts(evaluation)
+        self._check_size(evaluation, report, files, request)
         try:
-            refs = self.artifacts.save(report.run_id, engine.sample_artifacts(evaluation))
-            report = replace(report, artifacts=refs, artifact_paths=paths)
+            refs = self.artifacts.save(report.run_id, files)
+            report = replace(report, artifacts=refs)
             body = engine.report_artifact(evaluation, report, request)
             refs += self.artifacts.save(report.run_id, {REPORT_FILE: body})
         except OSError as exc:
+            self._discard(report.run_id)
             raise ArtifactsUnwritable(
                 f"canary {report.run_id}: its artifacts could not be written "
                 f"({exc.strerror or type(exc).__name__}); no report was stored"
@@ -126,6 +137,35 @@ class ReportPublisher:
                 "could not be written; run `costsim-analytics canary reconcile` once the "
                 "database is back"
             ) from exc
+
+    def _check_size(
+        self,
+        evaluation: engine.Evaluation,
+        report: CanaryReport,
+        files: Mapping[str, bytes],
+        request: dict[str, Any],
+    ) -> None:
+        """Refuse the run before anything is written when its artifacts exceed the bound.
+
+        ``report.json`` names the others' checksums, which the store computes; a stand-in of
+        the same length (a SHA-256 is always 64 hex digits) gives its exact size.
+        """
+        stand_in = tuple(
+            ArtifactRef(f"{report.run_id}/{name}", "0" * 64, len(data))
+            for name, data in files.items()
+        )
+        body = engine.report_artifact(evaluation, replace(report, artifacts=stand_in), request)
+        size = sum(map(len, files.values())) + len(body)
+        field = "samples" if report.sample_source == "explicit" else "sample_count"
+        check_artifact_bytes(size, self.limits, field)
+
+    def _discard(self, run_id: str) -> None:
+        """Remove what a failed save left, so no partial folder outlives the refusal."""
+        try:
+            self.artifacts.remove(run_id)
+        except OSError:
+            # The save's error is the one the caller needs; this one goes to the log.
+            log.exception("canary %s: could not remove its partial artifacts", run_id)
 
     def store(self, report: CanaryReport, claim: Claim | None) -> CanaryReport:
         """Insert the row (and the request's idempotency key) in one transaction."""
@@ -159,10 +199,11 @@ class CanaryRunHandler:
     golden_dataset: str = ""
     golden_config: GoldenConfig = field(default_factory=GoldenConfig)
     max_json_depth: int = DEFAULT_MAX_JSON_DEPTH
+    limits: WorkLimits = field(default_factory=WorkLimits)
 
     def __call__(self, cmd: RunCanary, call: Call, /) -> RunCanaryResult:
         """Run the canary (or skip it) and return its report."""
-        validate(cmd, max_depth=self.max_json_depth)
+        validate(cmd, max_depth=self.max_json_depth, limits=self.limits)
         config = resolve_config(cmd, self.defaults)
         baseline = self.models(cmd.baseline_model or "v1", field="baseline_model")
         candidate = self.models(cmd.candidate_model or "v2", field="candidate_model")
@@ -179,6 +220,13 @@ class CanaryRunHandler:
                 with self.uow_factory(read_only=True) as uow:
                     call.claim.check_free(uow)
             samples, source, reference = self._samples(cmd, now)
+
+            def stage(doing: str) -> None:
+                call.check_deadline(doing)  # the caller stopped waiting: stop working
+                if self.progress:
+                    self.progress(doing)
+
+            stage("the evaluation")
             evaluation = engine.evaluate(
                 samples,
                 baseline,
@@ -188,17 +236,15 @@ class CanaryRunHandler:
                 timestamp=now,
                 seed=cmd.seed,
                 sample_source=source,
-                progress=self.progress,
+                progress=stage,
             )
             if reference is not None:
-                if self.progress:
-                    self.progress("golden comparison")
+                stage("golden comparison")
                 comparison = golden.compare(reference, candidate, baseline, self.golden_config)
                 report = golden.judge_report(evaluation.report, comparison)
                 evaluation = replace(evaluation, report=report)
-            if self.progress:
-                self.progress("artifacts and report")
-            publisher = ReportPublisher(self.uow_factory, self.artifacts, self.clock)
+            stage("artifacts and report")
+            publisher = ReportPublisher(self.uow_factory, self.artifacts, self.clock, self.limits)
             return RunCanaryResult(publisher.publish(evaluation, call.claim))
         finally:
             lock.release()
@@ -216,7 +262,11 @@ class CanaryRunHandler:
             return list(cmd.samples), "explicit", None
         since = now - timedelta(days=cmd.lookback_days or DEFAULT_LOOKBACK_DAYS)
         with self.uow_factory(read_only=True) as uow:
-            reference = load_dataset(uow, golden_name) if golden_name else None
+            reference = None
+            if golden_name:
+                reference = load_dataset(
+                    uow, golden_name, limits=self.limits, field="golden_dataset"
+                )
             if cmd.samples:
                 return list(cmd.samples), "explicit", reference
             ids = engine.choose(
@@ -224,13 +274,28 @@ class CanaryRunHandler:
                 cmd.sample_count or DEFAULT_SAMPLE_COUNT,
                 cmd.seed,
             )
-            inputs = uow.provenance.plan_inputs(ids)
+            inputs = self._plan_inputs(uow, ids)
         if ids:
             return [Sample(f"provenance-{i}", inputs[i]) for i in ids], "provenance", reference
         if self.synthetic_fallback:
             synthetic = [Sample(i, plan) for i, plan in synthetic_samples()]
             return synthetic, "synthetic", reference
         return [], "none", reference
+
+    def _plan_inputs(self, uow: UnitOfWork, ids: list[int]) -> dict[int, Any]:
+        """The plan inputs of ``ids``, read a chunk at a time while their bytes fit the bound.
+
+        The plans alone are a lower bound of the run's artifacts: a run whose plans exceed
+        the artifact bound is refused as soon as they do, not after all of them were loaded.
+        """
+        inputs: dict[int, Any] = {}
+        size = 0
+        for start in range(0, len(ids), PLAN_CHUNK):
+            chunk = uow.provenance.plan_inputs(ids[start : start + PLAN_CHUNK])
+            size += sum(map(plan_bytes, chunk.values()))
+            check_artifact_bytes(size, self.limits, "sample_count", at_least=True)
+            inputs.update(chunk)
+        return inputs
 
 
 @dataclass

@@ -31,6 +31,7 @@ from costsim_analytics.engines.golden.commands import (
 from costsim_analytics.engines.golden.comparison import GoldenConfig
 from costsim_analytics.engines.golden.datasets import GoldenDataset, NewGoldenDataset
 from costsim_analytics.engines.golden.results import GoldenComparison
+from costsim_analytics.engines.limits import WorkLimits, check_samples
 from costsim_analytics.engines.reports import validate_run_id
 from costsim_analytics.engines.text import DEFAULT_MAX_JSON_DEPTH, check_text
 from costsim_analytics.handlers.call import Call, Clock, utc_now
@@ -38,16 +39,30 @@ from costsim_analytics.handlers.idempotency import Replay
 from costsim_analytics.handlers.ports import ArtifactStore, UnitOfWork, UnitOfWorkFactory
 
 
-def load_dataset(uow: UnitOfWork, name: str, version: int | None = None) -> GoldenDataset:
+def load_dataset(
+    uow: UnitOfWork,
+    name: str,
+    version: int | None = None,
+    *,
+    limits: WorkLimits | None = None,
+    field: str = "name",
+) -> GoldenDataset:
     """One version with its samples, read in ``uow``.
+
+    With ``limits``, a version holding more samples than one call may judge is refused
+    (naming ``field``) before its samples are read: versions are made under the same bound,
+    but the bound may have been lowered since.
 
     Raises:
         NotFound: no such name, version, or (``version`` None) no active version.
+        WorkBoundExceeded: the version holds more than ``limits.max_samples`` samples.
     """
     found = uow.golden.get(name, version)
     if found is None:
         which = "active version" if version is None else f"version {version}"
         raise NotFound(f"golden dataset {name!r} has no {which}")
+    if limits:
+        check_samples(found.sample_count, limits, field)
     return replace(found, samples=uow.golden.samples(found.id))
 
 
@@ -88,12 +103,18 @@ class CreateGoldenDatasetHandler:
     uow_factory: UnitOfWorkFactory
     clock: Clock = utc_now
     max_json_depth: int = DEFAULT_MAX_JSON_DEPTH
+    limits: WorkLimits = field(default_factory=WorkLimits)
 
     def __call__(self, cmd: CreateGoldenDataset, call: Call, /) -> StoredVersion:
         """The stored version."""
         source = datasets.SOURCE_IMPORT
         new = datasets.prepare_dataset(
-            cmd.name, cmd.description, source, cmd.samples, max_depth=self.max_json_depth
+            cmd.name,
+            cmd.description,
+            source,
+            cmd.samples,
+            max_depth=self.max_json_depth,
+            limits=self.limits,
         )
         return store_version(self.uow_factory, new, call, self.clock)
 
@@ -105,6 +126,7 @@ class PromoteCanaryRunHandler:
     uow_factory: UnitOfWorkFactory
     artifacts: ArtifactStore
     clock: Clock = utc_now
+    limits: WorkLimits = field(default_factory=WorkLimits)
 
     def __call__(self, cmd: PromoteCanaryRun, call: Call, /) -> StoredVersion:
         """The stored version."""
@@ -127,6 +149,9 @@ class PromoteCanaryRunHandler:
                 "its recorded checksum; it cannot be promoted"
             )
         samples = datasets.promoted_samples(cmd.run_id, data)
+        # The run took at most this many, unless the bound was lowered since; its plans were
+        # bounded when it took them.
+        check_samples(len(samples), self.limits, "run_id")
         description = cmd.description or (
             f"canary run {cmd.run_id}: {report.baseline_model} outputs as expectations"
         )
@@ -186,13 +211,15 @@ class CompareGoldenHandler:
     uow_factory: UnitOfWorkFactory
     defaults: GoldenConfig = field(default_factory=GoldenConfig)
     models: Callable[..., CostModel] = load_cost_model
+    limits: WorkLimits = field(default_factory=WorkLimits)
 
-    def __call__(self, cmd: CompareGolden, _call: Call, /) -> GoldenComparison:
+    def __call__(self, cmd: CompareGolden, call: Call, /) -> GoldenComparison:
         """The comparison (never stored: CompareGolden is a read)."""
         datasets.validate_lookup(cmd.name, cmd.version)
         config = golden.resolve_config(cmd, self.defaults)
         candidate = self.models(cmd.candidate_model or "v2", field="candidate_model")
         baseline = self.models(cmd.baseline_model or "v1", field="baseline_model")
         with self.uow_factory(read_only=True) as uow:
-            dataset = load_dataset(uow, cmd.name, cmd.version)
+            dataset = load_dataset(uow, cmd.name, cmd.version, limits=self.limits)
+        call.check_deadline("the comparison")
         return golden.compare(dataset, candidate, baseline, config)

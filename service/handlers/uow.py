@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import time
 from types import TracebackType
 from typing import Self
 
@@ -23,6 +24,7 @@ from costsim_analytics.drivers.golden_driver import SqlGoldenDriver
 from costsim_analytics.drivers.idempotency_driver import SqlIdempotencyDriver
 from costsim_analytics.drivers.partitions import SqlPartitionDriver
 from costsim_analytics.drivers.provenance_driver import SqlProvenanceDriver
+from costsim_analytics.handlers.call import current_deadline
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,7 @@ class SqlAlchemyUnitOfWork:
                 if self._read_only:
                     conn = conn.execution_options(**{READ_ONLY: True, "postgresql_readonly": True})
                 self._tx = conn.begin()
+                _bound_by_deadline(conn)
             except BaseException:
                 conn.close()
                 raise
@@ -92,6 +95,20 @@ class SqlAlchemyUnitOfWork:
                 raise
         finally:
             conn.close()
+
+
+def _bound_by_deadline(conn: Connection) -> None:
+    """On PostgreSQL, no statement of this transaction outlives the call's deadline.
+
+    The server stops waiting for the statement when the caller has (``QueryCanceled``, which
+    the drivers translate to ``DeadlineExceeded``), instead of running it to the end for
+    nobody. SQLite has no statement timeout; its statements are short.
+    """
+    deadline = current_deadline()
+    if deadline is None or conn.dialect.name != "postgresql":
+        return
+    left_ms = max(1, int((deadline - time.monotonic()) * 1000))
+    conn.exec_driver_sql(f"SET LOCAL statement_timeout = {left_ms}")
 
 
 class SqlAlchemyUnitOfWorkFactory:

@@ -15,6 +15,7 @@ from costsim_analytics.engines.errors import (
     NotFound,
     PermissionDenied,
     RequestIdReused,
+    ResourceExhausted,
     SchemaOutOfDate,
     Unauthenticated,
 )
@@ -25,9 +26,16 @@ class Aborted(Exception):
 
 
 class FakeContext:
-    def __init__(self, metadata=()):
+    def __init__(self, metadata=(), *, blocked=False):
         self.metadata = metadata
         self.status: grpc.Status | None = None
+        self.written: list[object] = []
+        self.blocked = blocked  # a client that reads nothing: every write waits for ever
+
+    async def write(self, message):
+        if self.blocked:
+            await asyncio.Event().wait()
+        self.written.append(message)
 
     def invocation_metadata(self):
         return self.metadata
@@ -53,9 +61,25 @@ def decode(status: grpc.Status | None):
     return rich, info, bad if found_bad else None
 
 
+def decode_status(status: grpc.Status | None):
+    """The status, its ErrorInfo and its RetryInfo (None when it carries none)."""
+    rich, info, _ = decode(status)
+    retries = [d for d in rich.details if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR)]
+    retry = None
+    if retries:
+        retry = error_details_pb2.RetryInfo()
+        retries[0].Unpack(retry)
+    return rich, info, retry
+
+
 class Svc:
+    send_timeout_s = 0.05
+
     def __init__(self, exc):
         self.exc = exc
+
+    def stalled(self, method):
+        return ResourceExhausted("stalled", reason="SLOW_READER", retry_after_s=0.0)
 
     @unary
     async def Unary(self, request, context):
@@ -121,20 +145,27 @@ def test_unexpected_error_is_generic_internal_and_logged(caplog):
     assert record.exc_info is not None
 
 
+async def consume(stream):
+    return [item async for item in stream]
+
+
 def test_errors_after_the_first_streamed_message_are_mapped_too():
     ctx = FakeContext()
-
-    async def consume():
-        got = []
-        async for item in Svc(DatabaseUnavailable("gone")).Stream(None, ctx):
-            got.append(item)
-        return got
-
     with pytest.raises(Aborted):
-        asyncio.run(consume())
+        asyncio.run(consume(Svc(DatabaseUnavailable("gone")).Stream(None, ctx)))
+    assert ctx.written == [1]  # sent through context.write, none yielded to gRPC
     rich, info, _ = decode(ctx.status)
     assert rich.code == code_pb2.UNAVAILABLE
     assert info.reason == "DATABASE_UNAVAILABLE"
+
+
+def test_a_stream_whose_reader_stopped_reading_is_cut_with_resource_exhausted():
+    ctx = FakeContext(blocked=True)
+    with pytest.raises(Aborted):
+        asyncio.run(consume(Svc(NotFound("never reached")).Stream(None, ctx)))
+    rich, info, _ = decode(ctx.status)
+    assert (rich.code, info.reason) == (code_pb2.RESOURCE_EXHAUSTED, "SLOW_READER")
+    assert ctx.written == []
 
 
 def test_auth_errors_map_to_their_codes_with_metadata():

@@ -221,7 +221,14 @@ def test_artifacts_hold_every_sample_and_the_binning():
     assert len(comparisons) == 101
     assert comparisons[-1]["baseline"]["valid"] is False and "verdict" not in comparisons[-1]
     assert {d["id"] for d in diffs} == {f"s{i}" for i in range(95, 100)}
-    assert all(d["verdict"] == "MISMATCH" and d["plan_input"]["b"] == 30 for d in diffs)
+    # A diff points at its comparison by line and repeats its drift, never its plan.
+    for diff in diffs:
+        row = comparisons[diff["index"]]
+        assert row["id"] == diff["id"] and row["plan_input"]["b"] == 30
+        assert diff["verdict"] == row["verdict"] == "MISMATCH"
+        drift = ("cost_delta", "cost_delta_pct", "drift_score")
+        assert [diff[k] for k in drift] == [row[k] for k in drift]
+        assert set(diff) == {"index", "id", "verdict", *drift}
     report = json.loads(report_artifact(ev, ev.report, {"request_id": ""}))
     assert report["kl_binning"]["epsilon"] == ev.divergence.epsilon
     assert len(report["kl_binning"]["edges"]) == report["kl_binning"]["bins"] + 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,7 +22,12 @@ from costsim_analytics.engines.canary.evaluation import (
 )
 from costsim_analytics.engines.canary.synthetic import synthetic_samples
 from costsim_analytics.engines.cost_models import load_cost_model
-from costsim_analytics.engines.errors import FailedPrecondition, InvalidArgument, RequestIdReused
+from costsim_analytics.engines.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    RequestIdReused,
+)
 from costsim_analytics.engines.maintenance import Reconcile, ReconcileResult
 from costsim_analytics.engines.provenance import ProvenanceRecord
 from costsim_analytics.engines.reports import CanaryReport
@@ -236,9 +242,10 @@ def test_report_artifact_unwritable_leaves_nothing_for_reconcile(rig):
 
     assert exc.value.reason == "ARTIFACTS_UNWRITABLE"
     assert rig.store.reports.reports == {}
-    [run_id] = rig.artifacts.files  # the sample artifacts were written ...
-    assert REPORT_FILE not in rig.artifacts.files[run_id]
-    assert list(rig.artifacts.runs()) == []  # ... but without report.json the run is incomplete
+    # The sample artifacts were written, then removed with their folder: no partial run.
+    [saved] = [e for e in rig.store.events if e.startswith("artifacts.save")]
+    assert saved.endswith(f"{COMPARISONS_FILE},{DIFFS_FILE}")
+    assert rig.artifacts.files == {} and list(rig.artifacts.runs()) == []
     rig.artifacts.fail_on = ""
     assert rig.reconcile() == ReconcileResult((), 0, ())
 
@@ -420,3 +427,15 @@ def test_reconcile_counts_an_unreadable_report_as_corrupt_and_goes_on(body):
     rig.artifacts.files[broken][REPORT_FILE] = body
 
     assert rig.reconcile() == ReconcileResult(imported=(orphan,), present=0, corrupt=(broken,))
+
+
+def test_a_run_past_its_deadline_gives_up_and_stores_nothing(rig):
+    gone = Call(deadline=time.monotonic() - 0.001)  # the caller stopped waiting
+
+    with pytest.raises(DeadlineExceeded, match="the evaluation"):
+        rig.registry.get(OP_CANARY_RUN)(RunCanary(samples=SYNTHETIC, request_id="r-1"), gone)
+
+    assert rig.store.reports.reports == {}
+    assert rig.artifacts.files == {}
+    assert rig.store.idempotency.keys == {}
+    assert rig.lock.released == 1  # the lock was given back

@@ -415,3 +415,21 @@ def test_an_inconclusive_report_shows_its_badge_and_each_rules_decision():
     assert "0.01 (holm)" in text and "1,000 sign flips" in text
     listing = reports_page([report])
     assert "1 inconclusive" in listing and "badge inconclusive" in listing
+
+
+def test_pages_over_the_admission_bound_are_429_with_retry_after_and_probes_are_not():
+    from costsim_analytics.api.admission import Admission, AdmissionLimits, Bound
+
+    admission = Admission(AdmissionLimits(unary=Bound(1, 1), retry_after_s=2.5), lambda *_: None)
+    with ThreadPoolExecutor(2) as pool:
+        app = Dashboard(
+            fake_registry([canary_report(0)]), pool, ServiceMetrics(), lambda: True, None, admission
+        )
+        assert call(app, "/").status == 200  # the slot comes back after each page
+        held = admission.enter("unary", "dashboard")  # another page is being rendered
+        refused = call(app, "/")
+        assert refused.status == 429
+        assert ("Retry-After", "3") in refused.headers
+        assert call(app, "/readyz").status == 200  # probes never wait for admission
+        held.release()
+        assert call(app, "/golden").status == 200

@@ -21,18 +21,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor
+from dataclasses import replace
 from typing import TypeVar
 
+from costsim_analytics.api.admission import Admission, AdmissionLimits, release_when_done, submit
 from costsim_analytics.api.dashboard.access import LOGIN, LOGOUT, Access
 from costsim_analytics.api.dashboard.httpserver import Request, Response, plain
 from costsim_analytics.api.dashboard.pages import error_page, golden_page, reports_page
 from costsim_analytics.api.dashboard.report_page import report_page
 from costsim_analytics.api.errors import http_status_of
 from costsim_analytics.api.metrics import CONTENT_TYPE, ServiceMetrics
-from costsim_analytics.engines.errors import CostsimError, InvalidArgument
+from costsim_analytics.engines.errors import CostsimError, InvalidArgument, ResourceExhausted
 from costsim_analytics.engines.golden.commands import ListGoldenDatasets
 from costsim_analytics.engines.reports import CanaryReport, GetReport, ReportFilter, ReportQuery
 from costsim_analytics.handlers.call import Call
@@ -55,6 +58,8 @@ REPORT_ROUTE = REPORT_PREFIX + "{run_id}"
 ROUTES = frozenset({"/healthz", "/readyz", "/metrics", "/", "/golden", LOGIN, LOGOUT})
 # The only paths that take a POST (HttpServer reads a bounded body for them alone).
 POST_PATHS = frozenset({LOGIN, LOGOUT})
+# The admission key of every page: the dashboard counts as one principal.
+DASHBOARD_PRINCIPAL = "dashboard"
 
 
 def html_response(status: int, text: str) -> Response:
@@ -90,9 +95,12 @@ class Dashboard:
         metrics: ServiceMetrics,
         ready: Callable[[], bool],
         access: Access | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self._operations = operations
         self._executor = executor
+        # Pages are calls of the "unary" class (api/admission.py), all of them one principal's.
+        self._admission = admission or Admission(AdmissionLimits(), lambda _c, _r: None)
         self._metrics = metrics
         self._ready = ready
         self._access = access or Access.open(metrics)
@@ -129,12 +137,22 @@ class Dashboard:
         return route, html_response(404, error_page(404, "Not found", f"No page at {path}."))
 
     async def _page(self, render: Callable[[], str]) -> Response:
-        """Run ``render`` in the worker pool; a domain error becomes its HTTP status."""
+        """Run ``render`` in the worker pool; a domain error becomes its HTTP status.
+
+        Over the admission bound the page is refused at once: 429 with ``Retry-After``.
+        """
         try:
-            text = await asyncio.get_running_loop().run_in_executor(self._executor, render)
+            slot = self._admission.enter("unary", DASHBOARD_PRINCIPAL)
+            future = submit(self._executor, render, Call())
+            release_when_done(future, slot)
+            text = await asyncio.wrap_future(future)
         except CostsimError as exc:
             status, title = http_status_of(exc)
-            return html_response(status, error_page(status, title, exc.message))
+            page = html_response(status, error_page(status, title, exc.message))
+            if isinstance(exc, ResourceExhausted):
+                retry = str(max(1, math.ceil(exc.retry_after_s)))
+                return replace(page, headers=(("Retry-After", retry),))
+            return page
         except Exception:
             error_id = uuid.uuid4().hex[:12]
             log.exception("dashboard page failed: error_id=%s", error_id)

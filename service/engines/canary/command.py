@@ -10,6 +10,13 @@ from costsim_analytics.engines.canary.judge import JUDGES
 from costsim_analytics.engines.canonical import content_hash
 from costsim_analytics.engines.errors import FieldViolation, InvalidArgument
 from costsim_analytics.engines.golden.datasets import name_violations
+from costsim_analytics.engines.limits import (
+    MAX_SAMPLES,
+    PlanBounds,
+    WorkLimits,
+    check_artifact_bytes,
+    check_samples,
+)
 from costsim_analytics.engines.reports import CanaryReport
 from costsim_analytics.engines.text import (
     DEFAULT_MAX_JSON_DEPTH,
@@ -18,7 +25,7 @@ from costsim_analytics.engines.text import (
     normalize_json,
 )
 
-MAX_SAMPLES = 100_000
+DEFAULT_LIMITS = WorkLimits()
 DEFAULT_SAMPLE_COUNT = 100
 DEFAULT_LOOKBACK_DAYS = 7
 
@@ -53,15 +60,30 @@ class RunCanaryResult:
     replayed: bool = False
 
 
-def validate(cmd: RunCanary, *, max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> None:
+def validate(
+    cmd: RunCanary,
+    *,
+    max_depth: int = DEFAULT_MAX_JSON_DEPTH,
+    limits: WorkLimits = DEFAULT_LIMITS,
+) -> None:
     """Reject out-of-range numbers, oversized sample lists, bad text and long request ids.
 
-    ``max_depth`` bounds each sample's plan input (``COSTSIM_MAX_JSON_DEPTH``).
+    ``max_depth`` bounds each sample's plan input (``COSTSIM_MAX_JSON_DEPTH``); ``limits`` the
+    work of the run (``engines/limits.py``): the samples it carries or asks for, each plan's
+    size, and the artifact bytes its plans alone would take. A bound is refused before the
+    other rules are reported, and before any sample is looked at when it is the sample count.
+
+    Raises:
+        WorkBoundExceeded: over a bound (reason ``TOO_MANY_SAMPLES``, ``PLAN_TOO_LARGE`` or
+            ``ARTIFACTS_TOO_LARGE``).
+        InvalidArgument: naming every other bad field (up to 100).
     """
+    check_samples(len(cmd.samples), limits)
+    check_samples(cmd.sample_count, limits, field="sample_count")
     bad: list[FieldViolation] = []
     check_texts(cmd, ("baseline_model", "candidate_model", "request_id"), bad)
-    if cmd.sample_count < 0 or cmd.sample_count > MAX_SAMPLES:
-        bad.append(FieldViolation("sample_count", f"must be between 0 and {MAX_SAMPLES}"))
+    if cmd.sample_count < 0:
+        bad.append(FieldViolation("sample_count", f"must be between 0 and {limits.max_samples}"))
     if cmd.lookback_days < 0 or cmd.lookback_days > 3650:
         bad.append(FieldViolation("lookback_days", "must be between 0 and 3650"))
     for name in ("drift_threshold", "outlier_threshold", "median_delta_tolerance"):
@@ -74,19 +96,24 @@ def validate(cmd: RunCanary, *, max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> None
             bad.append(FieldViolation(name, "must be a share between 0 and 1"))
     if cmd.min_samples is not None and not 1 <= cmd.min_samples <= MAX_SAMPLES:
         bad.append(FieldViolation("min_samples", f"must be between 1 and {MAX_SAMPLES}"))
-    if len(cmd.samples) > MAX_SAMPLES:
-        bad.append(FieldViolation("samples", f"must hold at most {MAX_SAMPLES} samples"))
+    plans = PlanBounds(limits)
     for i, sample in enumerate(cmd.samples):
         if not sample.id or len(sample.id) > 256:
             bad.append(FieldViolation(f"samples[{i}].id", "must be 1 to 256 characters"))
         else:
             check_text(sample.id, f"samples[{i}].id", bad)
+        path = f"samples[{i}].plan_input"
         try:
             normalize_json(sample.plan_input, max_depth=max_depth)
         except ValueError as exc:
-            bad.append(FieldViolation(f"samples[{i}].plan_input", str(exc)))
-        if len(bad) >= 100:
+            bad.append(FieldViolation(path, str(exc)))
+        else:  # nested within bounds, so the encoder that measures it cannot recurse too deep
+            plans.check(sample.plan_input, path)
+        if len(bad) + len(plans.violations) >= 100:
             break
+    plans.refuse_if_over()
+    # The plans alone are a lower bound of comparisons.jsonl: refused before the models run.
+    check_artifact_bytes(plans.total_bytes, limits, "samples", at_least=True)
     if len(cmd.request_id) > 128:
         bad.append(FieldViolation("request_id", "must be at most 128 characters"))
     if cmd.golden_dataset:

@@ -18,6 +18,7 @@ adds its ``GOLDEN_COMPARISON_FAILED`` reasons and fails a report that would pass
 
 from __future__ import annotations
 
+import io
 import json
 import random
 from collections.abc import Callable, Sequence
@@ -322,21 +323,25 @@ def _num(value: float) -> float | None:
 _LINE = json.JSONEncoder(separators=(",", ":")).encode
 
 
-def _jsonl(rows: Sequence[dict[str, Any]]) -> bytes:
-    # Keys stay in the order the rows are built in (deterministic); no sorting, no spaces:
-    # with a plan in every row this is most of the artifact time.
-    return "".join(_LINE(row) + "\n" for row in rows).encode()
+def _per_sample(ev: Evaluation) -> tuple[bytes, bytes]:
+    """``comparisons.jsonl`` (every sample) and ``diffs.jsonl`` (the drifting ones).
 
+    A comparison row carries the sample's plan input (so that a run can be promoted to a
+    golden dataset), both models' estimates and, for a valid sample, its drift. A diff row
+    points at its comparison by ``index`` (the 0-based line of ``comparisons.jsonl``) and
+    repeats only the sample id and the drift, not the plan. Runs written before that repeated
+    the whole comparison row, plan included (readers tell them apart by ``plan_input``).
 
-def _per_sample(ev: Evaluation) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Comparison rows for every sample and diff rows for the drifting ones."""
+    Each row is encoded as soon as it is built, into one growing buffer per file: the rows
+    are never all held as objects, nor the text twice. Keys stay in the order the rows are
+    built in (deterministic); no sorting, no spaces.
+    """
     if ev.baseline is None or ev.candidate is None:
-        return [], []
+        return b"", b""
+    comparisons, diffs = io.BytesIO(), io.BytesIO()
     valid: npt.NDArray[np.bool_] = ev.baseline.valid & ev.candidate.valid
     position = np.cumsum(valid) - 1  # index into the drift arrays, for valid samples
-    comparisons, diffs = [], []
     for i, sample in enumerate(ev.samples):
-        # The plan input rides along so that a run can be promoted to a golden dataset.
         row: dict[str, Any] = {
             "id": sample.id,
             "plan_input": sample.plan_input,
@@ -345,22 +350,26 @@ def _per_sample(ev: Evaluation) -> tuple[list[dict[str, Any]], list[dict[str, An
         }
         if valid[i] and ev.drift is not None:
             j = int(position[i])
-            row.update(
-                cost_delta=float(ev.drift.cost_delta[j]),
-                cost_delta_pct=float(ev.drift.cost_delta_pct[j]),
-                drift_score=float(ev.drift.drift_score[j]),
-                verdict=st.VERDICT_NAMES[int(ev.drift.verdict[j])],
-            )
+            drift = {
+                "cost_delta": float(ev.drift.cost_delta[j]),
+                "cost_delta_pct": float(ev.drift.cost_delta_pct[j]),
+                "drift_score": float(ev.drift.drift_score[j]),
+                "verdict": st.VERDICT_NAMES[int(ev.drift.verdict[j])],
+            }
+            row.update(drift)
             if ev.drift.verdict[j] != st.MATCH:
-                diffs.append(row)
-        comparisons.append(row)
-    return comparisons, diffs
+                diff = {"index": i, "id": sample.id, **drift}
+                diffs.write(_LINE(diff).encode())
+                diffs.write(b"\n")
+        comparisons.write(_LINE(row).encode())
+        comparisons.write(b"\n")
+    return comparisons.getvalue(), diffs.getvalue()
 
 
 def sample_artifacts(ev: Evaluation) -> dict[str, bytes]:
     """The per-sample artifacts (comparisons for all, diffs for drifting samples)."""
     comparisons, diffs = _per_sample(ev)
-    return {COMPARISONS_FILE: _jsonl(comparisons), DIFFS_FILE: _jsonl(diffs)}
+    return {COMPARISONS_FILE: comparisons, DIFFS_FILE: diffs}
 
 
 def report_artifact(ev: Evaluation, report: CanaryReport, request: dict[str, Any]) -> bytes:

@@ -28,9 +28,9 @@ from typing import Any
 from costsim_analytics.engines.canonical import canonical_json, loads
 from costsim_analytics.engines.cost_models.plans import parse_plan
 from costsim_analytics.engines.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from costsim_analytics.engines.limits import PlanBounds, WorkLimits, check_samples
 from costsim_analytics.engines.text import DEFAULT_MAX_JSON_DEPTH, check_text, normalize_json
 
-MAX_SAMPLES = 100_000
 MAX_DESCRIPTION = 1024
 MAX_SAMPLE_ID = 256
 MAX_VERSION = 2**31 - 1  # an INTEGER column
@@ -108,7 +108,7 @@ def validate_lookup(name: str, version: int | None) -> None:
 
 
 def _sample_violations(
-    s: GoldenSample, path: str, max_depth: int
+    s: GoldenSample, path: str, max_depth: int, plans: PlanBounds | None
 ) -> tuple[GoldenSample, list[FieldViolation]]:
     bad: list[FieldViolation] = []
     if not s.id or len(s.id) > MAX_SAMPLE_ID:
@@ -118,9 +118,17 @@ def _sample_violations(
     plan = s.plan_input
     try:
         plan = normalize_json(plan, max_depth=max_depth)  # depth and text rule, no recursion
-        parse_plan(plan)
-    except ValueError as exc:  # InvalidPlan included
+    except ValueError as exc:
         bad.append(FieldViolation(f"{path}.plan_input", str(exc)))
+    else:
+        before = len(plans.violations) if plans else 0
+        if plans:  # before the plan is parsed: parsing is work in proportion to its steps
+            plans.check(plan, f"{path}.plan_input")
+        if not plans or len(plans.violations) == before:
+            try:
+                parse_plan(plan)
+            except ValueError as exc:  # InvalidPlan
+                bad.append(FieldViolation(f"{path}.plan_input", str(exc)))
     for name in ("expected_cost_cents", "expected_duration_ms"):
         value = getattr(s, name)
         if value is not None and not (
@@ -139,14 +147,20 @@ def prepare_dataset(
     samples: Sequence[GoldenSample],
     *,
     max_depth: int = DEFAULT_MAX_JSON_DEPTH,
+    limits: WorkLimits | None = None,
 ) -> NewGoldenDataset:
     """Validate a new version, put its samples in canonical form and order, and hash them.
 
-    ``max_depth`` bounds each plan input's nesting (``COSTSIM_MAX_JSON_DEPTH``).
+    ``max_depth`` bounds each plan input's nesting (``COSTSIM_MAX_JSON_DEPTH``); ``limits``,
+    when given, the samples and each plan's size (``engines/limits.py``), checked first.
 
     Raises:
+        WorkBoundExceeded: over a bound (reason ``TOO_MANY_SAMPLES`` or ``PLAN_TOO_LARGE``).
         InvalidArgument: naming every bad field (up to 100), as ``samples[3].expected_cost_cents``.
     """
+    if limits:
+        check_samples(len(samples), limits)
+    plans = PlanBounds(limits) if limits else None
     bad = name_violations(name)
     if len(description) > MAX_DESCRIPTION:
         bad.append(FieldViolation("description", f"must be at most {MAX_DESCRIPTION} characters"))
@@ -154,13 +168,10 @@ def prepare_dataset(
         check_text(description, "description", bad)
     if not samples:
         bad.append(FieldViolation("samples", "must hold at least one sample"))
-    if len(samples) > MAX_SAMPLES:
-        bad.append(FieldViolation("samples", f"must hold at most {MAX_SAMPLES} samples"))
-        samples = ()
     seen: dict[str, int] = {}
     clean = []
     for i, sample in enumerate(samples):
-        fixed, problems = _sample_violations(sample, f"samples[{i}]", max_depth)
+        fixed, problems = _sample_violations(sample, f"samples[{i}]", max_depth, plans)
         if sample.id in seen:
             problems.append(
                 FieldViolation(f"samples[{i}].id", f"duplicate of samples[{seen[sample.id]}].id")
@@ -168,8 +179,10 @@ def prepare_dataset(
         seen.setdefault(sample.id, i)
         bad.extend(problems)
         clean.append(fixed)
-        if len(bad) >= 100:
+        if len(bad) + (len(plans.violations) if plans else 0) >= 100:
             break
+    if plans:
+        plans.refuse_if_over()
     raise_if(bad[:100])
     ordered = tuple(sorted(clean, key=lambda s: s.id))
     return NewGoldenDataset(name, description, source, ordered, dataset_sha256(ordered))

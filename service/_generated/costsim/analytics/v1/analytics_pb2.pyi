@@ -962,7 +962,9 @@ class RunCanaryRequest(_message.Message):
     GOLDEN_DATASET_FIELD_NUMBER: _builtins.int
     JUDGE_FIELD_NUMBER: _builtins.int
     sample_count: _builtins.int
-    """Samples to load from recent provenance: default 100, at most 100,000."""
+    """Samples to load from recent provenance: default 100, at most the server's
+    COSTSIM_MAX_SAMPLES (default 20,000).
+    """
     lookback_days: _builtins.int
     """How far back to look for provenance samples: default 7 days."""
     drift_threshold: _builtins.float
@@ -994,7 +996,9 @@ class RunCanaryRequest(_message.Message):
     """The judge: "calibrated" or "legacy"; empty: the configured one (default calibrated)."""
     @_builtins.property
     def samples(self) -> _containers.RepeatedCompositeFieldContainer[Global___CanarySample]:
-        """Explicit samples instead of loading them."""
+        """Explicit samples instead of loading them: at most COSTSIM_MAX_SAMPLES, each plan_input
+        at most COSTSIM_MAX_PLAN_BYTES of compact JSON and COSTSIM_MAX_PLAN_STEPS steps.
+        """
 
     def __init__(
         self,
@@ -1451,7 +1455,9 @@ class CreateGoldenDatasetRequest(_message.Message):
     """Optional idempotency key: a retry with the same key and request returns the same version."""
     @_builtins.property
     def samples(self) -> _containers.RepeatedCompositeFieldContainer[Global___GoldenSample]:
-        """1 to 100,000 samples with distinct ids."""
+        """1 to COSTSIM_MAX_SAMPLES (default 20,000) samples with distinct ids; each plan_input
+        within COSTSIM_MAX_PLAN_BYTES and COSTSIM_MAX_PLAN_STEPS.
+        """
 
     def __init__(
         self,
