@@ -305,6 +305,7 @@ def main() -> None:
     parser.add_argument("--flood-unary", type=int, default=100)
     parser.add_argument("--cut-seconds", type=float, default=5)
     parser.add_argument("--canary-every", type=float, default=5)
+    parser.add_argument("--server-log", type=Path, help="keep the server's log here")
     parser.add_argument(
         "--database-name", default="costsim_bench_soak", help="the database it creates and drops"
     )
@@ -324,7 +325,7 @@ def main() -> None:
             "COSTSIM_ARTIFACTS_DIR": str(Path(tmp) / "artifacts"),
             "COSTSIM_GRACE_PERIOD_S": "2",
         }
-        log_path = Path(tmp) / "server.log"
+        log_path = args.server_log or Path(tmp) / "server.log"
         server = RestartableServer(through, env, log_path)
         try:
             address = server.start()

@@ -12,6 +12,7 @@ line carries the error id and the request id.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import uuid
@@ -238,11 +239,24 @@ def streaming(
     @functools.wraps(method)
     async def wrapper(self: SenderT, request: Request, context: Any) -> AsyncIterator[Response]:
         try:
-            async for message in method(self, request, context):
-                try:
-                    await asyncio.wait_for(context.write(message), self.send_timeout_s)
-                except TimeoutError:
-                    raise self.stalled(method.__name__) from None
+            # Closed here, whatever ends the loop, so that the stream's clean-up runs now and
+            # not later in a task of its own (after a shutdown, when its threads are gone).
+            async with contextlib.aclosing(method(self, request, context)) as messages:
+                async for message in messages:
+                    try:
+                        await asyncio.wait_for(context.write(message), self.send_timeout_s)
+                    except TimeoutError:
+                        raise self.stalled(method.__name__) from None
+                    except Exception as exc:
+                        # gRPC could not send: the client cancelled or went away, or the
+                        # shutdown cancelled the call when its grace ran out. The call is over
+                        # and nobody is left to answer: no server error.
+                        log.info(
+                            "%s ended by its caller or the shutdown (%s)",
+                            method.__name__,
+                            type(exc).__name__,
+                        )
+                        return
         except Exception as exc:
             await abort(exc, method.__name__, context)
         return
