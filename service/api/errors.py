@@ -12,11 +12,10 @@ line carries the error id and the request id.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol, TypeVar
@@ -232,16 +231,18 @@ def streaming(
     Each message goes out through ``context.write`` bounded by the servicer's
     ``send_timeout_s``: gRPC's flow control makes the write wait while the client reads
     nothing, and a stream whose reader stopped for that long is cut (``RESOURCE_EXHAUSTED``,
-    reason ``SLOW_READER``) instead of holding its database connection for ever. The wrapper is
-    an async generator that yields nothing, as gRPC and the interceptors expect of a stream.
+    reason ``SLOW_READER``) instead of holding its database connection for ever. A write gRPC
+    refuses (the caller cancelled or went away, or the shutdown cancelled the call) ends the call
+    quietly: nobody is left to answer, and it is no server error. The method's generator is
+    closed before the wrapper returns. The wrapper is an async generator that yields nothing,
+    as gRPC and the interceptors expect of a stream.
     """
 
     @functools.wraps(method)
     async def wrapper(self: SenderT, request: Request, context: Any) -> AsyncIterator[Response]:
+        messages = method(self, request, context)
         try:
-            # Closed here, whatever ends the loop, so that the stream's clean-up runs now and
-            # not later in a task of its own (after a shutdown, when its threads are gone).
-            async with contextlib.aclosing(method(self, request, context)) as messages:
+            try:
                 async for message in messages:
                     try:
                         await asyncio.wait_for(context.write(message), self.send_timeout_s)
@@ -256,7 +257,12 @@ def streaming(
                             method.__name__,
                             type(exc).__name__,
                         )
-                        return
+                        break
+            finally:
+                # Closed here, however the loop ended, so that the stream's clean-up runs now
+                # and not later in a task of its own (after a shutdown, its threads are gone).
+                if isinstance(messages, AsyncGenerator):
+                    await messages.aclose()
         except Exception as exc:
             await abort(exc, method.__name__, context)
         return

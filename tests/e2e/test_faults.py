@@ -377,7 +377,7 @@ def test_sigterm_closes_a_stream_open_past_the_grace(tmp_path, tag):
         seed(server.address, tag, RECORDS)
         with grpc.insecure_channel(server.address) as ch:
             stream = pb_stub(ch).QueryProvenance(pb.QueryProvenanceRequest(page_size=RECORDS))
-            next(stream)  # then read nothing: the stream is open when the grace ends
+            next(iter(stream))  # then read nothing: the stream is open when the grace ends
             assert server.stop(signal.SIGTERM) == 0
     finally:
         server.stop()
@@ -397,7 +397,7 @@ def test_streams_their_clients_cancel_mid_send_are_no_server_error(database_url,
             # More cancels than one caller may hold streams: each one's slot comes back.
             for _ in range(10):
                 stream = stub.QueryProvenance(query, timeout=30)
-                next(stream)
+                next(iter(stream))
                 time.sleep(0.05)  # the server is blocked writing to a client that reads nothing
                 stream.cancel()
             assert len(list(stub.QueryProvenance(query, timeout=30))) == RECORDS
