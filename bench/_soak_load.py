@@ -94,8 +94,16 @@ class Recorder:
 
     def add(self, client: str, rpc: str, started: float, code: str) -> None:
         """Record an attempt that started at ``started`` (monotonic) and ended now."""
-        ms = (time.monotonic() - started) * 1000
-        sample = Sample(client, rpc, self.schedule.phase_at(started), ms, code)
+        self.add_at(client, rpc, started, time.monotonic(), code)
+
+    def add_at(self, client: str, rpc: str, started: float, ended: float, code: str) -> None:
+        """Record an attempt from ``started`` to ``ended`` (monotonic seconds).
+
+        The times may come from another process: Linux's monotonic clock is the system's.
+        """
+        sample = Sample(
+            client, rpc, self.schedule.phase_at(started), (ended - started) * 1000, code
+        )
         with self._lock:
             self.samples.append(sample)
 
@@ -112,9 +120,14 @@ class Recorder:
             self.add(client, rpc, started, code)
 
 
+# Each client on a connection of its own (channels with equal options share one otherwise):
+# in the insecure mode the connection is the principal that admission control counts.
+OPTIONS = [*RECONNECT_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
+
+
 def channel(address: str) -> grpc.Channel:
-    """A channel that reconnects fast after a restart."""
-    return grpc.insecure_channel(address, options=list(RECONNECT_OPTIONS))
+    """A channel of its own that reconnects fast after a restart."""
+    return grpc.insecure_channel(address, options=OPTIONS)
 
 
 def _plans() -> list[dict[str, Any]]:
@@ -359,70 +372,78 @@ class BadInput(Client):
 
 @dataclass
 class SlowReader:
-    """One client that opens ``streams`` QueryProvenance streams and reads one message each."""
+    """One client that opens ``streams`` QueryProvenance streams and reads one message each.
+
+    ``refused``: the streams answered with an error instead of a first message (by code);
+    ``cut``: the opened ones the server ended before the phase did (a slow-reader cut-off).
+    """
 
     address: str
     recorder: Recorder
     streams: int
     opened: int = 0
-    ended_by_server: dict[str, int] = field(default_factory=dict)
+    refused: dict[str, int] = field(default_factory=dict)
+    cut: dict[str, int] = field(default_factory=dict)
 
     def hold(self, end_at: float) -> None:
-        """Open the streams, hold them unread until the monotonic time ``end_at``.
-
-        Then cancel what the server has not ended itself (and record how it ended those).
-        """
+        """Open the streams, hold them unread until the monotonic time ``end_at``, cancel them."""
         with channel(self.address) as ch:
             stub = pb_grpc.AnalyticsServiceStub(ch)
             request = pb.QueryProvenanceRequest(page_size=10_000)
-            calls = [(time.monotonic(), stub.QueryProvenance(request, timeout=600))]
-            calls += [
+            calls = [
                 (time.monotonic(), stub.QueryProvenance(request, timeout=600))
-                for _ in range(self.streams - 1)
+                for _ in range(self.streams)
             ]
             # The first message of each in a thread: the phase's end must not wait for them.
-            opener = threading.Thread(target=self._open, args=(calls,), daemon=True)
+            opened: list[tuple[float, Any]] = []
+            opener = threading.Thread(target=self._open, args=(calls, opened), daemon=True)
             opener.start()
             time.sleep(max(0.0, end_at - time.monotonic()))
             for started, call in calls:
-                if call.done() and call.code() != grpc.StatusCode.OK:  # ended by the server
-                    code = call.code().name
-                    self.ended_by_server[code] = self.ended_by_server.get(code, 0) + 1
-                    self.recorder.add("slow_reader", "QueryProvenance", started, code)
-                else:
-                    call.cancel()
+                if (started, call) in opened and call.done():  # the server ended it
+                    self._count(self.cut, started, call.code())
+                call.cancel()
             opener.join(10)
 
-    def _open(self, calls: list[tuple[float, Any]]) -> None:
-        for _, call in calls:
+    def _open(self, calls: list[tuple[float, Any]], opened: list[tuple[float, Any]]) -> None:
+        for started, call in calls:
             try:
                 next(call)
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.CANCELLED:  # not by hold() at the phase's end
+                    self._count(self.refused, started, exc.code())
+            else:
                 self.opened += 1
-            except (grpc.RpcError, StopIteration):
-                pass  # recorded by hold()
+                opened.append((started, call))
+
+    def _count(self, into: dict[str, int], started: float, code: grpc.StatusCode) -> None:
+        into[code.name] = into.get(code.name, 0) + 1
+        self.recorder.add("slow_reader", "QueryProvenance", started, code.name)
 
 
 @dataclass
 class Flood:
     """One client firing ``streams`` streams and ``unary`` calls at once, wave after wave.
 
-    The phase's end cancels the wave in flight (those calls are not recorded: the flood ended
-    them, not the server).
+    It runs in a process of its own (:func:`flood`), so that its work on the client side does
+    not slow the steady clients down through this process's GIL. ``calls`` holds (rpc, start,
+    end, code) of each call it made; the phase's end cancels the wave in flight (those calls are
+    not counted: the flood ended them, not the server).
     """
 
     address: str
-    recorder: Recorder
     streams: int
     unary: int
     waves: int = 0
     cancelled: int = 0
+    calls: list[tuple[str, float, float, str]] = field(default_factory=list)
 
     def run(self, end_at: float) -> None:
         """Fire waves until the monotonic time ``end_at``."""
         asyncio.run(self._run(end_at))
 
     async def _run(self, end_at: float) -> None:
-        async with grpc.aio.insecure_channel(self.address, options=RECONNECT_OPTIONS) as ch:
+        async with grpc.aio.insecure_channel(self.address, options=OPTIONS) as ch:
             stub = pb_grpc.AnalyticsServiceStub(ch)
             while (remaining := end_at - time.monotonic()) > 0:
                 self.waves += 1
@@ -442,7 +463,7 @@ class Flood:
             await call()
         except grpc.RpcError as exc:
             code = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else "UNKNOWN"
-        self.recorder.add("flood", rpc, started, code)
+        self.calls.append((rpc, started, time.monotonic(), code))
 
     async def _stream(self, stub: Any) -> None:
         async def read() -> None:
@@ -455,6 +476,18 @@ class Flood:
     async def _unary(self, stub: Any) -> None:
         request = pb.GetDriftStatsRequest(start_time=since(60))
         await self._timed("GetDriftStats", lambda: stub.GetDriftStats(request, timeout=10))
+
+
+def flood(address: str, streams: int, unary: int, end_at: float) -> Flood:
+    """Run a :class:`Flood` until ``end_at`` (in a worker process); return it, calls and all."""
+    f = Flood(address, streams, unary)
+    f.run(end_at)
+    return f
+
+
+def ready() -> bool:
+    """A no-op a worker process runs first, so that its imports are done before the phase."""
+    return True
 
 
 def chunks(items: list[Any], size: int) -> Iterator[list[Any]]:

@@ -34,6 +34,7 @@ batch given up, and no row from the bad input.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import queue
 import random
@@ -43,6 +44,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +58,6 @@ from _soak_load import (
     Canary,
     Client,
     DriftCaller,
-    Flood,
     Probe,
     Recorder,
     Sample,
@@ -66,6 +67,8 @@ from _soak_load import (
     Writer,
     channel,
     chunks,
+    flood,
+    ready,
     record,
 )
 from sqlalchemy.engine import make_url
@@ -173,6 +176,9 @@ def run_schedule(
 ) -> dict[str, Any]:
     """Drive the phases; return what the faults did."""
     events: dict[str, Any] = {}
+    # The flood's own process, started (and its imports done) before the phases begin.
+    process = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    process.submit(ready).result()
     for name, begin, end in schedule.bounds:
         schedule.wait_until(begin)
         end_at = schedule.start + end
@@ -180,12 +186,15 @@ def run_schedule(
             slow = SlowReader(address, rec, args.slow_streams)
             slow.hold(end_at)
             events["slow_streams_opened"] = slow.opened
-            events["slow_streams_ended_by_server"] = slow.ended_by_server
+            events["slow_streams_refused"] = slow.refused
+            events["slow_streams_cut"] = slow.cut
         elif name == "flood":
-            flood = Flood(address, rec, args.flood_streams, args.flood_unary)
-            flood.run(end_at)
-            events["flood_waves"] = flood.waves
-            events["flood_cancelled_at_phase_end"] = flood.cancelled
+            done = process.submit(flood, address, args.flood_streams, args.flood_unary, end_at)
+            result = done.result()
+            for rpc, started, ended, code in result.calls:
+                rec.add_at("flood", rpc, started, ended, code)
+            events["flood_waves"] = result.waves
+            events["flood_cancelled_at_phase_end"] = result.cancelled
         elif name == "db_cut":
             cut_s = min(args.cut_seconds, (end - begin) / 2)
             proxy.down()
@@ -199,6 +208,7 @@ def run_schedule(
             server.start(listen=address)
             wait_serving(address)
             events["sigkill_to_serving_s"] = round(time.monotonic() - killed, 2)
+    process.shutdown()
     schedule.wait_until(schedule.seconds)
     return events
 
@@ -416,6 +426,9 @@ def main() -> None:
         "resource_exhausted_steady": refused_steady,
         "errors": errors(samples, "rpc"),
         "errors_by_client": errors(samples, "client"),
+        "errors_by_phase": {
+            phase: errors([s for s in samples if s.phase == phase], "client") for phase, _ in PHASES
+        },
         "p50_ms": {ph: {k: v[0] for k, v in row.items()} for ph, row in table.items()},
         "p99_ms": {ph: {k: v[1] for k, v in row.items()} for ph, row in table.items()},
         "slow_reader_p99_ratio": ratios["slow_reader"],
