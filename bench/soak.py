@@ -367,7 +367,11 @@ def main() -> None:
         finally:
             server.stop()
             proxy.close()
-        internal_logged = log_path.read_text().count("internal error")
+        server_log = log_path.read_text()
+        internal_logged = server_log.count("internal error")
+        if internal_logged:  # the first one's traceback, so that a rare failure can be fixed
+            first = server_log.index("internal error")
+            print(server_log[server_log.rfind("\n", 0, first) + 1 :][:6000], flush=True)
 
     samples = list(rec.samples)
     table, ratios = latency(samples)

@@ -35,8 +35,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from contextvars import copy_context
@@ -159,6 +160,116 @@ def _noun(cls: CallClass) -> str:
     return {"stream": "streams", "long": "long calls", "unary": "calls"}[cls]
 
 
+class FairPool(Executor):
+    """Worker threads that take queued work round-robin by principal, not first come first served.
+
+    With a plain FIFO pool, a principal that has 30 calls queued delays everyone else's next
+    call by all 30 of them. Here each principal with work waiting has a queue of its own, and a
+    free worker takes the oldest call of the next principal in turn: another caller's call waits
+    for at most one call per principal ahead of it, however much one of them has queued.
+
+    ``per_key`` bounds how many workers one principal's calls occupy at once (half the pool by
+    default, at least one): the calls of a flooding principal then share the CPU with fewer of
+    their own, and the others' calls find a worker free.
+    """
+
+    def __init__(self, workers: int, name: str, *, per_key: int | None = None) -> None:
+        self._queues: OrderedDict[str, deque[_Work]] = OrderedDict()
+        self._running: Counter[str] = Counter()
+        self._per_key = per_key or max(1, workers // 2)
+        self._ready = threading.Condition()
+        self._closed = False
+        self._threads = [
+            threading.Thread(target=self._serve, name=f"{name}-{n}", daemon=True)
+            for n in range(workers)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit_as(self, key: str, fn: Callable[[], T]) -> Future[T]:
+        """Queue ``fn`` as work of principal ``key``."""
+        future: Future[T] = Future()
+        with self._ready:
+            if self._closed:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            self._queues.setdefault(key, deque()).append(_Work(future, fn))
+            self._ready.notify()
+        return future
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        """Queue ``fn(*args, **kwargs)`` as work of no principal in particular."""
+        return self.submit_as("", lambda: fn(*args, **kwargs))
+
+    def queued(self) -> int:
+        """Calls waiting for a worker."""
+        with self._ready:
+            return sum(len(q) for q in self._queues.values())
+
+    def _eligible(self) -> str | None:
+        """The first principal in turn with work waiting and a worker to spare."""
+        for key in self._queues:
+            if self._running[key] < self._per_key:
+                return key
+        return None
+
+    def _next(self) -> tuple[str, _Work] | None:
+        with self._ready:
+            while (key := self._eligible()) is None:
+                if self._closed and not self._queues:
+                    return None  # closed and drained
+                self._ready.wait()
+            waiting = self._queues[key]
+            work = waiting.popleft()
+            if waiting:
+                self._queues.move_to_end(key)  # this principal's next call after the others'
+            else:
+                del self._queues[key]
+            self._running[key] += 1
+            return key, work
+
+    def _done(self, key: str) -> None:
+        with self._ready:
+            self._running[key] -= 1
+            if self._running[key] <= 0:
+                del self._running[key]
+            self._ready.notify()
+
+    def _serve(self) -> None:
+        while (item := self._next()) is not None:
+            key, work = item
+            try:
+                if not work.future.set_running_or_notify_cancel():
+                    continue  # cancelled while queued: its client went away
+                try:
+                    result = work.fn()
+                except BaseException as exc:
+                    work.future.set_exception(exc)
+                else:
+                    work.future.set_result(result)
+            finally:
+                self._done(key)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Refuse new work; cancel what is queued when asked; wait for the workers if asked."""
+        with self._ready:
+            self._closed = True
+            if cancel_futures:
+                for waiting in self._queues.values():
+                    for work in waiting:
+                        work.future.cancel()
+                self._queues.clear()
+            self._ready.notify_all()
+        if wait:
+            for thread in self._threads:
+                thread.join()
+
+
+@dataclass(frozen=True, slots=True)
+class _Work:
+    future: Future[Any]
+    fn: Callable[[], Any]
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerPools:
     """The worker threads of each class of call."""
@@ -173,8 +284,10 @@ class WorkerPools:
         return pool
 
 
-def submit(executor: Executor, fn: Callable[[], T], call: Call) -> Future[T]:
-    """Queue ``fn`` for a worker of ``executor``, as the work of ``call``.
+def submit(executor: Executor, fn: Callable[[], T], call: Call, key: str = "") -> Future[T]:
+    """Queue ``fn`` for a worker of ``executor``, as the work of ``call`` by principal ``key``.
+
+    A :class:`FairPool` takes the work of principals in turn.
 
     If ``call.deadline`` has passed by the time a worker picks it up, ``fn`` is not started
     (:class:`DeadlineExceeded`); while it runs, the unit of work sees the deadline
@@ -193,7 +306,10 @@ def submit(executor: Executor, fn: Callable[[], T], call: Call) -> Future[T]:
         with deadline_scope(deadline):
             return fn()
 
-    return executor.submit(copy_context().run, work)
+    context = copy_context()
+    if isinstance(executor, FairPool):
+        return executor.submit_as(key, lambda: context.run(work))
+    return executor.submit(context.run, work)
 
 
 def release_when_done(future: Future[Any], slot: Slot) -> None:

@@ -20,7 +20,13 @@ from grpc_reflection.v1alpha import reflection
 
 from costsim.analytics.v1 import analytics_pb2 as pb
 from costsim.analytics.v1 import analytics_pb2_grpc as pb_grpc
-from costsim_analytics.api.admission import CLASSES, Admission, AdmissionLimits, WorkerPools
+from costsim_analytics.api.admission import (
+    CLASSES,
+    Admission,
+    AdmissionLimits,
+    FairPool,
+    WorkerPools,
+)
 from costsim_analytics.api.auth import AuthInterceptor, Security
 from costsim_analytics.api.dashboard.access import Access
 from costsim_analytics.api.dashboard.app import POST_PATHS, Dashboard
@@ -40,6 +46,8 @@ Probe = Callable[[], None]
 # Partition upkeep runs at start and this often; after a failure it tries again sooner.
 UPKEEP_INTERVAL_S = 3600.0
 UPKEEP_RETRY_S = 60.0
+# After the drain, how long the cancelled calls get to end (close their cursors) at most.
+SETTLE_S = 5.0
 
 
 def tune_gc() -> None:
@@ -91,10 +99,12 @@ class AnalyticsServer:
         limits = limits or AdmissionLimits()
         # One pool per class of call (api/admission.py), and the probe's own thread: a health
         # check never queues behind handler work.
+        # Each takes the queued work of principals in turn (FairPool), so a flood from one
+        # caller queues behind itself, not in front of everyone else.
         self._pools = WorkerPools(
-            stream=ThreadPoolExecutor(max_workers=stream_workers, thread_name_prefix="stream"),
-            long=ThreadPoolExecutor(max_workers=limits.long.total, thread_name_prefix="long"),
-            unary=ThreadPoolExecutor(max_workers=workers, thread_name_prefix="handler"),
+            stream=FairPool(stream_workers, "stream"),
+            long=FairPool(limits.long.total, "long"),
+            unary=FairPool(workers, "handler"),
         )
         self._probe_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="probe")
         self._on_stopped = on_stopped
@@ -259,6 +269,7 @@ class AnalyticsServer:
             log.info("shutting down: NOT_SERVING, draining for up to %ss", self._grace_period_s)
             await self._set_serving(False)
             await self._server.stop(self._grace_period_s)
+            await self._settle()
             # After the drain, so /readyz answers 503 (not a refused connection) meanwhile.
             if self._http is not None:
                 await self._http.stop(self._grace_period_s)
@@ -269,6 +280,20 @@ class AnalyticsServer:
             if self._on_stopped is not None:
                 self._on_stopped()
             log.info("stopped")
+
+    async def _settle(self, timeout_s: float = SETTLE_S) -> None:
+        """Let the calls the drain cancelled end before their threads go away.
+
+        ``grpc.aio.Server.stop`` returns once it has cancelled what outlived the grace, not once
+        the handlers have seen it: a stream still has to close its cursor in a worker thread and
+        give its slot back. Wait (bounded) until no admitted call is left.
+        """
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while any(self.admission.in_flight(cls) for cls in CLASSES):
+            if asyncio.get_running_loop().time() >= deadline:
+                log.warning("shutting down with calls still in flight")
+                return
+            await asyncio.sleep(0.02)
 
     def _shutdown_pools(self, *, wait: bool) -> None:
         for pool in (self._pools.stream, self._pools.long, self._pools.unary, self._probe_pool):

@@ -57,6 +57,7 @@ C = TypeVar("C")
 R = TypeVar("R")
 Req = TypeVar("Req")
 T = TypeVar("T")
+M = TypeVar("M")
 Context = grpc.aio.ServicerContext[object, object]
 
 # The unary operations that evaluate cost models over many samples: seconds, not milliseconds.
@@ -107,12 +108,14 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
             metadata={"method": method},
         )
 
-    def _admit(self, cls: CallClass, context: Context) -> tuple[Call, Slot]:
+    def _admit(self, cls: CallClass, context: Context) -> tuple[Call, Slot, str]:
+        """The call's context, its admission slot, and whose it is."""
         principal = PRINCIPAL.get()
         if principal is None:  # fail closed: this server runs behind the AuthInterceptor
             raise Unauthenticated("the call was not authenticated", reason="CREDENTIALS_MISSING")
-        slot = self._admission.enter(cls, admission_key(principal, context))
-        return Call(principal=principal, deadline=deadline_of(context)), slot
+        key = admission_key(principal, context)
+        slot = self._admission.enter(cls, key)
+        return Call(principal=principal, deadline=deadline_of(context)), slot, key
 
     async def _run(
         self, op: Operation[C, R], to_command: Callable[[Req], C], request: Req, context: Context
@@ -123,9 +126,9 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         to hundreds of milliseconds: on the event loop it would stall every other call.
         """
         cls: CallClass = "long" if op.name in LONG else "unary"
-        call, slot = self._admit(cls, context)
+        call, slot, key = self._admit(cls, context)
         handler = self._registry.get(op)
-        future = submit(self._pools.of(cls), lambda: handler(to_command(request), call), call)
+        future = submit(self._pools.of(cls), lambda: handler(to_command(request), call), call, key)
         release_when_done(future, slot)
         return await asyncio.wrap_future(future)
 
@@ -135,15 +138,19 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         to_command: Callable[[Req], C],
         request: Req,
         context: Context,
-    ) -> AsyncGenerator[tuple[T, str]]:
-        """Admit the stream, open it, and yield its items; its slot lasts until it is closed.
+        to_message: Callable[[T, str], M],
+    ) -> AsyncGenerator[M]:
+        """Admit the stream, open it, and yield its messages; its slot lasts until it is closed.
 
-        Chunks are fetched in the stream pool, the next while this one is being sent.
+        Chunks are fetched and converted to messages in the stream pool (the next while this
+        one is being sent), so the event loop only sends: a busy stream costs the other calls
+        on the loop little, and the fair pool bounds how many of one caller's chunks are
+        converted at once.
         """
-        call, slot = self._admit("stream", context)
+        call, slot, key = self._admit("stream", context)
         handler = self._registry.get(op)
         pool = self._pools.stream
-        opening = submit(pool, lambda: handler(to_command(request), call), call)
+        opening = submit(pool, lambda: handler(to_command(request), call), call, key)
         try:
             stream = await asyncio.wrap_future(opening)
         except BaseException:
@@ -151,17 +158,26 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
             opening.add_done_callback(_close_opened)
             release_when_done(opening, slot)
             raise
-        loop = asyncio.get_running_loop()
-        pending = loop.run_in_executor(pool, stream.next_chunk)
+
+        def fetch() -> list[M]:
+            return [to_message(item, token) for item, token in stream.next_chunk()]
+
+        pending = asyncio.wrap_future(submit(pool, fetch, call, key))
         try:
             while chunk := await pending:
-                pending = loop.run_in_executor(pool, stream.next_chunk)
-                for pair in chunk:
-                    yield pair
+                pending = asyncio.wrap_future(submit(pool, fetch, call, key))
+                for message in chunk:
+                    yield message
         finally:
             # Not awaited: a cancelled call must not wait for it. The stream's lock makes the
             # close wait for a fetch still running in a worker; the slot is free after it.
-            release_when_done(pool.submit(stream.close), slot)
+            try:
+                closing = pool.submit(stream.close)
+            except RuntimeError:  # the pools are shut down: a stream outlived the grace
+                stream.close()
+                slot.release()
+            else:
+                release_when_done(closing, slot)
 
     @unary
     async def WriteProvenanceBatch(
@@ -176,10 +192,16 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         self, request: pb.QueryProvenanceRequest, context: Context
     ) -> AsyncIterator[pb.QueryProvenanceResponse]:
         """Stream provenance records, newest first."""
-        stream = self._stream(OP_PROVENANCE_QUERY, convert.provenance_query, request, context)
-        async with aclosing(stream):
-            async for record, token in stream:
-                yield convert.provenance_response(record, token)
+        messages = self._stream(
+            OP_PROVENANCE_QUERY,
+            convert.provenance_query,
+            request,
+            context,
+            convert.provenance_response,
+        )
+        async with aclosing(messages):
+            async for message in messages:
+                yield message
 
     @unary
     async def GetDriftStats(
@@ -194,12 +216,18 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         self, request: pb.QueryCanaryReportsRequest, context: Context
     ) -> AsyncIterator[pb.QueryCanaryReportsResponse]:
         """Stream canary reports, newest first."""
-        stream = self._stream(OP_CANARY_REPORTS, convert_canary.report_query, request, context)
-        async with aclosing(stream):
-            async for report, token in stream:
-                yield pb.QueryCanaryReportsResponse(
-                    report=convert_canary.canary_report(report), page_token=token
-                )
+        messages = self._stream(
+            OP_CANARY_REPORTS,
+            convert_canary.report_query,
+            request,
+            context,
+            lambda report, token: pb.QueryCanaryReportsResponse(
+                report=convert_canary.canary_report(report), page_token=token
+            ),
+        )
+        async with aclosing(messages):
+            async for message in messages:
+                yield message
 
     @unary
     async def GetCanaryReport(

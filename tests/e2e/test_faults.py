@@ -362,12 +362,6 @@ def test_sigterm_mid_stream_then_resume_by_token(database_url, tmp_path, tag):
         server.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the stream a shutdown cancels is closed after the worker pools are shut down: "
-    "servicer._stream's pool.submit(stream.close) raises RuntimeError('cannot schedule new "
-    "futures after shutdown'), logged as an internal error; its cursor is never closed",
-)
 def test_sigterm_closes_a_stream_open_past_the_grace(tmp_path, tag):
     url = f"sqlite:///{tmp_path / 'costsim.db'}"
     schema.upgrade(url)

@@ -7,6 +7,7 @@ import contextlib
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import pytest
 from hypothesis import given
@@ -21,6 +22,7 @@ from costsim_analytics.api.admission import (
     AdmissionLimits,
     Bound,
     CallClass,
+    FairPool,
     release_when_done,
     submit,
 )
@@ -178,3 +180,79 @@ def test_work_cancelled_while_queued_never_runs_and_frees_its_slot():
 def test_a_principal_bound_above_the_server_bound_is_refused_at_start():
     with pytest.raises(ValidationError, match="COSTSIM_MAX_STREAMS_PER_PRINCIPAL"):
         Settings(max_streams=4, max_streams_per_principal=5)
+
+
+def test_a_fair_pool_serves_principals_in_turn_not_in_arrival_order():
+    pool = FairPool(1, "t")
+    gate, busy = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def block() -> None:
+        busy.set()
+        gate.wait(5)
+
+    try:
+        pool.submit_as("x", block)  # the only worker is busy
+        assert busy.wait(5)
+        futures = [pool.submit_as("flood", partial(order.append, f"flood-{n}")) for n in range(5)]
+        futures.append(pool.submit_as("other", lambda: order.append("other")))
+        futures.append(pool.submit_as("flood", lambda: order.append("flood-5")))
+        assert pool.queued() == 7
+        gate.set()
+        for future in futures:
+            future.result(5)
+    finally:
+        pool.shutdown()
+    # The other caller's call waited for one of the flood's, not for all six.
+    assert order[:2] == ["flood-0", "other"]
+    assert order[2:] == [f"flood-{n}" for n in range(1, 6)]
+
+
+def test_a_fair_pool_drops_cancelled_work_and_cancels_the_queue_at_shutdown():
+    pool = FairPool(1, "t")
+    gate, ran = threading.Event(), []
+    pool.submit_as("a", lambda: gate.wait(5))
+    dropped = pool.submit_as("a", lambda: ran.append("dropped"))
+    left = pool.submit_as("b", lambda: ran.append("left"))
+    assert dropped.cancel()
+    pool.shutdown(wait=False, cancel_futures=True)
+    gate.set()
+    pool.shutdown(wait=True)
+    assert left.cancelled() and ran == []
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        pool.submit_as("a", lambda: None)
+
+
+def test_a_fair_pool_hands_exceptions_to_the_caller():
+    pool = FairPool(2, "t")
+    try:
+        with pytest.raises(ZeroDivisionError):
+            pool.submit(lambda: 1 / 0).result(5)
+        assert pool.submit(lambda a, b: a + b, 2, b=3).result(5) == 5
+    finally:
+        pool.shutdown()
+
+
+def test_one_principal_occupies_at_most_its_share_of_the_workers():
+    pool = FairPool(4, "t")  # per principal: half, two workers
+    lock, running, peak = threading.Lock(), [0], [0]
+    gate = threading.Event()
+
+    def work() -> None:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        gate.wait(5)
+        with lock:
+            running[0] -= 1
+
+    try:
+        flood = [pool.submit_as("flood", work) for _ in range(6)]
+        other = pool.submit_as("other", lambda: "served")
+        assert other.result(5) == "served"  # a worker was left for the other caller
+        gate.set()
+        for future in flood:
+            future.result(5)
+    finally:
+        pool.shutdown()
+    assert peak[0] == 2

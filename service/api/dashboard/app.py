@@ -143,7 +143,7 @@ class Dashboard:
         """
         try:
             slot = self._admission.enter("unary", DASHBOARD_PRINCIPAL)
-            future = submit(self._executor, render, Call())
+            future = submit(self._executor, render, Call(), DASHBOARD_PRINCIPAL)
             release_when_done(future, slot)
             text = await asyncio.wrap_future(future)
         except CostsimError as exc:
