@@ -16,7 +16,7 @@ COPY migrations ./migrations
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install --upgrade pip \
  && /opt/venv/bin/pip wheel --no-deps --wheel-dir /wheels . \
- && /opt/venv/bin/pip install /wheels/costsim_analytics-*.whl
+ && /opt/venv/bin/pip install "$(ls /wheels/costsim_analytics-*.whl)[server]"
 
 # --- runtime: the venv only, no sources, no build tools ----------------------------------------
 FROM python:3.11-slim AS runtime

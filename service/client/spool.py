@@ -1,0 +1,588 @@
+"""The writer's durable spool: an append-only, checksummed log of records and batches.
+
+A spool is a directory. ``add()`` returns once its record is in the log; a batch leaves it
+only after the server acknowledged it; a writer opened on the same directory after a crash
+sends again what is left, with the same request ids. The format (docs/client.md, "The spool"):
+
+* ``segment-00000001.log``, ``segment-00000002.log``, ...: frames, each
+  ``magic (2 bytes "CS") | type (1) | length (u32 LE) | CRC-32 of type, length and payload
+  (u32 LE) | payload``. Every segment starts with a HEADER frame (JSON: the spool id, the
+  segment number, the next record and batch numbers). RECORD frames carry a record's number
+  (u64) and its encoded ``ProvenanceRecord``; SEAL a batch's number and its records' numbers
+  (as ranges), written before the batch is first sent, so that it is re-sent with the same
+  records under the same request id ``<spool id>-<batch number>``; ACK the same once the
+  server answered; REJECT records the server refused (also appended to ``rejected.jsonl``);
+  ABANDON a batch the server never stored (too large, or its request id taken), whose records
+  are sealed again.
+* A new segment is begun on every open and when the active one passes ``segment_bytes``;
+  the oldest segments are deleted once every record and batch in them is settled.
+* ``spool.lock``: held (``flock``) by the one writer that has the spool open.
+
+On open every segment is read and every frame's checksum checked. A torn tail (the last
+frame cut short by a crash during a write: its ``add()`` never returned) and a corrupt
+region (checksums that do not match, with whole frames after it) are reported
+(:attr:`Spool.damage`, and a warning in the log), their bytes are kept aside in
+``damaged-<segment>-<offset>.bin``, and the segment is rewritten with its whole frames: no
+whole record beyond the damage is ever dropped, and the numbers of records lost inside it
+are counted from the gaps in the record numbers.
+
+``add()`` writes its frame with one ``write()``: that survives the process being killed at
+any point. With ``fsync=True`` each write is also flushed to the disk before it returns, which
+survives a power loss too, at the disk's flush latency (docs/client.md has the figures).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import struct
+import threading
+import uuid
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format
+
+from costsim.analytics.v1 import analytics_pb2 as pb
+from costsim_analytics.client.errors import SpoolError, SpoolLockedError
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+MAGIC = b"CS"
+_FRAME = struct.Struct("<2sBII")
+_U64 = struct.Struct("<Q")
+_RANGE = struct.Struct("<QI")
+HEADER, RECORD, SEAL, ACK, REJECT, ABANDON = 1, 2, 3, 4, 5, 6
+_TYPES = frozenset({HEADER, RECORD, SEAL, ACK, REJECT, ABANDON})
+DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+LOCK_FILE = "spool.lock"
+REJECTED_FILE = "rejected.jsonl"
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolDamage:
+    """A damaged stretch of a segment found on open.
+
+    ``kind`` is ``truncated`` (a last frame cut short: a write a crash interrupted) or
+    ``corrupt`` (bytes whose checksum fails, whole frames after them). ``saved_to`` is the file
+    that keeps the bytes.
+    """
+
+    segment: str
+    offset: int
+    length: int
+    kind: str
+    saved_to: str
+
+
+@dataclass(frozen=True, slots=True)
+class SealedBatch:
+    """A batch sealed before a crash and not yet acknowledged: re-sent as it was."""
+
+    number: int
+    seqs: tuple[int, ...]
+
+
+@dataclass
+class Recovery:
+    """What an open found: records to send, batches to re-send, and any damage."""
+
+    pending: dict[int, bytes] = field(default_factory=dict)
+    batches: list[SealedBatch] = field(default_factory=list)
+    damage: list[SpoolDamage] = field(default_factory=list)
+    lost_records: int = 0
+    broken_batches: int = 0
+
+    @property
+    def records(self) -> int:
+        """Records found not yet acknowledged."""
+        return len(self.pending)
+
+
+def _crc(kind: int, payload: bytes | memoryview) -> int:
+    return zlib.crc32(payload, zlib.crc32(bytes((kind,)) + struct.pack("<I", len(payload))))
+
+
+def frame(kind: int, payload: bytes) -> bytes:
+    """One frame of the log."""
+    return _FRAME.pack(MAGIC, kind, len(payload), _crc(kind, payload)) + payload
+
+
+def _ranges(seqs: Sequence[int]) -> bytes:
+    out: list[bytes] = []
+    start = prev = -2
+    count = 0
+    for seq in sorted(seqs):
+        if seq == prev + 1:
+            count += 1
+        else:
+            if count:
+                out.append(_RANGE.pack(start, count))
+            start, count = seq, 1
+        prev = seq
+    if count:
+        out.append(_RANGE.pack(start, count))
+    return b"".join(out)
+
+
+def _seqs(data: bytes | memoryview) -> list[int]:
+    seqs: list[int] = []
+    for start, count in _RANGE.iter_unpack(data):
+        seqs.extend(range(start, start + count))
+    return seqs
+
+
+def _valid_at(data: bytes, offset: int) -> int | None:
+    """The end of a whole, valid frame at ``offset``, else None."""
+    if len(data) - offset < _FRAME.size:
+        return None
+    magic, kind, length, crc = _FRAME.unpack_from(data, offset)
+    end = offset + _FRAME.size + length
+    if magic != MAGIC or kind not in _TYPES or end > len(data):
+        return None
+    if _crc(kind, memoryview(data)[offset + _FRAME.size : end]) != crc:
+        return None
+    return end
+
+
+def read_frames(data: bytes) -> tuple[list[tuple[int, int, bytes]], list[tuple[int, int, str]]]:
+    """Every whole frame of a segment (offset, type, payload), and its damaged stretches.
+
+    A damaged stretch is (offset, length, kind): ``truncated`` when nothing whole follows it
+    and it looks like the start of a frame cut short, else ``corrupt``.
+    """
+    frames: list[tuple[int, int, bytes]] = []
+    damage: list[tuple[int, int, str]] = []
+    offset = 0
+    while offset < len(data):
+        end = _valid_at(data, offset)
+        if end is not None:
+            kind = data[offset + 2]
+            frames.append((offset, kind, data[offset + _FRAME.size : end]))
+            offset = end
+            continue
+        resume = data.find(MAGIC, offset + 1)
+        while resume != -1 and _valid_at(data, resume) is None:
+            resume = data.find(MAGIC, resume + 1)
+        if resume == -1:
+            damage.append((offset, len(data) - offset, _tail_kind(data, offset)))
+            break
+        damage.append((offset, resume - offset, "corrupt"))
+        offset = resume
+    return frames, damage
+
+
+def _tail_kind(data: bytes, offset: int) -> str:
+    if len(data) - offset < _FRAME.size:
+        return "truncated" if data[offset:].startswith(MAGIC[: len(data) - offset]) else "corrupt"
+    magic, kind, length, _ = _FRAME.unpack_from(data, offset)
+    cut_short = offset + _FRAME.size + length > len(data)
+    return "truncated" if magic == MAGIC and kind in _TYPES and cut_short else "corrupt"
+
+
+@dataclass
+class _Segment:
+    number: int
+    path: Path
+    size: int = 0
+    open_records: int = 0
+    open_seals: int = 0
+
+
+class Spool:
+    """An open spool directory (one writer at a time). Thread-safe.
+
+    Example:
+        >>> spool = Spool.open("/var/lib/sim/costsim-spool")  # doctest: +SKIP
+        >>> [seq] = spool.append([record.body])  # doctest: +SKIP
+        >>> batch = spool.seal([seq])  # doctest: +SKIP
+        >>> spool.ack(batch, [seq])  # doctest: +SKIP
+    """
+
+    def __init__(
+        self, path: Path, *, fsync: bool, segment_bytes: int, lock_fd: int, spool_id: str
+    ) -> None:
+        self.path = path
+        self.fsync = fsync
+        self.segment_bytes = segment_bytes
+        self.spool_id = spool_id
+        self.recovery = Recovery()
+        self._lock_fd = lock_fd
+        self._lock = threading.Lock()
+        self._segments: list[_Segment] = []
+        self._seq_segment: dict[int, _Segment] = {}
+        self._seal_segment: dict[int, _Segment] = {}
+        self._fd = -1
+        self.next_seq = 0
+        self.next_batch = 0
+
+    # --- opening -------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        fsync: bool = False,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+    ) -> Spool:
+        """Open (or create) the spool at ``path``: lock it, read it back, begin a new segment.
+
+        Raises:
+            SpoolLockedError: another writer has it open.
+            SpoolError: it cannot be read or written.
+        """
+        root = Path(path)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            lock_fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise SpoolError(f"cannot open the spool {root}: {exc}") from exc
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(lock_fd)
+            raise SpoolLockedError(f"the spool {root} is open in another writer") from None
+        try:
+            spool = cls(
+                root, fsync=fsync, segment_bytes=segment_bytes, lock_fd=lock_fd, spool_id=""
+            )
+            spool._recover()
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        return spool
+
+    def _segment_files(self) -> list[tuple[int, Path]]:
+        found = []
+        for entry in self.path.glob("segment-*.log"):
+            number = entry.stem.removeprefix("segment-")
+            if number.isdigit():
+                found.append((int(number), entry))
+        return sorted(found)
+
+    def _recover(self) -> None:
+        try:
+            files = self._segment_files()
+            parsed = [(n, p, *read_frames(p.read_bytes())) for n, p in files]
+        except OSError as exc:
+            raise SpoolError(f"cannot read the spool {self.path}: {exc}") from exc
+        state = _Replay()
+        for number, seg_path, frames, damage in parsed:
+            segment = _Segment(number, seg_path)
+            self._segments.append(segment)
+            for _offset, kind, payload in frames:
+                state.apply(segment, kind, payload)
+            if damage:
+                self._repair(seg_path, frames, damage)
+            segment.size = sum(_FRAME.size + len(p) for _o, _k, p in frames)
+        if parsed and not state.spool_id:
+            raise SpoolError(f"no segment of the spool {self.path} has a readable header")
+        self.spool_id = state.spool_id or uuid.uuid4().hex[:16]
+        self.next_seq, self.next_batch = state.next_seq, state.next_batch
+        self._begin_segment()
+        broken = state.settle(self.recovery)
+        for number in broken:  # a sealed batch that lost a record: its records go again
+            self._write(ABANDON, _U64.pack(number))
+        self.recovery.broken_batches = len(broken)
+        for seq in self.recovery.pending:
+            segment = state.record_segment[seq]
+            segment.open_records += 1
+            self._seq_segment[seq] = segment
+        for batch in self.recovery.batches:
+            segment = state.seal_segment[batch.number]
+            segment.open_seals += 1
+            self._seal_segment[batch.number] = segment
+        self._trim()
+        if self.recovery.damage or self.recovery.lost_records:
+            log.warning(
+                "spool %s: %d damaged stretch(es) set aside, %d record(s) lost, "
+                "%d batch(es) sealed again",
+                self.path,
+                len(self.recovery.damage),
+                self.recovery.lost_records,
+                len(broken),
+            )
+
+    def _repair(
+        self,
+        seg_path: Path,
+        frames: list[tuple[int, int, bytes]],
+        damage: list[tuple[int, int, str]],
+    ) -> None:
+        data = seg_path.read_bytes()
+        for offset, length, kind in damage:
+            saved = self.path / f"damaged-{seg_path.stem}-{offset}.bin"
+            saved.write_bytes(data[offset : offset + length])
+            self.recovery.damage.append(
+                SpoolDamage(seg_path.name, offset, length, kind, saved.name)
+            )
+            log.warning(
+                "spool %s: %s stretch of %d bytes at offset %d of %s, kept in %s",
+                self.path,
+                kind,
+                length,
+                offset,
+                seg_path.name,
+                saved.name,
+            )
+        whole = b"".join(frame(kind, payload) for _o, kind, payload in frames)
+        tmp = seg_path.with_suffix(".tmp")
+        with open(tmp, "wb") as out:
+            out.write(whole)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, seg_path)
+        self._sync_dir()
+
+    # --- writing ---------------------------------------------------------------------------
+
+    def _sync_dir(self) -> None:
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _begin_segment(self) -> None:
+        number = self._segments[-1].number + 1 if self._segments else 1
+        seg_path = self.path / f"segment-{number:08d}.log"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
+        try:
+            fd = os.open(seg_path, flags, 0o600)
+        except OSError as exc:
+            raise SpoolError(f"cannot create {seg_path}: {exc}") from exc
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd = fd
+        self._segments.append(_Segment(number, seg_path))
+        header = {
+            "format": FORMAT,
+            "spool_id": self.spool_id,
+            "segment": number,
+            "next_seq": self.next_seq,
+            "next_batch": self.next_batch,
+            "created_at": datetime.now(UTC).isoformat(),
+        }
+        self._write_now(frame(HEADER, json.dumps(header).encode()))
+        self._sync_dir()
+
+    def _write(self, kind: int, payload: bytes) -> None:
+        data = frame(kind, payload)
+        self._roll(len(data))
+        self._write_now(data)
+
+    def _roll(self, size: int) -> None:
+        """Begin a new segment when ``size`` more bytes would take the active one too far."""
+        active = self._segments[-1]
+        if active.size + size > self.segment_bytes and active.size > 512:
+            self._begin_segment()
+            self._trim()
+
+    def _write_now(self, data: bytes) -> None:
+        active = self._segments[-1]
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._fd, view) :]
+            if self.fsync:
+                os.fdatasync(self._fd)
+        except OSError as exc:
+            try:  # take back a frame written in part, so the log stays whole
+                os.ftruncate(self._fd, active.size)
+            except OSError:
+                log.exception("spool %s: cannot truncate %s", self.path, active.path.name)
+            raise SpoolError(f"cannot write the spool {self.path}: {exc}") from exc
+        active.size += len(data)
+
+    def append(self, bodies: Sequence[bytes]) -> list[int]:
+        """Add encoded records (one write for all); their record numbers."""
+        with self._lock:
+            first = self.next_seq
+            data = b"".join(
+                frame(RECORD, _U64.pack(first + i) + body) for i, body in enumerate(bodies)
+            )
+            self._roll(len(data))
+            active = self._segments[-1]
+            self._write_now(data)
+            self.next_seq = first + len(bodies)
+            seqs = list(range(first, self.next_seq))
+            for seq in seqs:
+                self._seq_segment[seq] = active
+            active.open_records += len(seqs)
+            return seqs
+
+    def seal(self, seqs: Sequence[int]) -> int:
+        """Seal a batch of records before it is sent; its number (in its request id)."""
+        with self._lock:
+            number = self.next_batch
+            self._write(SEAL, _U64.pack(number) + _ranges(seqs))
+            self.next_batch = number + 1
+            segment = self._segments[-1]
+            self._seal_segment[number] = segment
+            segment.open_seals += 1
+            return number
+
+    def ack(self, number: int, seqs: Iterable[int]) -> None:
+        """The server stored batch ``number``: its records leave the spool."""
+        seqs = list(seqs)
+        with self._lock:
+            self._write(ACK, _U64.pack(number) + _ranges(seqs))
+            self._settle_seal(number)
+            self._settle_records(seqs)
+            self._trim()
+
+    def abandon(self, number: int) -> None:
+        """Batch ``number`` was never stored: its records are to be sealed again."""
+        with self._lock:
+            self._write(ABANDON, _U64.pack(number))
+            self._settle_seal(number)
+            self._trim()
+
+    def reject(self, entries: Sequence[tuple[int, bytes, dict[str, Any]]]) -> None:
+        """The server refused these records for good: (number, record, why) each.
+
+        Each goes to ``rejected.jsonl`` (the record in the proto's JSON form, with the reason)
+        before the spool forgets it.
+        """
+        lines = []
+        for seq, body, why in entries:
+            record = json_format.MessageToDict(
+                pb.ProvenanceRecord.FromString(body), preserving_proto_field_name=True
+            )
+            lines.append(json.dumps({"seq": seq, **why, "record": record}) + "\n")
+        with self._lock:
+            try:
+                with open(self.path / REJECTED_FILE, "a", encoding="utf-8") as out:
+                    out.writelines(lines)
+                    out.flush()
+                    if self.fsync:
+                        os.fsync(out.fileno())
+            except OSError as exc:
+                raise SpoolError(f"cannot write {REJECTED_FILE}: {exc}") from exc
+            seqs = [seq for seq, _b, _w in entries]
+            self._write(REJECT, _ranges(seqs))
+            self._settle_records(seqs)
+            self._trim()
+
+    def _settle_seal(self, number: int) -> None:
+        segment = self._seal_segment.pop(number, None)
+        if segment is not None:
+            segment.open_seals -= 1
+
+    def _settle_records(self, seqs: Iterable[int]) -> None:
+        for seq in seqs:
+            segment = self._seq_segment.pop(seq, None)
+            if segment is not None:
+                segment.open_records -= 1
+
+    def _trim(self) -> None:
+        """Delete the oldest segments while everything in them is settled (never the active)."""
+        removed = False
+        while len(self._segments) > 1:
+            oldest = self._segments[0]
+            if oldest.open_records or oldest.open_seals:
+                break
+            try:
+                oldest.path.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise SpoolError(f"cannot delete {oldest.path}: {exc}") from exc
+            self._segments.pop(0)
+            removed = True
+        if removed and self.fsync:
+            self._sync_dir()
+
+    # --- state -----------------------------------------------------------------------------
+
+    @property
+    def damage(self) -> list[SpoolDamage]:
+        """The damage the last open found (and set aside)."""
+        return self.recovery.damage
+
+    def size_bytes(self) -> int:
+        """Bytes of the segments on disk."""
+        with self._lock:
+            return sum(s.size for s in self._segments)
+
+    def segments(self) -> list[str]:
+        """The segment files, oldest first."""
+        with self._lock:
+            return [s.path.name for s in self._segments]
+
+    def close(self) -> None:
+        """Close the files and release the lock (idempotent)."""
+        with self._lock:
+            if self._fd >= 0:
+                if self.fsync:
+                    os.fsync(self._fd)
+                os.close(self._fd)
+                self._fd = -1
+            if self._lock_fd >= 0:
+                os.close(self._lock_fd)  # releases the flock
+                self._lock_fd = -1
+
+
+class _Replay:
+    """The spool's state rebuilt frame by frame."""
+
+    def __init__(self) -> None:
+        self.spool_id = ""
+        self.next_seq = 0
+        self.next_batch = 0
+        self.first_seq: int | None = None
+        self.records: dict[int, bytes] = {}
+        self.record_segment: dict[int, _Segment] = {}
+        self.seals: dict[int, tuple[int, ...]] = {}
+        self.seal_segment: dict[int, _Segment] = {}
+        self.settled: set[int] = set()
+
+    def apply(self, segment: _Segment, kind: int, payload: bytes) -> None:
+        if kind == HEADER:
+            header = json.loads(payload)
+            self.spool_id = self.spool_id or str(header["spool_id"])
+            if self.first_seq is None:
+                self.first_seq = int(header["next_seq"])
+            self.next_seq = max(self.next_seq, int(header["next_seq"]))
+            self.next_batch = max(self.next_batch, int(header["next_batch"]))
+        elif kind == RECORD:
+            (seq,) = _U64.unpack_from(payload)
+            self.records[seq] = payload[_U64.size :]
+            self.record_segment[seq] = segment
+            self.next_seq = max(self.next_seq, seq + 1)
+        elif kind in (SEAL, ACK, ABANDON):
+            (number,) = _U64.unpack_from(payload)
+            self.next_batch = max(self.next_batch, number + 1)
+            if kind == SEAL:
+                self.seals[number] = tuple(_seqs(payload[_U64.size :]))
+                self.seal_segment[number] = segment
+            else:
+                self.seals.pop(number, None)
+                if kind == ACK:
+                    self.settled.update(_seqs(payload[_U64.size :]))
+        elif kind == REJECT:
+            self.settled.update(_seqs(payload))
+
+    def settle(self, recovery: Recovery) -> list[int]:
+        """Fill ``recovery``; the numbers of sealed batches that lost a record."""
+        recovery.pending = {
+            seq: body for seq, body in sorted(self.records.items()) if seq not in self.settled
+        }
+        first = self.first_seq if self.first_seq is not None else self.next_seq
+        present = set(self.records) | self.settled
+        recovery.lost_records = sum(1 for seq in range(first, self.next_seq) if seq not in present)
+        broken = []
+        for number, seqs in sorted(self.seals.items()):
+            if all(seq in recovery.pending for seq in seqs):
+                recovery.batches.append(SealedBatch(number, seqs))
+            elif any(seq in recovery.pending or seq not in self.settled for seq in seqs):
+                broken.append(number)
+        return broken

@@ -1,0 +1,411 @@
+"""The blocking client: every RPC, with deadlines, retries and resumable streams.
+
+Example:
+    >>> with AnalyticsClient("127.0.0.1:50051") as client:  # doctest: +SKIP
+    ...     for record in client.query_provenance(tenant_id="acme", variant_slug="v2"):
+    ...         print(record.id, record.cost_delta)
+
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Generic, Self, TypeVar
+
+import grpc
+from google.protobuf import message
+
+from costsim.analytics.v1 import analytics_pb2 as pb
+from costsim_analytics.client import _calls
+from costsim_analytics.client._calls import Pager, RecordLike, message_of, new_request_id, path
+from costsim_analytics.client.channel import Credentials, StrPath
+from costsim_analytics.client.errors import RpcError, from_grpc
+from costsim_analytics.client.retry import RetryPolicy, should_retry
+
+T = TypeVar("T")
+R = TypeVar("R", bound=message.Message)
+
+DEFAULT_TIMEOUT_S = 30.0
+
+
+class RecordStream(Iterator[T], Generic[T]):
+    """The messages of a streaming query, all pages of them, resumed when a stream breaks.
+
+    Iterate it once. ``page_token`` is the token of the last message handed out: a later
+    query with the same filters and that token continues right after it. ``cancel()`` (or
+    leaving a ``for`` loop early and dropping the stream) ends the call in flight.
+    """
+
+    def __init__(self, items: Callable[[RecordStream[T]], Iterator[T]], pager: Pager) -> None:
+        self._pager = pager
+        self._call: grpc.Call | None = None
+        self._items = items(self)
+
+    @property
+    def page_token(self) -> str:
+        """Where a query with the same filters continues (empty before the first message)."""
+        return self._pager.page_token
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __next__(self) -> T:
+        return next(self._items)
+
+    def cancel(self) -> None:
+        """Stop: cancel the call in flight; the iteration ends."""
+        if self._call is not None:
+            self._call.cancel()
+        self._items.close()
+
+
+class AnalyticsClient:
+    """A blocking client of ``costsim.analytics.v1.AnalyticsService`` over one channel.
+
+    Every call has a deadline (``timeout_s``, per call or the client's default) and is retried
+    within it on ``UNAVAILABLE`` and on ``RESOURCE_EXHAUSTED`` with a ``RetryInfo``
+    (:mod:`costsim_analytics.client.retry`). Writes always carry a request id (one is made
+    when none is given), so a retry never writes twice. Failures raise
+    :class:`~costsim_analytics.client.errors.RpcError` subclasses. Thread-safe; close it (or use
+    ``with``).
+
+    Args:
+        target: ``host:port`` (any gRPC target: ``dns:///costsim.internal:50051``).
+        token: a bearer token for every call.
+        token_file: a file holding the token, read again when it changes.
+        tls: speak TLS, trusting the system's CAs (implied by ``ca_file``/``cert_file``).
+        ca_file: the CA bundle that signs the server's certificate.
+        cert_file: client certificate chain (mTLS), with ``key_file``.
+        key_file: its private key.
+        server_name: the name the server's certificate must carry, if not the target's host.
+        credentials: all of the above at once (instead of those arguments).
+        timeout_s: the default deadline of a call (a stream's: of each page).
+        retry: how calls are retried.
+        options: extra gRPC channel options (they override the client's own).
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        token: str = "",
+        token_file: StrPath | None = None,
+        tls: bool = False,
+        ca_file: StrPath | None = None,
+        cert_file: StrPath | None = None,
+        key_file: StrPath | None = None,
+        server_name: str = "",
+        credentials: Credentials | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        retry: RetryPolicy | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self.target = target
+        self.credentials = credentials or Credentials(
+            token=token,
+            token_file=token_file,
+            tls=tls,
+            ca_file=ca_file,
+            cert_file=cert_file,
+            key_file=key_file,
+            server_name=server_name,
+        )
+        self.timeout_s = timeout_s
+        self.retry = retry or RetryPolicy()
+        self._channel = self.credentials.channel(target, options)
+        self._callables: dict[tuple[str, bool], Any] = {}
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the channel; calls in flight are cancelled."""
+        self._channel.close()
+
+    # --- the machinery ---------------------------------------------------------------------
+
+    def _callable(self, method: str, response: type[message.Message], stream: bool) -> Any:
+        key = (method, stream)
+        if key not in self._callables:
+            make = self._channel.unary_stream if stream else self._channel.unary_unary
+            # Requests go out as bytes the caller (or the spool) serialised already.
+            self._callables[key] = make(path(method), response_deserializer=response.FromString)
+        return self._callables[key]
+
+    def call(
+        self,
+        method: str,
+        request: bytes | message.Message,
+        response: type[R],
+        timeout_s: float | None = None,
+    ) -> R:
+        """One unary call with its deadline and retries; the response, or an ``RpcError``."""
+        body = request if isinstance(request, bytes) else request.SerializeToString()
+        stub = self._callable(method, response, stream=False)
+        deadline = time.monotonic() + (timeout_s or self.timeout_s)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                result: R = stub(
+                    body,
+                    timeout=max(0.0, deadline - time.monotonic()),
+                    metadata=self.credentials.metadata(),
+                )
+            except grpc.RpcError as exc:
+                error = from_grpc(exc)
+                delay = self.retry.delay_s(error, attempt)
+                if time.monotonic() + delay >= deadline or not should_retry(
+                    error, attempt, self.retry
+                ):
+                    raise error from None
+                time.sleep(delay)
+                continue
+            self.retry.budget.succeeded()
+            return result
+
+    def _stream(
+        self,
+        method: str,
+        request: Any,
+        response: type[message.Message],
+        item: str,
+        pager: Pager,
+        timeout_s: float | None,
+    ) -> RecordStream[Any]:
+        stub = self._callable(method, response, stream=True)
+
+        def items(stream: RecordStream[Any]) -> Iterator[Any]:
+            attempt = 0
+            while (size := pager.next_size()) is not None:
+                request.page_size, request.page_token = size, pager.page_token
+                received = 0
+                call = stub(
+                    request.SerializeToString(),
+                    timeout=timeout_s or self.timeout_s,
+                    metadata=self.credentials.metadata(),
+                )
+                stream._call = call
+                try:
+                    for msg in call:
+                        received += 1
+                        pager.saw(msg.page_token)
+                        yield getattr(msg, item)
+                except grpc.RpcError as exc:
+                    error = from_grpc(exc)
+                    # A stream that made progress starts its count of attempts again.
+                    attempt = 1 if received else attempt + 1
+                    if not should_retry(error, attempt, self.retry):
+                        raise error from None
+                    time.sleep(self.retry.delay_s(error, attempt))
+                    continue
+                finally:
+                    call.cancel()  # a no-op once it ended; ends it when the caller stopped
+                attempt = 0
+                self.retry.budget.succeeded()
+                if not pager.page_ended(received):
+                    return
+
+        return RecordStream(items, pager)
+
+    # --- provenance ------------------------------------------------------------------------
+
+    def write_provenance_batch(
+        self,
+        records: Sequence[RecordLike],
+        *,
+        request_id: str | None = None,
+        timeout_s: float | None = None,
+    ) -> pb.WriteProvenanceBatchResponse:
+        """Write one batch: all records stored, or none.
+
+        ``records`` are prepared records, ``ProvenanceRecord`` messages, or mappings of
+        :func:`~costsim_analytics.client.records.prepare_record`'s arguments (checked and hashed
+        here). Without a ``request_id`` the client makes one, so its own retries are safe; pass
+        your own to make a retry of the whole call (after a crash, say) safe too.
+        """
+        body = _calls.write_request(records, request_id or new_request_id())
+        return self.call("WriteProvenanceBatch", body, pb.WriteProvenanceBatchResponse, timeout_s)
+
+    def query_provenance(
+        self,
+        *,
+        tenant_id: str = "",
+        variant_slug: str = "",
+        source: str = "",
+        input_hash: str = "",
+        run_id: str = "",
+        start: datetime | None = None,
+        end: datetime | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+        limit: int | None = None,
+        timeout_s: float | None = None,
+    ) -> RecordStream[pb.ProvenanceRecord]:
+        """Every matching record, newest first, page after page (at most ``limit``).
+
+        ``start`` is inclusive, ``end`` exclusive; ``page_token`` continues an earlier query.
+        """
+        request = pb.QueryProvenanceRequest(
+            tenant_id=tenant_id,
+            variant_slug=variant_slug,
+            source=source,
+            input_hash=input_hash,
+            run_id=run_id,
+        )
+        _calls.window(request, start, end)
+        pager = Pager(page_size, limit, page_token)
+        return self._stream(
+            "QueryProvenance", request, pb.QueryProvenanceResponse, "record", pager, timeout_s
+        )
+
+    def get_drift_stats(
+        self,
+        *,
+        tenant_id: str = "",
+        variant_slug: str = "",
+        start: datetime | None = None,
+        end: datetime | None = None,
+        timeout_s: float | None = None,
+    ) -> pb.GetDriftStatsResponse:
+        """Count, mean, min, max, standard deviation and p50/p90 of ``cost_delta``."""
+        request = pb.GetDriftStatsRequest(tenant_id=tenant_id, variant_slug=variant_slug)
+        _calls.window(request, start, end)
+        return self.call("GetDriftStats", request, pb.GetDriftStatsResponse, timeout_s)
+
+    # --- canary ----------------------------------------------------------------------------
+
+    def query_canary_reports(
+        self,
+        *,
+        status: str | int = "",
+        passed: bool | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+        limit: int | None = None,
+        timeout_s: float | None = None,
+    ) -> RecordStream[pb.CanaryReport]:
+        """Every matching canary report, newest first (``status``: ``fail``, ``pass``, ...)."""
+        request = pb.QueryCanaryReportsRequest(status=_calls.canary_status(status), passed=passed)
+        _calls.window(request, start, end)
+        pager = Pager(page_size, limit, page_token)
+        return self._stream(
+            "QueryCanaryReports", request, pb.QueryCanaryReportsResponse, "report", pager, timeout_s
+        )
+
+    def get_canary_report(self, run_id: str, *, timeout_s: float | None = None) -> pb.CanaryReport:
+        """One canary report by run id (``NotFoundError`` for an unknown one)."""
+        request = pb.GetCanaryReportRequest(run_id=run_id)
+        return self.call("GetCanaryReport", request, pb.GetCanaryReportResponse, timeout_s).report
+
+    def run_canary(
+        self,
+        request: pb.RunCanaryRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout_s: float = 600.0,
+        **fields: Any,
+    ) -> pb.RunCanaryResponse:
+        """Run a canary (fields as RunCanaryRequest's, e.g. ``sample_count=500``).
+
+        Without a ``request_id`` the client makes one, so that its retries run it once.
+        """
+        message_ = message_of(pb.RunCanaryRequest, request, fields)
+        message_.request_id = message_.request_id or new_request_id("canary")
+        return self.call("RunCanary", message_, pb.RunCanaryResponse, timeout_s)
+
+    # --- golden datasets -------------------------------------------------------------------
+
+    def create_golden_dataset(
+        self,
+        name: str,
+        samples: Sequence[pb.GoldenSample | Mapping[str, Any]],
+        *,
+        description: str = "",
+        request_id: str | None = None,
+        timeout_s: float = 300.0,
+    ) -> pb.GoldenDataset:
+        """Store a new version of a golden dataset (samples as messages or their JSON form)."""
+        request = pb.CreateGoldenDatasetRequest(
+            name=name,
+            description=description,
+            samples=_calls.golden_samples(samples),
+            request_id=request_id or new_request_id("golden"),
+        )
+        response = self.call(
+            "CreateGoldenDataset", request, pb.CreateGoldenDatasetResponse, timeout_s
+        )
+        return response.dataset
+
+    def promote_canary_run(
+        self,
+        run_id: str,
+        name: str,
+        *,
+        description: str = "",
+        request_id: str | None = None,
+        timeout_s: float = 300.0,
+    ) -> pb.GoldenDataset:
+        """Store a canary run's samples as a new golden version."""
+        request = pb.PromoteCanaryRunRequest(
+            run_id=run_id,
+            name=name,
+            description=description,
+            request_id=request_id or new_request_id("promote"),
+        )
+        response = self.call("PromoteCanaryRun", request, pb.PromoteCanaryRunResponse, timeout_s)
+        return response.dataset
+
+    def get_golden_dataset(
+        self, name: str, version: int | None = None, *, timeout_s: float | None = None
+    ) -> pb.GoldenDataset:
+        """One version with its samples (the active one without ``version``)."""
+        request = pb.GetGoldenDatasetRequest(name=name, version=version)
+        response = self.call("GetGoldenDataset", request, pb.GetGoldenDatasetResponse, timeout_s)
+        return response.dataset
+
+    def list_golden_datasets(
+        self, name: str = "", *, timeout_s: float | None = None
+    ) -> list[pb.GoldenDataset]:
+        """Every version (of ``name``), without samples."""
+        request = pb.ListGoldenDatasetsRequest(name=name)
+        response = self.call(
+            "ListGoldenDatasets", request, pb.ListGoldenDatasetsResponse, timeout_s
+        )
+        return list(response.datasets)
+
+    def activate_golden_dataset(
+        self, name: str, version: int, *, timeout_s: float | None = None
+    ) -> pb.GoldenDataset:
+        """Make one version the active one of its name (doing it twice changes nothing)."""
+        request = pb.ActivateGoldenDatasetRequest(name=name, version=version)
+        response = self.call(
+            "ActivateGoldenDataset", request, pb.ActivateGoldenDatasetResponse, timeout_s
+        )
+        return response.dataset
+
+    def compare_golden(
+        self,
+        request: pb.CompareGoldenRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout_s: float = 300.0,
+        **fields: Any,
+    ) -> pb.GoldenComparison:
+        """Judge a model against a golden version (fields as CompareGoldenRequest's)."""
+        message_ = message_of(pb.CompareGoldenRequest, request, fields)
+        response = self.call("CompareGolden", message_, pb.CompareGoldenResponse, timeout_s)
+        return response.comparison
+
+
+__all__ = ["AnalyticsClient", "RecordStream", "RpcError"]
