@@ -54,10 +54,10 @@ def window(request: Any, start: datetime | None, end: datetime | None) -> None:
         request.end_time.CopyFrom(timestamp(end))
 
 
-def canary_status(status: str | int) -> int:
+def canary_status(status: str | int) -> pb.CanaryStatus.ValueType:
     """A status by name (``fail``, ``CANARY_STATUS_FAIL``) or number; ``""`` matches all."""
     if isinstance(status, int):
-        return status
+        return pb.CanaryStatus.ValueType(status)
     if not status:
         return pb.CANARY_STATUS_UNSPECIFIED
     name = status.upper()

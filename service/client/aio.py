@@ -113,7 +113,7 @@ class AsyncAnalyticsClient:
 
     async def close(self) -> None:
         """Close the channel; calls in flight are cancelled."""
-        await self._channel.close()
+        await self._channel.close(None)
 
     # --- the machinery ---------------------------------------------------------------------
 
@@ -121,7 +121,9 @@ class AsyncAnalyticsClient:
         key = (method, stream)
         if key not in self._callables:
             make = self._channel.unary_stream if stream else self._channel.unary_unary
-            self._callables[key] = make(path(method), response_deserializer=response.FromString)
+            self._callables[key] = make(
+                path(method), request_serializer=None, response_deserializer=response.FromString
+            )
         return self._callables[key]
 
     async def call(
@@ -155,6 +157,16 @@ class AsyncAnalyticsClient:
                 continue
             self.retry.budget.succeeded()
             return result
+
+    def send_encoded(self, body: bytes, timeout_s: float) -> Any:
+        """One attempt of a WriteProvenanceBatch of encoded bytes (for writers).
+
+        gRPC's own retries of ``UNAVAILABLE`` apply; nothing else is retried. Await the
+        returned call for the response (it raises ``grpc.aio.AioRpcError``); ``cancel()`` ends
+        it.
+        """
+        stub = self._callable("WriteProvenanceBatch", pb.WriteProvenanceBatchResponse, False)
+        return stub(body, timeout=timeout_s, metadata=self.credentials.metadata())
 
     def _stream(
         self,
@@ -293,9 +305,10 @@ class AsyncAnalyticsClient:
     ) -> pb.CanaryReport:
         """One canary report by run id (``NotFoundError`` for an unknown one)."""
         request = pb.GetCanaryReportRequest(run_id=run_id)
-        return await (
-            await self.call("GetCanaryReport", request, pb.GetCanaryReportResponse, timeout_s)
-        ).report
+        response = await self.call(
+            "GetCanaryReport", request, pb.GetCanaryReportResponse, timeout_s
+        )
+        return response.report
 
     async def run_canary(
         self,

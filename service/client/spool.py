@@ -149,7 +149,7 @@ def _valid_at(data: bytes, offset: int) -> int | None:
         return None
     if _crc(kind, memoryview(data)[offset + _FRAME.size : end]) != crc:
         return None
-    return end
+    return int(end)
 
 
 def read_frames(data: bytes) -> tuple[list[tuple[int, int, bytes]], list[tuple[int, int, str]]]:

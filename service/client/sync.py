@@ -10,7 +10,7 @@ Example:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
@@ -39,9 +39,9 @@ class RecordStream(Iterator[T], Generic[T]):
     leaving a ``for`` loop early and dropping the stream) ends the call in flight.
     """
 
-    def __init__(self, items: Callable[[RecordStream[T]], Iterator[T]], pager: Pager) -> None:
+    def __init__(self, items: Callable[[RecordStream[T]], Generator[T]], pager: Pager) -> None:
         self._pager = pager
-        self._call: grpc.Call | None = None
+        self._call: Any = None
         self._items = items(self)
 
     @property
@@ -137,7 +137,9 @@ class AnalyticsClient:
         if key not in self._callables:
             make = self._channel.unary_stream if stream else self._channel.unary_unary
             # Requests go out as bytes the caller (or the spool) serialised already.
-            self._callables[key] = make(path(method), response_deserializer=response.FromString)
+            self._callables[key] = make(
+                path(method), request_serializer=None, response_deserializer=response.FromString
+            )
         return self._callables[key]
 
     def call(
@@ -172,6 +174,20 @@ class AnalyticsClient:
             self.retry.budget.succeeded()
             return result
 
+    def send_encoded(
+        self, body: bytes, timeout_s: float
+    ) -> grpc.Future[pb.WriteProvenanceBatchResponse]:
+        """One attempt of a WriteProvenanceBatch of encoded bytes, as a future (for writers).
+
+        gRPC's own retries of ``UNAVAILABLE`` apply; nothing else is retried. The future's
+        ``result()`` is the response or raises ``grpc.RpcError``; ``cancel()`` ends the call.
+        """
+        stub = self._callable("WriteProvenanceBatch", pb.WriteProvenanceBatchResponse, False)
+        future: grpc.Future[pb.WriteProvenanceBatchResponse] = stub.future(
+            body, timeout=timeout_s, metadata=self.credentials.metadata()
+        )
+        return future
+
     def _stream(
         self,
         method: str,
@@ -183,7 +199,7 @@ class AnalyticsClient:
     ) -> RecordStream[Any]:
         stub = self._callable(method, response, stream=True)
 
-        def items(stream: RecordStream[Any]) -> Iterator[Any]:
+        def items(stream: RecordStream[Any]) -> Generator[Any]:
             attempt = 0
             while (size := pager.next_size()) is not None:
                 request.page_size, request.page_token = size, pager.page_token
