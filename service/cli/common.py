@@ -14,6 +14,8 @@ from rich.console import Console
 from rich.table import Table
 
 from costsim_analytics.api.client import AnalyticsClient, ClientSecurity, JsonDict
+from costsim_analytics.client import AnalyticsClient as Client
+from costsim_analytics.client import Credentials
 from costsim_analytics.settings import Settings
 
 out = Console()
@@ -55,6 +57,19 @@ def use_security(security: ClientSecurity) -> None:
 def connect(target: str | None) -> AnalyticsClient:
     """A client for ``target`` with the TLS and token options given before the command."""
     return AnalyticsClient(target or default_target(), security=_security[0])
+
+
+def library_client(target: str | None) -> Client:
+    """The client library's client for ``target``, with the options given before the command."""
+    security = _security[0]
+    credentials = Credentials(
+        token=security.token,
+        token_file=security.token_file,
+        ca_file=security.ca,
+        cert_file=security.cert,
+        key_file=security.key,
+    )
+    return Client(target or default_target(), credentials=credentials)
 
 
 def settings_with(**overrides: Any) -> Settings:

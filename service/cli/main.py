@@ -7,13 +7,17 @@ for scripts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from google.protobuf import json_format
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from costsim_analytics.api.client import ClientSecurity, JsonDict
 from costsim_analytics.bootstrap import (
@@ -34,6 +38,7 @@ from costsim_analytics.cli.common import (
     Target,
     connect,
     err,
+    library_client,
     out,
     print_page,
     rpc,
@@ -42,6 +47,16 @@ from costsim_analytics.cli.common import (
     table,
     use_security,
     utc,
+)
+from costsim_analytics.client import (
+    FlushTimeoutError,
+    InvalidRecordError,
+    PreparedRecord,
+    ProvenanceWriter,
+    SpoolError,
+    WriterClosedError,
+    messages,
+    prepare_record,
 )
 from costsim_analytics.drivers import schema
 from costsim_analytics.engines.errors import DatabaseUnavailable, SchemaOutOfDate
@@ -181,21 +196,43 @@ def serve(
 # --- client commands ---------------------------------------------------------------------------
 
 
-def _batches(lines: Iterable[str], size: int) -> Iterator[list[JsonDict]]:
-    batch: list[JsonDict] = []
+def _records(lines: Iterable[str]) -> Iterator[JsonDict]:
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            batch.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError as exc:
             err.print(f"[red]line {number}[/red]: not JSON ({exc.msg})")
             raise typer.Exit(1) from None
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+        if not isinstance(record, dict):
+            err.print(f"[red]line {number}[/red]: not a JSON object")
+            raise typer.Exit(1)
+        yield {"_line": number, **record}
+
+
+def _prepared(record: JsonDict) -> PreparedRecord:
+    """One JSONL line (a ProvenanceRecord in the proto's JSON form) checked and encoded."""
+    number = record.pop("_line")
+    try:
+        message = json_format.ParseDict(record, messages.ProvenanceRecord())
+    except json_format.ParseError as exc:
+        err.print(f"[red]line {number}[/red]: {exc}")
+        raise typer.Exit(1) from None
+    fields: dict[str, Any] = {"run_id": "", "variant_slug": "", "source": ""}
+    fields.update((f.name, value) for f, value in message.ListFields())
+    if "payload" in fields:  # as written in the file: whole numbers stay integers
+        fields["payload"] = record.get("payload", json_format.MessageToDict(message.payload))
+    if message.id or message.HasField("cost_delta") or message.HasField("created_at"):
+        err.print(f"[red]line {number}[/red]: id, cost_delta and created_at are output only")
+        raise typer.Exit(1)
+    try:
+        return prepare_record(**fields)
+    except InvalidRecordError as exc:
+        err.print(f"[red]line {number}[/red]: {exc.message}")
+        for violation in exc.violations:
+            err.print(f"  {violation.field}: {violation.description}")
+        raise typer.Exit(1) from None
 
 
 @provenance_app.command("write")
@@ -203,27 +240,104 @@ def provenance_write(
     file: Annotated[Path, typer.Argument(help="JSONL, one ProvenanceRecord per line; - = stdin")],
     target: Target = "",
     batch_size: Annotated[int, typer.Option(help="Records per request.")] = 1000,
+    spool: Annotated[
+        Path | None,
+        typer.Option(
+            help="Durable spool directory: what was read is sent even after a crash; "
+            "run again with the same --spool to finish an interrupted write."
+        ),
+    ] = None,
     request_id: Annotated[
-        str, typer.Option(help="Idempotency prefix; batch n uses PREFIX-n.")
+        str, typer.Option(help="Put before every batch's request id (for the server's logs).")
     ] = "",
+    timeout_s: Annotated[
+        float, typer.Option("--timeout", help="Seconds to wait for the last batches.")
+    ] = 300.0,
     as_json: AsJson = False,
 ) -> None:
-    """Write provenance records from a JSONL file, in batches."""
-    stream = sys.stdin if str(file) == "-" else file.open(encoding="utf-8")
-    total = 0
-    with stream, connect(target) as client:
-        for n, batch in enumerate(_batches(stream, batch_size)):
-            key = f"{request_id}-{n}" if request_id else ""
-            result = rpc(lambda b=batch, k=key: client.write_provenance(b, k))  # type: ignore[misc]
-            total += len(batch)
-            if as_json:
-                print(json.dumps(result))
-            else:
-                ids = result.get("ids", [])
-                replay = " (replayed)" if result.get("replayed") else ""
-                out.print(f"batch {n}: {len(ids)} records, ids {ids[0]}..{ids[-1]}{replay}")
-    if not as_json:
-        out.print(f"{total} records written")
+    """Write provenance records from a JSONL file through the provenance writer.
+
+    Every record is checked by the server's rules before anything is sent (a bad line stops the
+    command, naming it). Batches carry request ids, and are retried until the server has them.
+    With --spool, records are first kept in the spool directory: if the command is interrupted
+    (Ctrl-C, a crash, the server away longer than --timeout), running it again with the same
+    --spool sends what is left, exactly once, before it reads the file again; to resume
+    without writing the file twice, pass an empty file (or ``-`` with nothing on stdin).
+    """
+    lines = sys.stdin if str(file) == "-" else file.open(encoding="utf-8")
+    with lines:
+        records = [_prepared(r) for r in _records(lines)]
+    with library_client(target) as client:
+        try:
+            writer = ProvenanceWriter(
+                client,
+                spool=spool,
+                max_batch_records=batch_size,
+                max_buffer_records=max(20_000, batch_size),
+                request_id_prefix=f"{request_id}-" if request_id else "",
+            )
+        except (SpoolError, ValueError) as exc:
+            err.print(f"[red]cannot start[/red]: {exc}")
+            raise typer.Exit(1) from None
+        left = writer.recovery.records if writer.recovery is not None else 0
+        if writer.recovery is not None:
+            for damage in writer.recovery.damage:
+                err.print(
+                    f"[yellow]spool damage[/yellow]: {damage.kind} stretch of {damage.length} "
+                    f"bytes in {damage.segment} at {damage.offset}, kept in {damage.saved_to}"
+                )
+        total = left + len(records)
+        try:
+            with Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=err,
+                disable=as_json,
+            ) as progress:
+                task = progress.add_task("records", total=total)
+                step = writer.options.max_batch_records
+                for start in range(0, len(records), step):
+                    writer.add_many(records[start : start + step])
+                    progress.update(task, completed=writer.metrics().records_sent)
+                deadline = time.monotonic() + timeout_s
+                while writer.metrics().queue_depth and time.monotonic() < deadline:
+                    with contextlib.suppress(FlushTimeoutError):
+                        writer.flush(timeout_s=0.2)
+                    progress.update(task, completed=writer.metrics().records_sent)
+                progress.update(task, completed=writer.metrics().records_sent)
+            writer.close(timeout_s=max(0.0, deadline - time.monotonic()))
+        except (FlushTimeoutError, WriterClosedError, SpoolError) as exc:
+            err.print(f"[red]not all records were written[/red]: {exc}")
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            writer.close(timeout_s=0)
+            err.print("[yellow]interrupted[/yellow]: run again with the same --spool to finish")
+            raise typer.Exit(130) from None
+    metrics = writer.metrics()
+    summary = {
+        "records": metrics.records_sent,
+        "from_spool": left,
+        "batches": metrics.batches_sent,
+        "replayed_batches": metrics.batches_replayed,
+        "retries": metrics.retries,
+        "rejected": metrics.records_rejected,
+        "left_in_spool": metrics.queue_depth,
+    }
+    if as_json:
+        print(json.dumps(summary))
+        return
+    out.print(
+        f"{metrics.records_sent} records written in {metrics.batches_sent} batches"
+        + (f" ({left} from the spool)" if left else "")
+        + (f", {metrics.retries} retries" if metrics.retries else "")
+    )
+    if metrics.records_rejected:
+        err.print(f"[red]{metrics.records_rejected} records refused[/red]: see rejected.jsonl")
+    if metrics.queue_depth:
+        err.print(f"[yellow]{metrics.queue_depth} records stay in the spool[/yellow]")
+        raise typer.Exit(1)
 
 
 @provenance_app.command("query")
