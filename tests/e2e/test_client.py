@@ -1,0 +1,356 @@
+"""The client library against the real server: writers through faults, streams, security.
+
+Every writer test counts the database itself at the end: each record ``add()`` returned for is
+stored exactly once (by run id), whatever happened on the way: the server killed and restarted,
+the database cut, admission control refusing calls, a token not yet valid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2
+from sqlalchemy import text
+
+from costsim_analytics.client import (
+    AnalyticsClient,
+    AsyncAnalyticsClient,
+    AsyncProvenanceWriter,
+    InvalidRecordError,
+    NotFoundError,
+    PermissionDeniedError,
+    ProvenanceWriter,
+    RetryPolicy,
+    WriterHooks,
+)
+from costsim_analytics.drivers.database import make_engine
+from costsim_analytics.testing.tcp_proxy import TcpProxy
+from tests.e2e.server import ServerProcess
+from tests.e2e.test_auth import write_secured_files
+from tests.factories import provenance_json
+from tests.security import (
+    HS_SECRET,
+    CertificateAuthority,
+    claims,
+    sign,
+    tamper,
+    write_atomically,
+)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+# Patient enough for a server restart on a busy machine.
+PATIENT = RetryPolicy(initial_backoff_s=0.05, max_backoff_s=0.5, max_attempts=60)
+
+
+def stored(database_url: str, tag: str) -> Counter[str]:
+    """Rows in the database per run id, for the records of one test."""
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text("SELECT run_id FROM costsim_provenance WHERE run_id LIKE :p"),
+                {"p": f"{tag}-%"},
+            ).all()
+    finally:
+        engine.dispose()
+    return Counter(run_id for (run_id,) in rows)
+
+
+def assert_exactly_once(database_url: str, tag: str, added: list[str]) -> None:
+    counts = stored(database_url, tag)
+    duplicated = sorted(r for r, n in counts.items() if n > 1)
+    lost = sorted(set(added) - set(counts))
+    assert not duplicated, f"{len(duplicated)} stored twice: {duplicated[:5]}"
+    assert not lost, f"{len(lost)} added but not stored: {lost[:5]}"
+    assert set(counts) == set(added), "rows nobody added"
+
+
+class Adder:
+    """A thread adding records to a writer until stopped; the run ids add() returned for."""
+
+    def __init__(self, writer: ProvenanceWriter, tag: str) -> None:
+        self.writer, self.tag = writer, tag
+        self.added: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        n = 0
+        while not self._stop.is_set():
+            run_id = f"{self.tag}-{n}"
+            self.writer.add(**provenance_json(n, run_id=run_id, tenant_id=self.tag[:20]))
+            self.added.append(run_id)
+            n += 1
+            if n % 20 == 0:
+                time.sleep(0.005)
+
+    def __enter__(self) -> Adder:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def wait_sent(self, more: int, timeout_s: float = 30) -> None:
+        target = self.writer.metrics().records_sent + more
+        deadline = time.monotonic() + timeout_s
+        while self.writer.metrics().records_sent < target:
+            assert time.monotonic() < deadline, self.writer.metrics()
+            time.sleep(0.02)
+
+
+@pytest.fixture
+def tag() -> str:
+    return f"client-{uuid.uuid4().hex[:8]}"
+
+
+def test_the_writer_survives_a_sigkill_and_restart_exactly_once(database_url, tmp_path, tag):
+    server = ServerProcess(database_url, tmp_path / "server.log").start()
+    try:
+        server.wait_health(SERVING)
+        address = server.address
+        with (
+            AnalyticsClient(address, retry=PATIENT) as client,
+            ProvenanceWriter(client, spool=tmp_path / "spool", max_batch_records=50) as writer,
+        ):
+            with Adder(writer, tag) as adder:
+                adder.wait_sent(100)
+                assert server.stop(signal.SIGKILL) == -signal.SIGKILL
+                time.sleep(0.3)  # the writer keeps adding, and its batches fail meanwhile
+                server.start(listen=address)
+                adder.wait_sent(100)
+            writer.flush(timeout_s=60)
+            metrics = writer.metrics()
+        assert metrics.retries > 0 and metrics.queue_depth == 0
+        assert_exactly_once(database_url, tag, adder.added)
+        assert "internal error" not in server.log()
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def proxied(postgres_migrated_url: str) -> Iterator[tuple[TcpProxy, str]]:
+    from sqlalchemy.engine import make_url
+
+    real = make_url(postgres_migrated_url)
+    proxy = TcpProxy((real.host or "127.0.0.1", real.port or 5432))
+    try:
+        url = real.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+        yield proxy, url
+    finally:
+        proxy.close()
+
+
+def test_the_writer_survives_a_database_cut_exactly_once(
+    proxied, postgres_migrated_url, tmp_path, tag
+):
+    proxy, url = proxied
+    server = ServerProcess(url, tmp_path / "server.log").start()
+    try:
+        server.wait_health(SERVING)
+        with (
+            AnalyticsClient(server.address, retry=PATIENT) as client,
+            ProvenanceWriter(client, spool=tmp_path / "spool", max_batch_records=50) as writer,
+        ):
+            with Adder(writer, tag) as adder:
+                adder.wait_sent(100)
+                proxy.down()
+                time.sleep(3)
+                proxy.up()
+                adder.wait_sent(100)
+            writer.flush(timeout_s=60)
+            errors = writer.metrics().errors
+        assert errors.get("UNAVAILABLE", 0) > 0, errors
+        assert_exactly_once(postgres_migrated_url, tag, adder.added)
+    finally:
+        server.stop()
+
+
+def test_the_writer_waits_out_admission_refusals_exactly_once(database_url, tmp_path, tag):
+    server = ServerProcess(
+        database_url,
+        tmp_path / "server.log",
+        COSTSIM_MAX_UNARY_CALLS="1",
+        COSTSIM_MAX_UNARY_CALLS_PER_PRINCIPAL="1",
+        COSTSIM_ADMISSION_RETRY_AFTER_S="0.05",
+    ).start()
+    try:
+        server.wait_health(SERVING)
+        with (
+            AnalyticsClient(server.address) as client,
+            ProvenanceWriter(client, max_batch_records=20, max_in_flight=4) as writer,
+        ):
+            added = []
+            for n in range(300):
+                run_id = f"{tag}-{n}"
+                writer.add(**provenance_json(n, run_id=run_id))
+                added.append(run_id)
+            writer.flush(timeout_s=60)
+            metrics = writer.metrics()
+        assert metrics.errors.get("RESOURCE_EXHAUSTED", 0) > 0, metrics
+        assert metrics.records_sent == 300 and metrics.records_rejected == 0
+        assert_exactly_once(database_url, tag, added)
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_streams_page_through_everything_and_resume_after_a_restart(database_url, tmp_path, tag):
+    # The server lowers every page to 300: the client still reads to the end.
+    server = ServerProcess(database_url, tmp_path / "server.log", COSTSIM_MAX_PAGE_SIZE="300")
+    server.start()
+    try:
+        server.wait_health(SERVING)
+        address = server.address
+        with AnalyticsClient(address, retry=PATIENT) as client:
+            for start in range(0, 1000, 200):
+                client.write_provenance_batch(
+                    [provenance_json(i, run_id=f"{tag}-{i}") for i in range(start, start + 200)]
+                )
+            everything = [r.id for r in client.query_provenance(page_size=1000)]
+            assert len(everything) == len(set(everything)) == 1000
+            assert everything == sorted(everything, reverse=True)  # newest first, in order
+            limited = client.query_provenance(limit=450)
+            assert [r.id for r in limited] == everything[:450]
+            # Resuming from the last token continues exactly there.
+            rest = [r.id for r in client.query_provenance(page_token=limited.page_token)]
+            assert rest == everything[450:]
+
+            received = []
+            stream = client.query_provenance(page_size=100)
+            for record in stream:
+                received.append(record.id)
+                if len(received) == 150:  # mid-page: the server goes away and comes back
+                    assert server.stop(signal.SIGKILL) == -signal.SIGKILL
+                    server.start(listen=address)
+            assert received == everything
+            assert list(client.query_canary_reports()) == []
+    finally:
+        server.stop()
+
+
+def test_asyncio_client_and_writer(database_url, tmp_path, tag):
+    server = ServerProcess(database_url, tmp_path / "server.log").start()
+    try:
+        server.wait_health(SERVING)
+
+        async def main() -> tuple[list[str], list[str], int]:
+            async with AsyncAnalyticsClient(server.address) as client:
+                added = []
+                async with AsyncProvenanceWriter(
+                    client, spool=tmp_path / "spool", max_batch_records=40
+                ) as writer:
+                    for n in range(250):
+                        run_id = f"{tag}-{n}"
+                        await writer.add(**provenance_json(n, run_id=run_id))
+                        added.append(run_id)
+                    with pytest.raises(InvalidRecordError):
+                        await writer.add(**provenance_json(0, run_id=""))
+                    await writer.flush(timeout_s=30)
+                    batches = writer.metrics().batches_sent
+                read = [r.run_id async for r in client.query_provenance(run_id=f"{tag}-7")]
+                with pytest.raises(NotFoundError):
+                    await client.get_canary_report("no-such-run")
+                return added, read, batches
+
+        added, read, batches = asyncio.run(main())
+        assert read == [f"{tag}-7"] and batches >= 7
+        assert_exactly_once(database_url, tag, added)
+    finally:
+        server.stop()
+
+
+class Recorder(WriterHooks):
+    def __init__(self) -> None:
+        self.refused: list[str] = []
+        self.acked = 0
+
+    def batch_acked(self, batch, replayed) -> None:
+        self.acked += batch.records
+
+    def rejected(self, rejected) -> None:
+        self.refused.append(rejected.record.run_id)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_mtls_writer_keeps_to_its_tenant_and_sets_refused_records_aside(
+    database_url, tmp_path, tag
+):
+    ca = CertificateAuthority()
+    env = write_secured_files(tmp_path, ca, mtls=True)
+    cert, key = ca.issue_client("spiffe://test/ns/sim/writer").write(tmp_path, "writer")
+    health = ca.issue_client("spiffe://test/ns/sim/health")
+    server = ServerProcess(database_url, tmp_path / "server.log", COSTSIM_HTTP_LISTEN="off", **env)
+    server.credentials = grpc.ssl_channel_credentials(ca.pem, health.key_pem, health.cert_pem)
+    server.start()
+    try:
+        server.wait_health(SERVING)
+        hooks = Recorder()
+        with (
+            AnalyticsClient(
+                server.address,
+                ca_file=tmp_path / "ca.crt",
+                cert_file=cert,
+                key_file=key,
+                server_name="localhost",
+            ) as client,
+            ProvenanceWriter(client, spool=tmp_path / "spool", hooks=hooks) as writer,
+        ):
+            for n in range(20):
+                tenant = "globex" if n == 7 else "acme"
+                writer.add(**provenance_json(n, run_id=f"{tag}-{n}", tenant_id=tenant))
+            writer.flush(timeout_s=30)
+            assert writer.metrics().records_rejected == 1
+            read = {r.run_id for r in client.query_provenance(tenant_id="acme")}
+            with pytest.raises(PermissionDeniedError) as denied:
+                list(client.query_provenance(tenant_id="globex"))
+        assert denied.value.reason == "TENANT_NOT_ALLOWED"
+        assert hooks.refused == [f"{tag}-7"] and hooks.acked == 19
+        assert read == {f"{tag}-{n}" for n in range(20) if n != 7}
+        rejected = (tmp_path / "spool" / "rejected.jsonl").read_text()
+        assert f'"run_id": "{tag}-7"' in rejected and "TENANT_NOT_ALLOWED" in rejected
+        assert_exactly_once(database_url, tag, [f"{tag}-{n}" for n in range(20) if n != 7])
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_token_file_is_read_again_when_it_changes(database_url, tmp_path, tag):
+    ca = CertificateAuthority()
+    env = write_secured_files(tmp_path, ca, mtls=False)
+    ca.write(tmp_path)
+    server = ServerProcess(database_url, tmp_path / "server.log", COSTSIM_HTTP_LISTEN="off", **env)
+    server.credentials = grpc.ssl_channel_credentials(root_certificates=ca.pem)
+    server.start()
+    try:
+        server.wait_health(SERVING)
+        valid = sign(claims("spiffe://test/ns/sim/backfill"), HS_SECRET, "HS256")
+        token_file = write_atomically(tmp_path / "token", tamper(valid).encode())
+        with (
+            AnalyticsClient(
+                server.address, ca_file=tmp_path / "ca.crt", token_file=token_file
+            ) as client,
+            ProvenanceWriter(client, spool=tmp_path / "spool", retry=PATIENT) as writer,
+        ):
+            added = [f"{tag}-{n}" for n in range(30)]
+            for n, run_id in enumerate(added):
+                writer.add(**provenance_json(n, run_id=run_id, tenant_id="acme"))
+            deadline = time.monotonic() + 20
+            while writer.metrics().errors.get("UNAUTHENTICATED", 0) == 0:
+                assert time.monotonic() < deadline, writer.metrics()
+                time.sleep(0.05)
+            assert writer.metrics().records_sent == 0  # refused, kept, retried
+            write_atomically(token_file, valid.encode())  # the rotation
+            writer.flush(timeout_s=30)
+        assert_exactly_once(database_url, tag, added)
+    finally:
+        server.stop()
