@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import time
 from datetime import timedelta
+from typing import Any
 
 import grpc
 import pytest
@@ -40,7 +41,8 @@ def buffer(tmp_path=None, **options) -> Buffer:
 def test_a_batch_is_sealed_when_full_by_count():
     buf = buffer(max_batch_records=3, max_buffer_records=10, max_delay_s=60)
     buf.append([b"a", b"b"])
-    assert buf.due_in(closing=False) > 1 and buf.next_batch(closing=False) is None
+    due = buf.due_in(closing=False)
+    assert due is not None and due > 1 and buf.next_batch(closing=False) is None
     buf.append([b"c", b"d"])
     batch = buf.next_batch(closing=False)
     assert batch is not None and batch.bodies == [b"a", b"b", b"c"]
@@ -339,7 +341,7 @@ def test_a_bad_record_is_refused_locally_naming_its_field(change, field):
 
 
 def test_deeper_payloads_than_the_server_allows_are_refused():
-    deep: dict = {}
+    deep: dict[str, Any] = {}
     node = deep
     for _ in range(40):
         node["a"] = {}
