@@ -33,6 +33,7 @@ log = logging.getLogger("costsim_analytics.client.writer")
 
 _RECORD_FIELD = re.compile(r"records\[(\d+)\]")
 _AT_MOST = re.compile(r"at most (\d+) records")
+MAX_PREFIX_CHARS = 90
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +68,9 @@ class WriterOptions:
             raise ValueError("max_batch_records and max_in_flight must be at least 1")
         if self.max_buffer_records < self.max_batch_records:
             raise ValueError("max_buffer_records must hold at least one full batch")
+        # A request id is at most 128 characters: the prefix, 16 of the spool id, '-', a number.
+        if len(self.request_id_prefix) > MAX_PREFIX_CHARS:
+            raise ValueError(f"request_id_prefix must be at most {MAX_PREFIX_CHARS} characters")
 
 
 @dataclass(frozen=True, slots=True)
