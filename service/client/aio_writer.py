@@ -146,9 +146,9 @@ class AsyncProvenanceWriter:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(progress.wait(), remaining)
                     self._check_open()
-        self._buffer.append(bodies)
-        async with work:
-            work.notify_all()
+        if self._buffer.append(bodies):
+            async with work:
+                work.notify()
 
     def _check_open(self) -> None:
         if self._failure is not None:
@@ -168,6 +168,8 @@ class AsyncProvenanceWriter:
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(work.wait(), self._buffer.due_in(self._closing))
                         batch = self._buffer.next_batch(self._closing)
+                    if batch is not None and self._buffer.due_in(self._closing) is not None:
+                        work.notify()  # another sender takes what is left
                 if batch is not None:
                     await self._send(batch)
         except asyncio.CancelledError:

@@ -267,14 +267,19 @@ class Buffer:
             and self._bytes + nbytes <= self.options.max_buffer_bytes
         )
 
-    def append(self, bodies: Sequence[bytes]) -> None:
-        """Keep encoded records: in the spool first (when there is one), then here."""
+    def append(self, bodies: Sequence[bytes]) -> bool:
+        """Keep encoded records: in the spool first (when there is one), then here.
+
+        Returns whether a sender must be woken: the first pending record starts the batch's
+        delay, and a full batch is due at once; otherwise the senders' timed waits suffice.
+        """
         if self.spool is not None:
             seqs = self.spool.append(bodies)
         else:
             seqs = list(range(self._next_seq, self._next_seq + len(bodies)))
             self._next_seq += len(bodies)
-        if not self._pending:
+        was_empty = not self._pending
+        if was_empty:
             self._oldest = time.monotonic()
         for seq, body in zip(seqs, bodies, strict=True):
             self._pending.append((seq, body))
@@ -282,6 +287,11 @@ class Buffer:
             self._unsettled[seq] = len(body)
             self._bytes += len(body)
         self.counters.added += len(bodies)
+        return (
+            was_empty
+            or len(self._pending) >= self._batch_cap
+            or self._pending_bytes >= self.options.max_batch_bytes
+        )
 
     # --- batching --------------------------------------------------------------------------
 

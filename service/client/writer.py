@@ -168,8 +168,8 @@ class ProvenanceWriter:
                     )
                 self._progress.wait(remaining)
                 self._check_open()
-            self._buffer.append(bodies)
-            self._work.notify_all()
+            if self._buffer.append(bodies):
+                self._work.notify()
 
     def _check_open(self) -> None:
         if self._failure is not None:
@@ -188,6 +188,8 @@ class ProvenanceWriter:
                             return
                         batch = self._buffer.next_batch(self._closing)
                         if batch is not None:
+                            if self._buffer.due_in(self._closing) is not None:
+                                self._work.notify()  # another sender takes what is left
                             break
                         self._work.wait(self._buffer.due_in(self._closing))
                 self._send(batch)
