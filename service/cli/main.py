@@ -327,16 +327,18 @@ def provenance_write(
     }
     if as_json:
         print(json.dumps(summary))
-        return
-    out.print(
-        f"{metrics.records_sent} records written in {metrics.batches_sent} batches"
-        + (f" ({left} from the spool)" if left else "")
-        + (f", {metrics.retries} retries" if metrics.retries else "")
-    )
+    else:
+        out.print(
+            f"{metrics.records_sent} records written in {metrics.batches_sent} batches"
+            + (f" ({left} from the spool)" if left else "")
+            + (f", {metrics.retries} retries" if metrics.retries else "")
+        )
     if metrics.records_rejected:
-        err.print(f"[red]{metrics.records_rejected} records refused[/red]: see rejected.jsonl")
+        where = "see rejected.jsonl in the spool" if spool else "run with --spool to keep them"
+        err.print(f"[red]{metrics.records_rejected} records refused[/red]: {where}")
     if metrics.queue_depth:
         err.print(f"[yellow]{metrics.queue_depth} records stay in the spool[/yellow]")
+    if metrics.records_rejected or metrics.queue_depth:
         raise typer.Exit(1)
 
 

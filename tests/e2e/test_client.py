@@ -8,7 +8,10 @@ the database cut, admission control refusing calls, a token not yet valid.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
+import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -190,14 +193,14 @@ def test_the_writer_waits_out_admission_refusals_exactly_once(database_url, tmp_
             ProvenanceWriter(client, max_batch_records=20, max_in_flight=4) as writer,
         ):
             added = []
-            for n in range(300):
+            for n in range(200):
                 run_id = f"{tag}-{n}"
                 writer.add(**provenance_json(n, run_id=run_id))
                 added.append(run_id)
             writer.flush(timeout_s=60)
             metrics = writer.metrics()
         assert metrics.errors.get("RESOURCE_EXHAUSTED", 0) > 0, metrics
-        assert metrics.records_sent == 300 and metrics.records_rejected == 0
+        assert metrics.records_sent == 200 and metrics.records_rejected == 0
         assert_exactly_once(database_url, tag, added)
     finally:
         server.stop()
@@ -351,6 +354,38 @@ def test_a_token_file_is_read_again_when_it_changes(database_url, tmp_path, tag)
             assert writer.metrics().records_sent == 0  # refused, kept, retried
             write_atomically(token_file, valid.encode())  # the rotation
             writer.flush(timeout_s=30)
+        assert_exactly_once(database_url, tag, added)
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_the_cli_finishes_an_interrupted_write_from_its_spool(database_url, tmp_path, tag):
+    from tests.e2e.server import CLI
+
+    source = tmp_path / "records.jsonl"
+    added = [f"{tag}-{n}" for n in range(25)]
+    source.write_text(
+        "\n".join(json.dumps(provenance_json(n, run_id=r)) for n, r in enumerate(added)) + "\n"
+    )
+    spool = tmp_path / "spool"
+    with socket.socket() as unused:  # a port nobody listens on: the server is away
+        unused.bind(("127.0.0.1", 0))
+        away = f"127.0.0.1:{unused.getsockname()[1]}"
+    base = [CLI, "provenance", "write", "--spool", str(spool), "--json"]
+    run = lambda *a: subprocess.run([*base, *a], capture_output=True, text=True, timeout=60)  # noqa: E731
+    first = run(str(source), "--target", away, "--timeout", "1")
+    assert first.returncode == 1, first.stderr
+    assert json.loads(first.stdout)["left_in_spool"] == 25
+    server = ServerProcess(database_url, tmp_path / "server.log").start()
+    try:
+        server.wait_health(SERVING)
+        empty = tmp_path / "empty.jsonl"
+        empty.write_text("")
+        second = run(str(empty), "--target", server.address)
+        assert second.returncode == 0, second.stderr
+        summary = json.loads(second.stdout)
+        assert (summary["from_spool"], summary["records"], summary["left_in_spool"]) == (25, 25, 0)
         assert_exactly_once(database_url, tag, added)
     finally:
         server.stop()
