@@ -22,7 +22,7 @@ from google.protobuf import message
 from costsim.analytics.v1 import analytics_pb2 as pb
 from costsim_analytics.client import _calls
 from costsim_analytics.client._calls import Pager, RecordLike, message_of, new_request_id, path
-from costsim_analytics.client.channel import Credentials, StrPath
+from costsim_analytics.client.channel import Credentials, RotatingChannel, StrPath
 from costsim_analytics.client.errors import from_grpc
 from costsim_analytics.client.retry import RetryPolicy, should_retry
 from costsim_analytics.client.sync import DEFAULT_TIMEOUT_S
@@ -100,8 +100,11 @@ class AsyncAnalyticsClient:
         )
         self.timeout_s = timeout_s
         self.retry = retry or RetryPolicy()
-        self._channel = self.credentials.aio_channel(target, options)
-        self._callables: dict[tuple[str, bool], Any] = {}
+        self._channels = RotatingChannel(
+            self.credentials, lambda: self.credentials.aio_channel(target, options)
+        )
+        self._callables: dict[tuple[str, bool, int], Any] = {}
+        self._closing: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> Self:
         return self
@@ -113,14 +116,26 @@ class AsyncAnalyticsClient:
 
     async def close(self) -> None:
         """Close the channel; calls in flight are cancelled."""
-        await self._channel.close(None)
+        for old in self._channels.retired(everything=True):
+            await old.close(None)
+        await self._channels.channel.close(None)
 
     # --- the machinery ---------------------------------------------------------------------
 
+    def _close_later(self, channel: grpc.aio.Channel) -> None:
+        task = asyncio.get_running_loop().create_task(channel.close(None))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
     def _callable(self, method: str, response: type[message.Message], stream: bool) -> Any:
-        key = (method, stream)
+        channel, generation = self._channels.current()
+        key = (method, stream, generation)
         if key not in self._callables:
-            make = self._channel.unary_stream if stream else self._channel.unary_unary
+            if generation:  # the certificate rotated: no call is made on the old channel again
+                self._callables = {k: v for k, v in self._callables.items() if k[2] == generation}
+                for old in self._channels.retired():
+                    self._close_later(old)
+            make = channel.unary_stream if stream else channel.unary_unary
             self._callables[key] = make(
                 path(method), request_serializer=None, response_deserializer=response.FromString
             )

@@ -4,6 +4,8 @@ A token is sent as ``authorization: Bearer <token>`` on every call (plaintext lo
 server accepts tokens without TLS only in its explicit insecure setup). A ``token_file`` is read
 again whenever its modification time, size or inode changes, so a rotated token (a Kubernetes
 projected service-account token, say) is used from the next call on without a restart.
+The PEM files are watched the same way (:class:`RotatingChannel`): a rotated client
+certificate is used from the next call on, on a new channel.
 
 Example:
     >>> auth = Credentials(ca_file="ca.crt", token_file="token")  # doctest: +SKIP
@@ -15,10 +17,11 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import grpc
 
@@ -26,6 +29,11 @@ from costsim_analytics.client.errors import ClientError
 from costsim_analytics.client.retry import SERVICE_CONFIG_JSON
 
 StrPath = str | os.PathLike[str]
+C = TypeVar("C")
+# How often the TLS files are looked at for a rotation, and how long a replaced channel is kept
+# for the calls still running on it.
+TLS_CHECK_S = 1.0
+RETIRED_GRACE_S = 600.0
 
 # The server pings idle connections every 60 s and allows clients a ping per 10 s or more
 # (README, COSTSIM_KEEPALIVE_TIME_S): a client pinging every 30 s notices a dead peer (a load
@@ -100,6 +108,19 @@ class Credentials:
         if self.token_file is not None and not self.token:
             object.__setattr__(self, "_file", _TokenFile(Path(self.token_file)))
 
+    def tls_files(self) -> tuple[tuple[int, int, int], ...] | None:
+        """What the PEM files look like now (to see a rotation); None when one cannot be read."""
+        stamps = []
+        for path in (self.ca_file, self.cert_file, self.key_file):
+            if path is None:
+                continue
+            try:
+                stat = os.stat(path)
+            except OSError:
+                return None
+            stamps.append((stat.st_mtime_ns, stat.st_size, stat.st_ino))
+        return tuple(stamps)
+
     @property
     def secure(self) -> bool:
         """Whether the channel speaks TLS."""
@@ -141,3 +162,47 @@ class Credentials:
         if self.secure:
             return grpc.aio.secure_channel(target, self.channel_credentials(), self.options(extra))
         return grpc.aio.insecure_channel(target, self.options(extra))
+
+
+class RotatingChannel(Generic[C]):
+    """A channel made again when its certificate files change (a rotated client certificate).
+
+    TLS credentials are read once per channel, so a rotation needs a new channel: at most every
+    :data:`TLS_CHECK_S` the files are looked at, and when they changed the next call gets a
+    channel built from them. The one it replaces is kept :data:`RETIRED_GRACE_S` for the calls
+    still running on it, then handed back by :meth:`retired` to be closed. Thread-safe.
+    """
+
+    def __init__(self, credentials: Credentials, make: Callable[[], C]) -> None:
+        self._credentials = credentials
+        self._make = make
+        self._lock = threading.Lock()
+        self.channel = make()
+        self.generation = 0
+        self._stamp = credentials.tls_files() if credentials.secure else None
+        self._checked = time.monotonic()
+        self._retired: list[tuple[float, C]] = []
+
+    def current(self) -> tuple[C, int]:
+        """The channel to call on, and its generation (which changes with every rotation)."""
+        if self._stamp is None or time.monotonic() - self._checked < TLS_CHECK_S:
+            return self.channel, self.generation
+        with self._lock:
+            now = time.monotonic()
+            if now - self._checked >= TLS_CHECK_S:
+                self._checked = now
+                stamp = self._credentials.tls_files()
+                if stamp is not None and stamp != self._stamp:
+                    fresh = self._make()
+                    self._retired.append((now, self.channel))
+                    self.channel, self._stamp = fresh, stamp
+                    self.generation += 1
+            return self.channel, self.generation
+
+    def retired(self, everything: bool = False) -> list[C]:
+        """Replaced channels whose grace is over (or all of them), to close."""
+        with self._lock:
+            cutoff = time.monotonic() - RETIRED_GRACE_S
+            done = [c for t, c in self._retired if everything or t < cutoff]
+            self._retired = [(t, c) for t, c in self._retired if not (everything or t < cutoff)]
+            return done

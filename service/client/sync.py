@@ -21,7 +21,7 @@ from google.protobuf import message
 from costsim.analytics.v1 import analytics_pb2 as pb
 from costsim_analytics.client import _calls
 from costsim_analytics.client._calls import Pager, RecordLike, message_of, new_request_id, path
-from costsim_analytics.client.channel import Credentials, StrPath
+from costsim_analytics.client.channel import Credentials, RotatingChannel, StrPath
 from costsim_analytics.client.errors import RpcError, from_grpc
 from costsim_analytics.client.retry import RetryPolicy, should_retry
 
@@ -115,8 +115,10 @@ class AnalyticsClient:
         )
         self.timeout_s = timeout_s
         self.retry = retry or RetryPolicy()
-        self._channel = self.credentials.channel(target, options)
-        self._callables: dict[tuple[str, bool], Any] = {}
+        self._channels = RotatingChannel(
+            self.credentials, lambda: self.credentials.channel(target, options)
+        )
+        self._callables: dict[tuple[str, bool, int], Any] = {}
 
     def __enter__(self) -> Self:
         return self
@@ -128,14 +130,25 @@ class AnalyticsClient:
 
     def close(self) -> None:
         """Close the channel; calls in flight are cancelled."""
-        self._channel.close()
+        for old in self._channels.retired(everything=True):
+            old.close()
+        self._channels.channel.close()
 
     # --- the machinery ---------------------------------------------------------------------
 
+    @staticmethod
+    def _close_later(channel: grpc.Channel) -> None:
+        channel.close()
+
     def _callable(self, method: str, response: type[message.Message], stream: bool) -> Any:
-        key = (method, stream)
+        channel, generation = self._channels.current()
+        key = (method, stream, generation)
         if key not in self._callables:
-            make = self._channel.unary_stream if stream else self._channel.unary_unary
+            if generation:  # the certificate rotated: no call is made on the old channel again
+                self._callables = {k: v for k, v in self._callables.items() if k[2] == generation}
+                for old in self._channels.retired():
+                    self._close_later(old)
+            make = channel.unary_stream if stream else channel.unary_unary
             # Requests go out as bytes the caller (or the spool) serialised already.
             self._callables[key] = make(
                 path(method), request_serializer=None, response_deserializer=response.FromString

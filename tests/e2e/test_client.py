@@ -389,3 +389,36 @@ def test_the_cli_finishes_an_interrupted_write_from_its_spool(database_url, tmp_
         assert_exactly_once(database_url, tag, added)
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_rotated_client_certificate_is_used_without_a_restart(database_url, tmp_path, tag):
+    ca = CertificateAuthority()
+    env = write_secured_files(tmp_path, ca, mtls=True)
+    health = ca.issue_client("spiffe://test/ns/sim/health")
+    server = ServerProcess(database_url, tmp_path / "server.log", COSTSIM_HTTP_LISTEN="off", **env)
+    server.credentials = grpc.ssl_channel_credentials(ca.pem, health.key_pem, health.cert_pem)
+    server.start()
+    try:
+        server.wait_health(SERVING)
+        # First a certificate the server does not trust (another CA): every handshake fails.
+        cert, key = CertificateAuthority("elsewhere").issue_client().write(tmp_path, "client")
+        added = [f"{tag}-{n}" for n in range(10)]
+        with (
+            AnalyticsClient(
+                server.address, ca_file=tmp_path / "ca.crt", cert_file=cert, key_file=key
+            ) as client,
+            ProvenanceWriter(client, spool=tmp_path / "spool", retry=PATIENT) as writer,
+        ):
+            for n, run_id in enumerate(added):
+                writer.add(**provenance_json(n, run_id=run_id, tenant_id="acme"))
+            deadline = time.monotonic() + 20
+            while not writer.metrics().errors:
+                assert time.monotonic() < deadline, writer.metrics()
+                time.sleep(0.05)
+            assert writer.metrics().records_sent == 0
+            ca.issue_client("spiffe://test/ns/sim/writer").write(tmp_path, "client")  # rotated
+            writer.flush(timeout_s=30)
+        assert_exactly_once(database_url, tag, added)
+    finally:
+        server.stop()
