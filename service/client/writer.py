@@ -17,9 +17,11 @@ Example:
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
@@ -40,6 +42,7 @@ from costsim_analytics.client.batching import (
 )
 from costsim_analytics.client.channel import StrPath
 from costsim_analytics.client.errors import (
+    ClientError,
     FlushTimeoutError,
     WriterClosedError,
     WriterFullError,
@@ -51,6 +54,19 @@ from costsim_analytics.client.spool import Recovery, Spool
 from costsim_analytics.client.sync import AnalyticsClient
 
 _POLL_S = 0.05
+# At exit a writer nobody closed gets this long to send what it holds (like logging.shutdown).
+EXIT_TIMEOUT_S = 10.0
+_open_writers: weakref.WeakSet[ProvenanceWriter] = weakref.WeakSet()
+_exit_hook: list[bool] = []
+
+
+def _close_at_exit() -> None:
+    for writer in list(_open_writers):
+        log.warning("a ProvenanceWriter was not closed; closing it at exit")
+        try:
+            writer.close(timeout_s=EXIT_TIMEOUT_S)
+        except ClientError as exc:  # nobody is left to raise to: say what is lost
+            log.error("closing a ProvenanceWriter at exit: %s", exc)
 
 
 def encode_records(
@@ -112,6 +128,10 @@ class ProvenanceWriter:
         ]
         for thread in self._threads:
             thread.start()
+        _open_writers.add(self)
+        if not _exit_hook:
+            atexit.register(_close_at_exit)
+            _exit_hook.append(True)
 
     def __enter__(self) -> Self:
         return self
@@ -333,6 +353,7 @@ class ProvenanceWriter:
             if self._spool is not None:
                 self._spool.close()
             self._closed = True
+            _open_writers.discard(self)
         if self._failure is not None:
             raise WriterClosedError(f"the writer stopped: {self._failure!r}") from self._failure
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -183,3 +186,22 @@ def test_options_are_checked():
         writer(FakeServer(), request_id_prefix="x" * 91)
     with pytest.raises(ValueError, match="max_buffer_records"):
         writer(FakeServer(), max_batch_records=100, max_buffer_records=10)
+
+
+def test_a_writer_nobody_closed_sends_what_it_holds_at_exit():
+    script = """
+import atexit
+from tests.unit.test_client_writer import FakeServer, add, writer
+server = FakeServer()
+atexit.register(lambda: print(sorted(r for runs in server.stored.values() for r in runs)))
+w = writer(server, max_delay_s=60)  # nothing is due before the exit
+for n in range(3):
+    add(w, n)
+"""
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=repo, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['r0', 'r1', 'r2']"
+    assert "was not closed" in done.stderr
