@@ -98,6 +98,7 @@ class AnalyticsServer:
         self._health_interval_s = health_interval_s
         self._grace_period_s = grace_period_s
         limits = limits or AdmissionLimits()
+
         # One pool per class of call (api/admission.py), and the probe's own thread: a health
         # check never queues behind handler work.
         # Each takes the queued work of principals in turn (FairPool), so a flood from one
