@@ -190,13 +190,13 @@ def test_the_writer_waits_out_admission_refusals_exactly_once(database_url, tmp_
         server.wait_health(SERVING)
         with (
             AnalyticsClient(server.address) as client,
-            ProvenanceWriter(client, max_batch_records=20, max_in_flight=4) as writer,
+            ProvenanceWriter(
+                client, max_batch_records=20, max_in_flight=4, retry=PATIENT
+            ) as writer,
         ):
-            added = []
-            for n in range(200):
-                run_id = f"{tag}-{n}"
-                writer.add(**provenance_json(n, run_id=run_id))
-                added.append(run_id)
+            added = [f"{tag}-{n}" for n in range(200)]
+            # All at once: ten batches due together, four in flight on one connection.
+            writer.add_many(provenance_json(n, run_id=r) for n, r in enumerate(added))
             writer.flush(timeout_s=60)
             metrics = writer.metrics()
         assert metrics.errors.get("RESOURCE_EXHAUSTED", 0) > 0, metrics
