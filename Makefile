@@ -66,6 +66,7 @@ run: migrate ## Install, migrate and serve on the defaults (SQLite, 127.0.0.1:50
 
 bench: install ## Benchmarks against PostgreSQL (COSTSIM_BENCH_DATABASE_URL).
 	$(PY) bench/ingest.py
+	$(PY) bench/client.py
 	$(PY) bench/reports.py
 	$(PY) bench/auth.py
 
