@@ -237,6 +237,18 @@ def test_streams_page_through_everything_and_resume_after_a_restart(database_url
                     server.start(listen=address)
             assert received == everything
             assert list(client.query_canary_reports()) == []
+
+        async def read_async() -> list[int]:  # the asyncio client resumes the same way
+            async with AsyncAnalyticsClient(address, retry=PATIENT) as aclient:
+                got = []
+                async for record in aclient.query_provenance(page_size=100):
+                    got.append(record.id)
+                    if len(got) == 250:
+                        assert server.stop(signal.SIGKILL) == -signal.SIGKILL
+                        server.start(listen=address)
+                return got
+
+        assert asyncio.run(read_async()) == everything
     finally:
         server.stop()
 
