@@ -11,9 +11,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import grpc
 from google.protobuf import json_format, message, timestamp_pb2
 
 from costsim.analytics.v1 import analytics_pb2 as pb
+from costsim_analytics.client.errors import FieldViolation, InvalidRecordError
 from costsim_analytics.client.records import PreparedRecord, encode_batch, prepare_record
 from costsim_analytics.client.retry import SERVICE
 
@@ -88,8 +90,31 @@ def encode_record(record: RecordLike) -> bytes:
 
 
 def write_request(records: Iterable[RecordLike], request_id: str) -> bytes:
-    """A serialised WriteProvenanceBatchRequest."""
-    return encode_batch([encode_record(r) for r in records], request_id)
+    """A serialised WriteProvenanceBatchRequest.
+
+    Raises:
+        InvalidRecordError: naming every refused field of every record (``records[3].v1_cost``),
+            as the server would.
+    """
+    bodies: list[bytes] = []
+    violations: list[FieldViolation] = []
+    for index, record in enumerate(records):
+        try:
+            bodies.append(encode_record(record))
+        except InvalidRecordError as exc:
+            violations += [
+                FieldViolation(f"records[{index}].{v.field}", v.description) for v in exc.violations
+            ]
+    if violations:
+        first = violations[0]
+        more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""
+        raise InvalidRecordError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"{first.field}: {first.description}{more}",
+            reason="INVALID_ARGUMENT",
+            violations=violations,
+        )
+    return encode_batch(bodies, request_id)
 
 
 def golden_samples(samples: Sequence[pb.GoldenSample | Mapping[str, Any]]) -> list[pb.GoldenSample]:

@@ -390,3 +390,14 @@ def test_a_server_that_lowers_the_page_size_is_followed_to_the_end():
 
 def test_a_limit_bounds_the_pages():
     assert pages(_calls.Pager(10, 25, ""), [10, 10, 5, 99]) == [10, 10, 5]
+
+
+def test_a_batch_names_each_refused_record_by_its_index():
+    records = [provenance_json(0), provenance_json(1, v1_cost=-1.0), provenance_json(2, source="x")]
+    with pytest.raises(InvalidRecordError) as refused:
+        _calls.write_request(records, "key")
+    assert [v.field for v in refused.value.violations] == [
+        "records[1].v1_cost",
+        "records[2].source",
+    ]
+    assert refused.value.message.startswith("records[1].v1_cost: must not be negative (and 1 more)")
