@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
+import os
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -235,6 +237,67 @@ def _prepared(record: JsonDict) -> PreparedRecord:
         raise typer.Exit(1) from None
 
 
+RESUME_FILE = "provenance-write.json"
+
+
+def _source(file: Path) -> tuple[Callable[[], Iterator[str]], str]:
+    """The input's lines (to read twice: checked, then sent) and the SHA-256 of its bytes.
+
+    A file is read twice rather than held in memory; standard input is held.
+    """
+    if str(file) == "-":
+        data = sys.stdin.buffer.read()
+        lines = data.decode("utf-8").splitlines()
+        return (lambda: iter(lines)), hashlib.sha256(data).hexdigest()
+    digest = hashlib.sha256()
+    with file.open("rb") as raw:
+        for block in iter(lambda: raw.read(1 << 20), b""):
+            digest.update(block)
+
+    def read() -> Iterator[str]:
+        with file.open(encoding="utf-8") as text:
+            yield from text
+
+    return read, digest.hexdigest()
+
+
+def _chunks(lines: Iterable[str], skip: int, size: int) -> Iterator[list[PreparedRecord]]:
+    """The records after the first ``skip``, checked and encoded, ``size`` at a time."""
+    chunk: list[PreparedRecord] = []
+    for number, record in enumerate(_records(lines)):
+        if number < skip:
+            continue
+        chunk.append(_prepared(record))
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _resume_point(spool: Path, digest: str, next_seq: int, count: int) -> int:
+    """How many of the file's records an earlier run already put in this spool.
+
+    The spool numbers records in the order they were added, so a note of the file's digest and
+    of the number its first record got (written before any record is added) says how many of
+    them are in: every number since. A different file starts a new note.
+    """
+    note = spool / RESUME_FILE
+    try:
+        earlier = json.loads(note.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        earlier = None
+    if isinstance(earlier, dict) and earlier.get("sha256") == digest:
+        return min(max(next_seq - int(earlier["first_seq"]), 0), count)
+    tmp = note.with_suffix(".tmp")
+    with tmp.open("w", encoding="utf-8") as out:
+        json.dump({"sha256": digest, "first_seq": next_seq, "records": count}, out)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, note)
+    return 0
+
+
 @provenance_app.command("write")
 def provenance_write(
     file: Annotated[Path, typer.Argument(help="JSONL, one ProvenanceRecord per line; - = stdin")],
@@ -243,15 +306,19 @@ def provenance_write(
     spool: Annotated[
         Path | None,
         typer.Option(
-            help="Durable spool directory: what was read is sent even after a crash; "
-            "run again with the same --spool to finish an interrupted write."
+            help="Durable spool directory: an interrupted write, run again with the same file "
+            "and --spool, sends the rest exactly once."
         ),
     ] = None,
     request_id: Annotated[
-        str, typer.Option(help="Put before every batch's request id (for the server's logs).")
+        str,
+        typer.Option(
+            help="Without --spool, batch n is sent as PREFIX-n (a re-run replays); with it, "
+            "put before every batch's request id."
+        ),
     ] = "",
     timeout_s: Annotated[
-        float, typer.Option("--timeout", help="Seconds to wait for the last batches.")
+        float, typer.Option("--timeout", help="Seconds to wait for the server, in all.")
     ] = 300.0,
     as_json: AsJson = False,
 ) -> None:
@@ -259,14 +326,18 @@ def provenance_write(
 
     Every record is checked by the server's rules before anything is sent (a bad line stops the
     command, naming it). Batches carry request ids, and are retried until the server has them.
-    With --spool, records are first kept in the spool directory: if the command is interrupted
-    (Ctrl-C, a crash, the server away longer than --timeout), running it again with the same
-    --spool sends what is left, exactly once, before it reads the file again; to resume
-    without writing the file twice, pass an empty file (or ``-`` with nothing on stdin).
+    With --spool, records are kept in the spool directory until the server has them: if the
+    command is interrupted (Ctrl-C, a crash, the server away longer than --timeout), the same
+    command with the same file and --spool sends what was left and the records not yet added,
+    each exactly once. Without --spool, --request-id P sends batch n as P-n, one batch at a time,
+    so that a re-run of the same file replays what the first run stored.
     """
-    lines = sys.stdin if str(file) == "-" else file.open(encoding="utf-8")
-    with lines:
-        records = [_prepared(r) for r in _records(lines)]
+    lines, digest = _source(file)
+    count = 0
+    for record in _records(lines()):  # every line checked before anything is sent
+        _prepared(record)
+        count += 1
+    fixed_ids = bool(request_id) and spool is None
     with library_client(target) as client:
         try:
             writer = ProvenanceWriter(
@@ -274,7 +345,9 @@ def provenance_write(
                 spool=spool,
                 max_batch_records=batch_size,
                 max_buffer_records=max(20_000, batch_size),
-                request_id_prefix=f"{request_id}-" if request_id else "",
+                request_id_prefix=f"{request_id}-" if request_id and not fixed_ids else "",
+                source_id=request_id if fixed_ids else "",
+                max_delay_s=3600.0 if fixed_ids else 0.2,  # fixed ids: batches by flush only
             )
         except (SpoolError, ValueError) as exc:
             err.print(f"[red]cannot start[/red]: {exc}")
@@ -286,7 +359,10 @@ def provenance_write(
                     f"[yellow]spool damage[/yellow]: {damage.kind} stretch of {damage.length} "
                     f"bytes in {damage.segment} at {damage.offset}, kept in {damage.saved_to}"
                 )
-        total = left + len(records)
+        done = 0
+        if spool is not None and writer.spool is not None:
+            done = _resume_point(spool, digest, writer.spool.next_seq, count)
+        deadline = time.monotonic() + timeout_s
         try:
             with Progress(
                 TextColumn("{task.description}"),
@@ -296,12 +372,12 @@ def provenance_write(
                 console=err,
                 disable=as_json,
             ) as progress:
-                task = progress.add_task("records", total=total)
-                step = writer.options.max_batch_records
-                for start in range(0, len(records), step):
-                    writer.add_many(records[start : start + step])
+                task = progress.add_task("records", total=left + count - done)
+                for chunk in _chunks(lines(), done, writer.options.max_batch_records):
+                    writer.add_many(chunk)
+                    if fixed_ids:  # this chunk is batch n, with request id P-n
+                        writer.flush(timeout_s=max(0.0, deadline - time.monotonic()))
                     progress.update(task, completed=writer.metrics().records_sent)
-                deadline = time.monotonic() + timeout_s
                 while writer.metrics().queue_depth and time.monotonic() < deadline:
                     with contextlib.suppress(FlushTimeoutError):
                         writer.flush(timeout_s=0.2)
@@ -309,16 +385,20 @@ def provenance_write(
                 progress.update(task, completed=writer.metrics().records_sent)
             writer.close(timeout_s=max(0.0, deadline - time.monotonic()))
         except (FlushTimeoutError, WriterClosedError, SpoolError) as exc:
+            with contextlib.suppress(FlushTimeoutError, WriterClosedError):
+                writer.close(timeout_s=0)  # with a spool, what is left stays there
             err.print(f"[red]not all records were written[/red]: {exc}")
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
-            writer.close(timeout_s=0)
+            with contextlib.suppress(FlushTimeoutError, WriterClosedError):
+                writer.close(timeout_s=0)
             err.print("[yellow]interrupted[/yellow]: run again with the same --spool to finish")
             raise typer.Exit(130) from None
     metrics = writer.metrics()
     summary = {
         "records": metrics.records_sent,
         "from_spool": left,
+        "already_added": done,
         "batches": metrics.batches_sent,
         "replayed_batches": metrics.batches_replayed,
         "retries": metrics.retries,

@@ -73,6 +73,8 @@ class AsyncProvenanceWriter:
         self.client = client
         self.hooks = hooks or WriterHooks()
         self.retry = retry or client.retry
+        if spool is not None and self.options.source_id:
+            raise ValueError("source_id is the spool's own when there is a spool")
         self._spool = Spool.open(spool, fsync=fsync) if spool is not None else None
         self._buffer = Buffer(self._spool, self.options)
         self._work: asyncio.Condition | None = None
@@ -299,6 +301,11 @@ class AsyncProvenanceWriter:
     def recovery(self) -> Recovery | None:
         """What opening the spool found, or None without a spool."""
         return self._spool.recovery if self._spool is not None else None
+
+    @property
+    def spool(self) -> Spool | None:
+        """The open spool (its ``next_seq``, ``size_bytes()``, ...), or None without one."""
+        return self._spool
 
     @property
     def spool_id(self) -> str:

@@ -50,6 +50,9 @@ class WriterOptions:
         max_in_flight: batches sent at once.
         attempt_timeout_s: the deadline of one attempt to send a batch.
         request_id_prefix: put before every batch's request id (``<prefix><spool id>-<n>``).
+        source_id: without a spool, the id in the request ids instead of a random one; with
+            the same records sent in the same batches again (one ``add_many`` and ``flush`` per
+            batch), a second run's batches are replays of the first's.
         max_json_depth: the server's ``COSTSIM_MAX_JSON_DEPTH``.
     """
 
@@ -61,6 +64,7 @@ class WriterOptions:
     max_in_flight: int = 2
     attempt_timeout_s: float = 30.0
     request_id_prefix: str = ""
+    source_id: str = ""
     max_json_depth: int = 32
 
     def __post_init__(self) -> None:
@@ -69,8 +73,11 @@ class WriterOptions:
         if self.max_buffer_records < self.max_batch_records:
             raise ValueError("max_buffer_records must hold at least one full batch")
         # A request id is at most 128 characters: the prefix, 16 of the spool id, '-', a number.
-        if len(self.request_id_prefix) > MAX_PREFIX_CHARS:
-            raise ValueError(f"request_id_prefix must be at most {MAX_PREFIX_CHARS} characters")
+        if len(self.request_id_prefix) + max(0, len(self.source_id) - 16) > MAX_PREFIX_CHARS:
+            raise ValueError(
+                f"request_id_prefix and source_id must be at most {MAX_PREFIX_CHARS + 16} "
+                "characters together"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +211,11 @@ class Buffer:
         self.spool = spool
         self.options = options
         self.lock = threading.Lock()
-        self.source_id = spool.spool_id if spool is not None else uuid.uuid4().hex[:16]
+        if spool is not None and options.source_id:
+            raise ValueError("source_id is the spool's own when there is a spool")
+        self.source_id = (
+            spool.spool_id if spool is not None else options.source_id or uuid.uuid4().hex[:16]
+        )
         self._pending: deque[tuple[int, bytes]] = deque()
         self._pending_bytes = 0
         self._oldest = 0.0

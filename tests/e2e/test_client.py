@@ -392,13 +392,30 @@ def test_the_cli_finishes_an_interrupted_write_from_its_spool(database_url, tmp_
     server = ServerProcess(database_url, tmp_path / "server.log").start()
     try:
         server.wait_health(SERVING)
-        empty = tmp_path / "empty.jsonl"
-        empty.write_text("")
-        second = run(str(empty), "--target", server.address)
+        # The same command again: what the spool holds goes, the file is not added twice.
+        second = run(str(source), "--target", server.address)
         assert second.returncode == 0, second.stderr
         summary = json.loads(second.stdout)
-        assert (summary["from_spool"], summary["records"], summary["left_in_spool"]) == (25, 25, 0)
+        assert (summary["from_spool"], summary["already_added"]) == (25, 25)
+        assert (summary["records"], summary["left_in_spool"]) == (25, 0)
+        third = run(str(source), "--target", server.address)
+        assert third.returncode == 0 and json.loads(third.stdout)["records"] == 0, third.stderr
         assert_exactly_once(database_url, tag, added)
+
+        # Without a spool, --request-id P sends batch n as P-n: a re-run replays them all.
+        more = tmp_path / "more.jsonl"
+        again = [f"{tag}-more-{n}" for n in range(7)]
+        more.write_text(
+            "".join(json.dumps(provenance_json(n, run_id=r)) + "\n" for n, r in enumerate(again))
+        )
+        plain = [CLI, "provenance", "write", str(more), "--target", server.address, "--json"]
+        keyed = [*plain, "--request-id", f"{tag}-load", "--batch-size", "3"]
+        first_run = subprocess.run(keyed, capture_output=True, text=True, timeout=60)
+        rerun = subprocess.run(keyed, capture_output=True, text=True, timeout=60)
+        assert first_run.returncode == 0 and rerun.returncode == 0, rerun.stderr
+        assert json.loads(first_run.stdout)["replayed_batches"] == 0
+        assert json.loads(rerun.stdout)["replayed_batches"] == 3
+        assert_exactly_once(database_url, tag, added + again)
     finally:
         server.stop()
 
