@@ -7,6 +7,9 @@ Layers, outermost first (imports only point inward)::
     engines/    domain rules: hashing, validation, pagination, statistics (no grpc, no SQL)
     drivers/    SQLAlchemy tables and typed drivers (all SQL; they never commit)
     bootstrap.py  the composition root
+
+Outside the layers, ``client/`` is the client library (the base install, without the server's
+dependencies): every RPC, and the durable ProvenanceWriter (docs/client.md).
 """
 
 __version__ = "0.1.0"
