@@ -49,8 +49,12 @@ from tests.security import (
 )
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
-# Patient enough for a server restart on a busy machine.
-PATIENT = RetryPolicy(initial_backoff_s=0.05, max_backoff_s=0.5, max_attempts=60)
+
+
+def patient() -> RetryPolicy:
+    """Patient enough for a server restart on a busy machine; a budget of its own per client
+    (a shared one would carry the failures of one test into the next)."""
+    return RetryPolicy(initial_backoff_s=0.05, max_backoff_s=0.5, max_attempts=60)
 
 
 def stored(database_url: str, tag: str) -> Counter[str]:
@@ -122,15 +126,15 @@ def test_the_writer_survives_a_sigkill_and_restart_exactly_once(database_url, tm
         server.wait_health(SERVING)
         address = server.address
         with (
-            AnalyticsClient(address, retry=PATIENT) as client,
+            AnalyticsClient(address, retry=patient()) as client,
             ProvenanceWriter(client, spool=tmp_path / "spool", max_batch_records=50) as writer,
         ):
             with Adder(writer, tag) as adder:
-                adder.wait_sent(100)
+                adder.wait_sent(60)
                 assert server.stop(signal.SIGKILL) == -signal.SIGKILL
                 time.sleep(0.3)  # the writer keeps adding, and its batches fail meanwhile
                 server.start(listen=address)
-                adder.wait_sent(100)
+                adder.wait_sent(60)
             writer.flush(timeout_s=60)
             metrics = writer.metrics()
         assert metrics.retries > 0 and metrics.queue_depth == 0
@@ -161,18 +165,19 @@ def test_the_writer_survives_a_database_cut_exactly_once(
     try:
         server.wait_health(SERVING)
         with (
-            AnalyticsClient(server.address, retry=PATIENT) as client,
+            AnalyticsClient(server.address, retry=patient()) as client,
             ProvenanceWriter(client, spool=tmp_path / "spool", max_batch_records=50) as writer,
         ):
             with Adder(writer, tag) as adder:
-                adder.wait_sent(100)
+                adder.wait_sent(60)
                 proxy.down()
                 time.sleep(3)
                 proxy.up()
-                adder.wait_sent(100)
+                adder.wait_sent(60)
             writer.flush(timeout_s=60)
-            errors = writer.metrics().errors
-        assert errors.get("UNAVAILABLE", 0) > 0, errors
+        # Calls were refused meanwhile (retried by gRPC's policy or by the writer) ...
+        assert "DATABASE_UNAVAILABLE" in server.log()
+        # ... and every record is there once.
         assert_exactly_once(postgres_migrated_url, tag, adder.added)
     finally:
         server.stop()
@@ -191,7 +196,7 @@ def test_the_writer_waits_out_admission_refusals_exactly_once(database_url, tmp_
         with (
             AnalyticsClient(server.address) as client,
             ProvenanceWriter(
-                client, max_batch_records=20, max_in_flight=4, retry=PATIENT
+                client, max_batch_records=20, max_in_flight=4, retry=patient()
             ) as writer,
         ):
             added = [f"{tag}-{n}" for n in range(200)]
@@ -214,7 +219,7 @@ def test_streams_page_through_everything_and_resume_after_a_restart(database_url
     try:
         server.wait_health(SERVING)
         address = server.address
-        with AnalyticsClient(address, retry=PATIENT) as client:
+        with AnalyticsClient(address, retry=patient()) as client:
             for start in range(0, 1000, 200):
                 client.write_provenance_batch(
                     [provenance_json(i, run_id=f"{tag}-{i}") for i in range(start, start + 200)]
@@ -239,7 +244,7 @@ def test_streams_page_through_everything_and_resume_after_a_restart(database_url
             assert list(client.query_canary_reports()) == []
 
         async def read_async() -> list[int]:  # the asyncio client resumes the same way
-            async with AsyncAnalyticsClient(address, retry=PATIENT) as aclient:
+            async with AsyncAnalyticsClient(address, retry=patient()) as aclient:
                 got = []
                 async for record in aclient.query_provenance(page_size=100):
                     got.append(record.id)
@@ -253,25 +258,33 @@ def test_streams_page_through_everything_and_resume_after_a_restart(database_url
         server.stop()
 
 
-def test_asyncio_client_and_writer(database_url, tmp_path, tag):
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_asyncio_client_and_writer_through_a_restart(database_url, tmp_path, tag):
     server = ServerProcess(database_url, tmp_path / "server.log").start()
     try:
         server.wait_health(SERVING)
 
+        address = server.address
+
         async def main() -> tuple[list[str], list[str], int]:
-            async with AsyncAnalyticsClient(server.address) as client:
+            async with AsyncAnalyticsClient(address, retry=patient()) as client:
                 added = []
                 async with AsyncProvenanceWriter(
-                    client, spool=tmp_path / "spool", max_batch_records=40
+                    client, spool=tmp_path / "spool", max_batch_records=40, retry=patient()
                 ) as writer:
                     for n in range(250):
                         run_id = f"{tag}-{n}"
                         await writer.add(**provenance_json(n, run_id=run_id))
                         added.append(run_id)
+                        if n == 120:  # the server goes away under the writer and comes back
+                            assert server.stop(signal.SIGKILL) == -signal.SIGKILL
+                            await asyncio.sleep(2.0)  # longer than gRPC's own retries last
+                            server.start(listen=address)
                     with pytest.raises(InvalidRecordError):
                         await writer.add(**provenance_json(0, run_id=""))
                     await writer.flush(timeout_s=30)
                     batches = writer.metrics().batches_sent
+                    assert writer.metrics().errors, "the restart cost the writer no attempt"
                 read = [r.run_id async for r in client.query_provenance(run_id=f"{tag}-7")]
                 with pytest.raises(NotFoundError):
                     await client.get_canary_report("no-such-run")
@@ -354,7 +367,7 @@ def test_a_token_file_is_read_again_when_it_changes(database_url, tmp_path, tag)
             AnalyticsClient(
                 server.address, ca_file=tmp_path / "ca.crt", token_file=token_file
             ) as client,
-            ProvenanceWriter(client, spool=tmp_path / "spool", retry=PATIENT) as writer,
+            ProvenanceWriter(client, spool=tmp_path / "spool", retry=patient()) as writer,
         ):
             added = [f"{tag}-{n}" for n in range(30)]
             for n, run_id in enumerate(added):
@@ -386,7 +399,7 @@ def test_the_cli_finishes_an_interrupted_write_from_its_spool(database_url, tmp_
         away = f"127.0.0.1:{unused.getsockname()[1]}"
     base = [CLI, "provenance", "write", "--spool", str(spool), "--json"]
     run = lambda *a: subprocess.run([*base, *a], capture_output=True, text=True, timeout=60)  # noqa: E731
-    first = run(str(source), "--target", away, "--timeout", "1")
+    first = run(str(source), "--target", away, "--timeout", "0.5")
     assert first.returncode == 1, first.stderr
     assert json.loads(first.stdout)["left_in_spool"] == 25
     server = ServerProcess(database_url, tmp_path / "server.log").start()
@@ -437,7 +450,7 @@ def test_a_rotated_client_certificate_is_used_without_a_restart(database_url, tm
             AnalyticsClient(
                 server.address, ca_file=tmp_path / "ca.crt", cert_file=cert, key_file=key
             ) as client,
-            ProvenanceWriter(client, spool=tmp_path / "spool", retry=PATIENT) as writer,
+            ProvenanceWriter(client, spool=tmp_path / "spool", retry=patient()) as writer,
         ):
             for n, run_id in enumerate(added):
                 writer.add(**provenance_json(n, run_id=run_id, tenant_id="acme"))
