@@ -265,6 +265,7 @@ def build_server(
 ) -> AnalyticsServer:
     """The gRPC server for ``settings`` on ``engine`` (``security`` built from them if None)."""
     # Imported here so that in-process users of the handlers need not load grpc.
+    from costsim_analytics.api.decoding import MessageLimits
     from costsim_analytics.api.metrics import ServiceMetrics
     from costsim_analytics.api.server import AnalyticsServer
 
@@ -281,6 +282,7 @@ def build_server(
         listen=settings.listen,
         workers=settings.workers,
         max_message_bytes=settings.max_message_mb * 1024 * 1024,
+        message_limits=MessageLimits.from_settings(settings),
         health_interval_s=settings.health_interval_s,
         grace_period_s=settings.grace_period_s,
         http_listen=settings.http_listen,

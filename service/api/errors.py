@@ -28,8 +28,10 @@ from costsim_analytics.engines.errors import (
     CostsimError,
     FailedPrecondition,
     InvalidArgument,
+    MessageTooLarge,
     NotFound,
     PermissionDenied,
+    ResourceExhausted,
     Unauthenticated,
     Unavailable,
 )
@@ -52,6 +54,8 @@ _CODES: tuple[tuple[type[CostsimError], int, int, str], ...] = (
     (AlreadyExists, code_pb2.ALREADY_EXISTS, 409, "Conflict"),
     (FailedPrecondition, code_pb2.FAILED_PRECONDITION, 412, "Precondition failed"),
     (Unavailable, code_pb2.UNAVAILABLE, 503, "Unavailable"),
+    (MessageTooLarge, code_pb2.RESOURCE_EXHAUSTED, 413, "Content too large"),
+    (ResourceExhausted, code_pb2.RESOURCE_EXHAUSTED, 429, "Too many requests"),
     (Unauthenticated, code_pb2.UNAUTHENTICATED, 401, "Unauthenticated"),
     (PermissionDenied, code_pb2.PERMISSION_DENIED, 403, "Forbidden"),
 )

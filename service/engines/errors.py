@@ -11,6 +11,8 @@
      │    └── SchemaOutOfDate         database schema behind the code's migrations
      ├── Unavailable                  a dependency is down; retrying later may work
      │    └── DatabaseUnavailable     the database cannot be reached
+     ├── ResourceExhausted            a limit of the service was reached
+     │    └── MessageTooLarge         a request larger than its RPC's message limit
      ├── Unauthenticated              no credentials, or credentials that do not verify
      └── PermissionDenied             a known caller asked for something the policy refuses;
                                       carries field violations (``records[3].tenant_id``)
@@ -118,6 +120,18 @@ class DatabaseUnavailable(Unavailable):
     """The database cannot be reached or dropped the connection."""
 
     reason = "DATABASE_UNAVAILABLE"
+
+
+class ResourceExhausted(CostsimError):
+    """A limit of the service was reached by this call."""
+
+    reason = "RESOURCE_EXHAUSTED"
+
+
+class MessageTooLarge(ResourceExhausted):
+    """A request larger than its RPC's message limit: sent again as it is, it fails again."""
+
+    reason = "MESSAGE_TOO_LARGE"
 
 
 class Unauthenticated(CostsimError):
