@@ -366,3 +366,12 @@ def test_the_largest_seed_wraps_its_derived_streams_to_64_bits():
     assert top.statistics.judgement.permutation_seed == 2
     assert top.seed == 2**64 - 1
     assert run(samples(pairs), seed=7).report.statistics.judgement.permutation_seed == 10
+
+
+@pytest.mark.parametrize("limit", [5e-324, 1e-17])
+def test_a_vanishing_share_limit_is_judged_not_an_internal_error(limit):
+    pairs = [(c, c) for c in range(10, 110)]
+    config = replace(DEFAULTS, outlier_max_pct=limit, major_drift_max_pct=limit)
+    report = run(samples(pairs), config=config).report
+    assert report.status == "inconclusive" and not report.passed
+    assert {r.code for r in report.reasons} >= {"OUTLIERS_INCONCLUSIVE"}
