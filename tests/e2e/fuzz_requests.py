@@ -379,6 +379,8 @@ PLAN_CHANGES: list[tuple[str, Json]] = [
     ("plan", {}),
     ("plan", [1, None]),
     ("plan", [{"skill": "llm_invoke", "params": {"prompt": "x"}}] * 500),
+    # Valid, and priced beyond the 1e15 cents a golden sample may expect.
+    ("plan", [{"skill": "llm_invoke", "params": {"prompt": "x" * 1000}, "iterations": 2**53}]),
 ]
 
 

@@ -7,7 +7,7 @@ and checks after every call:
 
 1. the status is not INTERNAL, UNKNOWN or DEADLINE_EXCEEDED (a hang), and every non-OK
    status carries the service's ErrorInfo; INVALID_ARGUMENT carries at least one BadRequest
-   field violation;
+   field violation, and each names a field of the request (or ``request`` itself);
 2. every answer decodes as the RPC's response type;
 3. a refused write (WriteProvenanceBatch, RunCanary, CreateGoldenDataset, PromoteCanaryRun,
    ActivateGoldenDataset) changed no row of any table (contents, not only counts);
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import time
 import urllib.request
 from collections import Counter, defaultdict
@@ -38,6 +39,7 @@ from urllib.parse import quote
 import grpc
 import pytest
 from google.protobuf import text_format
+from google.protobuf.descriptor import Descriptor
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from hypothesis import HealthCheck, given, note, settings
@@ -94,6 +96,32 @@ def digest(engine: Engine) -> dict[str, tuple[int, str]]:
             rows = sorted(repr(tuple(row)) for row in conn.execute(select(table)))
             out[table.name] = (len(rows), hashlib.sha256("\n".join(rows).encode()).hexdigest())
     return out
+
+
+JSON_TYPES = {"google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"}
+_SEGMENT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?:\[(\d+)\])?")
+
+
+def names_a_field(descriptor: Descriptor, path: str) -> bool:
+    """Whether a violation's path names a field of the request (``records[3].payload.x``).
+
+    ``request`` is the request itself; past a JSON field (a ``Struct``) the path goes on by
+    JSON keys, which any text may be.
+    """
+    if path == "request":
+        return True
+    current: Descriptor | None = descriptor
+    for part in path.split("."):
+        match = _SEGMENT.fullmatch(part)
+        if current is None or match is None:
+            return False
+        fd = current.fields_by_name.get(match.group(1))
+        if fd is None or (match.group(2) is not None and not fd.is_repeated):
+            return False
+        current = fd.message_type
+        if current is not None and current.full_name in JSON_TYPES:
+            return True
+    return True
 
 
 def inserts(method: str, answer: Any) -> bool:
@@ -160,6 +188,8 @@ class Contract:
         assert [i.domain for i in infos] == [DOMAIN], f"{method}: ErrorInfo {infos}"
         if outcome.code == grpc.StatusCode.INVALID_ARGUMENT:
             assert fields, f"{method} INVALID_ARGUMENT ({infos[0].reason}) names no field"
+            unknown = [f for f in fields if not names_a_field(METHODS[method].input_type, f)]
+            assert not unknown, f"{method} {infos[0].reason}: no such request field {unknown}"
         self.codes[method][f"{outcome.code.name}/{infos[0].reason}"] += 1
 
     def server_error(self) -> str:
