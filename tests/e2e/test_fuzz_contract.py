@@ -13,7 +13,9 @@ and checks after every call:
    ActivateGoldenDataset) changed no row of any table (contents, not only counts);
 4. an accepted write never breaks a read: what it wrote reads back at once (streams, drift
    statistics, the report, the dataset and a comparison against it), and after the last
-   example every query, list and get over everything succeeds.
+   example every query, list and get over everything succeeds;
+5. an accepted write with a ``request_id``, sent again as the same bytes, replays the same
+   answer and writes nothing.
 
 Besides, an accepted write that inserts must show in the digest (so property 3 can fail),
 and the dashboard's pages of everything stored render.
@@ -57,6 +59,7 @@ from tests.e2e.fuzz_requests import (
     mutated_bytes,
     once_in,
     request,
+    request_class,
     response_class,
 )
 from tests.e2e.server import SERVICE, ServerProcess
@@ -222,6 +225,20 @@ class Contract:
             if inserts(method, answers[0]):  # and the digest sees a write when there is one
                 assert digest(self.engine) != before, f"accepted {method} changed no row"
             self.read_back(method, answers[0], started)
+            if getattr(request_class(method).FromString(raw), "request_id", ""):
+                self.retry(method, raw, answers[0])
+
+    def retry(self, method: str, raw: bytes, answer: Any) -> None:
+        """Property 5: the same bytes again replay the first answer and write nothing."""
+        before = digest(self.engine)
+        outcome = self.call(method, raw)
+        self.check(method, outcome)
+        assert outcome.code == grpc.StatusCode.OK, f"retry of {method}: {outcome.error}"
+        again = response_class(method).FromString(outcome.answers[0])
+        assert again.replayed, f"retry of {method} was not a replay"  # type: ignore[attr-defined]
+        again.replayed = answer.replayed  # type: ignore[attr-defined]
+        assert again == answer, f"retry of {method} answered differently"
+        assert digest(self.engine) == before, f"retry of {method} changed rows"
 
     def harvest(self, method: str, raw: bytes, answers: list[Any]) -> None:
         for answer in answers:
