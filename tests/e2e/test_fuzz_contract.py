@@ -57,11 +57,11 @@ from tests.e2e.fuzz_requests import (
     WRITES,
     Pool,
     mutated_bytes,
-    once_in,
     request,
     request_class,
     response_class,
 )
+from tests.e2e.fuzz_values import once_in
 from tests.e2e.server import SERVICE, ServerProcess
 
 EXAMPLES = int(os.environ.get("COSTSIM_FUZZ_EXAMPLES", "800"))
