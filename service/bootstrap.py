@@ -326,6 +326,7 @@ def build_server(
     """The gRPC server for ``settings`` on ``engine`` (``security`` built from them if None)."""
     # Imported here so that in-process users of the handlers need not load grpc.
     from costsim_analytics.api.admission import AdmissionLimits, Bound
+    from costsim_analytics.api.decoding import MessageLimits
     from costsim_analytics.api.metrics import ServiceMetrics
     from costsim_analytics.api.server import AnalyticsServer
 
@@ -355,6 +356,7 @@ def build_server(
         send_timeout_s=settings.stream_send_timeout_s,
         on_stopped=engines.dispose,
         max_message_bytes=settings.max_message_mb * 1024 * 1024,
+        message_limits=MessageLimits.from_settings(settings),
         health_interval_s=settings.health_interval_s,
         grace_period_s=settings.grace_period_s,
         http_listen=settings.http_listen,

@@ -112,7 +112,7 @@ class AnalyticsClient:
     ) -> None:
         security = security or ClientSecurity()
         # No client-side size limit (gRPC's default is 4 MiB): a golden dataset with its samples
-        # can be larger; the server enforces COSTSIM_MAX_MESSAGE_MB.
+        # can be larger; the server enforces its limits (COSTSIM_MAX_MESSAGE_MB and per RPC).
         options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
         credentials = security.credentials()
         if credentials is None:

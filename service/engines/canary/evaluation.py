@@ -31,7 +31,12 @@ import numpy.typing as npt
 
 from costsim_analytics.engines import statistics as st
 from costsim_analytics.engines.canary.judge import DEFAULT_JUDGE, JUDGES, JudgeSpec
-from costsim_analytics.engines.canary.verdict import RelativeDelta, VerdictSettings, judge_run
+from costsim_analytics.engines.canary.verdict import (
+    RelativeDelta,
+    VerdictSettings,
+    derived_seed,
+    judge_run,
+)
 from costsim_analytics.engines.cost_models import BatchEstimates, CostModel, PlanBatch
 from costsim_analytics.engines.findings import FailureReason, Interval
 from costsim_analytics.engines.reports import (
@@ -231,13 +236,14 @@ def evaluate(
     paired = st.paired_test(v1, v2)
     resamples, level = config.bootstrap_resamples, config.confidence_level
     median_ci = st.bootstrap_ci(abs_delta, "median", level=level, resamples=resamples, seed=seed)
-    p90_ci = st.bootstrap_ci(abs_delta, "p90", level=level, resamples=resamples, seed=seed + 1)
-    rel_ci = st.bootstrap_ci(relative, "median", level=level, resamples=resamples, seed=seed + 2)
+    p90_seed, rel_seed = derived_seed(seed, 1), derived_seed(seed, 2)
+    p90_ci = st.bootstrap_ci(abs_delta, "p90", level=level, resamples=resamples, seed=p90_seed)
+    rel_ci = st.bootstrap_ci(relative, "median", level=level, resamples=resamples, seed=rel_seed)
     rel = None
     if config.median_delta_tolerance is not None:
         # The same stream as rel_ci's, for the rule's p-value (canary/judge.py: median_rule).
         replicates = st.bootstrap_replicates(
-            relative, "median", resamples, np.random.default_rng(seed + 2)
+            relative, "median", resamples, np.random.default_rng(rel_seed)
         )
         rel = RelativeDelta(rel_ci, replicates)
     judged = None
