@@ -125,7 +125,7 @@ class AnalyticsServer:
             gauge = metrics.calls_in_flight.labels(cls)
             gauge.set_function(lambda cls=cls: self.admission.in_flight(cls))  # type: ignore[misc]
         self._security = security
-        limits = message_limits or MessageLimits.of_service(
+        sizes = message_limits or MessageLimits.of_service(
             query_bytes=max_message_bytes,
             batch_bytes=max_message_bytes,
             samples_bytes=max_message_bytes,
@@ -135,11 +135,11 @@ class AnalyticsServer:
             # Requests too large for their RPC or undecodable are refused before authentication.
             interceptors=[
                 MetricsInterceptor(self.metrics),
-                DecodingInterceptor(limits),
+                DecodingInterceptor(sizes),
                 AuthInterceptor(security.authenticator, self.metrics),
             ],
             options=[
-                ("grpc.max_receive_message_length", limits.largest),
+                ("grpc.max_receive_message_length", sizes.largest),
                 ("grpc.max_send_message_length", max_message_bytes),
                 # A leftover server on the same port must not steal this one's connections.
                 ("grpc.so_reuseport", 0),

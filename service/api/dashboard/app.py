@@ -149,7 +149,7 @@ class Dashboard:
         except CostsimError as exc:
             status, title = http_status_of(exc)
             page = html_response(status, error_page(status, title, exc.message))
-            if isinstance(exc, ResourceExhausted):
+            if isinstance(exc, ResourceExhausted) and exc.retry_after_s is not None:
                 retry = str(max(1, math.ceil(exc.retry_after_s)))
                 return replace(page, headers=(("Retry-After", retry),))
             return page
