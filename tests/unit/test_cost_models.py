@@ -411,6 +411,8 @@ def plan_inputs(draw):
 def test_batch_agrees_with_estimate(model, samples):
     batch = model.estimate_batch(samples)
     assert len(batch) == len(samples)
+    assert batch.steps is not None and batch.steps.skills is None
+    starts = np.cumsum(batch.steps.n_steps) - batch.steps.n_steps
     for i, sample in enumerate(samples):
         try:
             est = model.estimate(sample)
@@ -425,6 +427,11 @@ def test_batch_agrees_with_estimate(model, samples):
         assert batch.duration_ms[i] == est.duration_ms
         assert batch.cumulative_risk[i] == est.cumulative_risk
         assert batch.feasible[i] == est.feasible
+        # The per-step breakdown the canary keeps is estimate()'s, step for step, bit for bit.
+        window = slice(int(starts[i]), int(starts[i] + batch.steps.n_steps[i]))
+        assert batch.steps.cost_cents[window].tolist() == [s.cost_cents for s in est.steps]
+        assert batch.steps.latency_ms[window].tolist() == [s.latency_ms for s in est.steps]
+        assert batch.steps.risk[window].tolist() == [s.risk for s in est.steps]
     shared = PlanBatch(samples)
     again = model.estimate_batch(shared)
     assert again.cost_cents.tobytes() == batch.cost_cents.tobytes()
