@@ -58,9 +58,12 @@ class StepColumns:
 
     ``n_steps[i]`` is how many entries sample ``i`` has (0 for a malformed sample); its steps
     are the entries from ``sum(n_steps[:i])`` on. ``cost_cents``, ``latency_ms`` and ``risk``
-    are a :class:`StepEstimate`'s fields, one entry per step. ``skills`` is ``None`` when the
-    breakdown has exactly one entry per plan step, for that step's skill (the built-in models);
-    a model whose breakdown differs from the plan's steps names each entry's skill there.
+    are a :class:`StepEstimate`'s fields, one entry per step, but ``risk`` is the risk the step
+    adds to the plan's (V2 counts only the step risks above 0.02, so its others are 0 here):
+    ``1 - prod(1 - risk)`` over a plan's steps is its cumulative risk. ``skills`` is ``None``
+    when the breakdown has exactly one entry per plan step, for that step's skill (the
+    built-in models); a model whose breakdown differs from the plan's steps names each
+    entry's skill there.
     The canary keeps these in its comparisons so that a run can be explained
     (``engines/canary/explain.py``).
     """

@@ -179,5 +179,6 @@ class V2CostModel:
             cols.fold_sum(latency),
             cumulative_risk,
             permissions=False,
-            steps=(cost, latency, risk),
+            # The risk each step adds to the plan's: 0 for the steps that do not count.
+            steps=(cost, latency, np.where(risk > SIGNIFICANT_RISK, risk, 0.0)),
         )
