@@ -472,10 +472,10 @@ def attribute(
     survival = np.abs(np.log1p(-risk2) - np.log1p(-risk1))
 
     def by_group(values: FloatArray) -> FloatArray:
-        return np.bincount(group, weights=values, minlength=k)
+        return np.asarray(np.bincount(group, weights=values, minlength=k), dtype=np.float64)
 
     def flips_by_group() -> FloatArray:
-        return np.bincount(flip_group, weights=flips, minlength=k)
+        return np.asarray(np.bincount(flip_group, weights=flips, minlength=k), dtype=np.float64)
 
     abs_by, flips_by = by_group(abs_cost), flips_by_group()
     if k > MAX_GROUPS:

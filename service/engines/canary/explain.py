@@ -230,8 +230,8 @@ def explain(
                 without_steps += 1
                 ledger.add(row, (), (), ())
             elif aligned(row):  # the common case, without an object per step
-                groups = step_groups(row["plan_input"]["plan"], group_by)
-                ledger.add(row, groups, base["steps"], cand["steps"])
+                names = step_groups(row["plan_input"]["plan"], group_by)
+                ledger.add(row, names, base["steps"], cand["steps"])
             else:
                 ledger.add_items(row, items_of(row, group_by))
             if bool(base["feasible"]) != bool(cand["feasible"]):
