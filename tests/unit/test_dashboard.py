@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -19,6 +20,21 @@ from costsim_analytics.api.dashboard.pages import error_page, golden_page, repor
 from costsim_analytics.api.dashboard.report_page import report_page
 from costsim_analytics.api.metrics import ServiceMetrics
 from costsim_analytics.engines.canary.command import RunCanary, RunCanaryResult
+from costsim_analytics.engines.canary.evaluation import (
+    CanaryConfig,
+    Sample,
+    evaluate,
+    report_artifact,
+    sample_artifacts,
+)
+from costsim_analytics.engines.canary.explain import (
+    ExplainRun,
+    Explanation,
+    RunNotExplainable,
+    explain,
+    validate,
+)
+from costsim_analytics.engines.cost_models import load_cost_model
 from costsim_analytics.engines.errors import (
     AlreadyExists,
     DatabaseUnavailable,
@@ -47,6 +63,7 @@ from costsim_analytics.engines.reports import (
 )
 from costsim_analytics.handlers.call import Call
 from costsim_analytics.handlers.registry import (
+    OP_CANARY_EXPLAIN,
     OP_CANARY_REPORT,
     OP_CANARY_REPORTS,
     OP_CANARY_RUN,
@@ -278,7 +295,37 @@ def fake_registry(reports) -> OperationRegistry:
 
     registry.register(OP_CANARY_REPORT, get)
     registry.register(OP_GOLDEN_LIST, lambda command, call: [])
+
+    def explained(command: ExplainRun, call: Call) -> Explanation:
+        validate(command)
+        if command.run_id != failing_report().run_id:
+            raise RunNotExplainable("it predates per-step estimates")
+        return explanation(command)
+
+    registry.register(OP_CANARY_EXPLAIN, explained)
     return registry
+
+
+def explanation(command: ExplainRun) -> Explanation:
+    """A real explanation of a small run whose skills and sample ids are hostile text."""
+    samples = [
+        Sample(f"{EVIL}-{i}", {"plan": [{"skill": EVIL}, {"skill": "llm_invoke", "params": {
+            "prompt": "p" * (900 * i)}}], "budget_cents": 12})
+        for i in range(12)
+    ]  # fmt: skip
+    ev = evaluate(
+        samples,
+        load_cost_model("v1"),
+        load_cost_model("v2"),
+        CanaryConfig(min_samples=1, permutations=50, bootstrap_resamples=50),
+        run_id=failing_report().run_id,
+        timestamp=T0,
+        seed=1,
+        sample_source="explicit",
+    )
+    report_json = report_artifact(ev, ev.report, {})
+    comparisons = sample_artifacts(ev)["comparisons.jsonl"]
+    return explain(command, ev.report, json.loads(report_json), comparisons)
 
 
 def call(app: Dashboard, target: str) -> Response:
@@ -302,8 +349,26 @@ def test_routes_and_error_statuses():
         # Unicode digits ("²" passes str.isdigit(), int() refuses it) and huge numbers: 400.
         for raw in ("%C2%B2", "%D9%A1", "9" * 5000, "1%00"):
             assert call(app, f"/?limit={raw}").status == 400, raw
-        found = call(app, "/reports/run-%3Cscript%3Ealert%28%22x%22%29%3C%2Fscript%3E%26")
+        evil_path = "/reports/run-%3Cscript%3Ealert%28%22x%22%29%3C%2Fscript%3E%26"
+        found = call(app, evil_path)
         assert found.status == 200 and b"KL_DIVERGENCE" in found.body
+        # Where the drift comes from: the section, its charts, hostile names escaped.
+        assert (
+            b"Where the drift comes from" in found.body and b"Share of |cost delta|" in found.body
+        )
+        assert b"&lt;script&gt;" in found.body
+        assert "script" not in Elements(found.body.decode()).tags
+        drift = call(app, evil_path + "/drift?group_by=prompt_band&top=3")
+        assert drift.status == 200 and b"The 3 most drifting samples" in drift.body
+        assert "script" not in Elements(drift.body.decode()).tags
+        for query, field in (("group_by=colour", b"group_by"), ("top=0", b"top"),
+                             ("top=%C2%B2", b"top"), ("top=101", b"top")):  # fmt: skip
+            bad = call(app, f"{evil_path}/drift?{query}")
+            assert bad.status == 400 and field in bad.body, query
+        assert call(app, f"{evil_path}?top=9999999").status == 400
+        # A run that cannot be explained: its page still answers, with the sentence.
+        old = call(app, f"/reports/{canary_report(0).run_id}")
+        assert old.status == 200 and b"predates per-step estimates" in old.body
         missing = call(app, "/reports/nope")
         assert missing.status == 404 and b"no canary report" in missing.body
         assert call(app, "/golden").status == 200
