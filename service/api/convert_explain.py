@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from costsim.analytics.v1 import analytics_pb2 as pb
-from costsim_analytics.engines.canary.attribution import Attribution
 from costsim_analytics.engines.canary.explain import (
     DriftingSample,
     ExplainRun,
@@ -11,6 +10,7 @@ from costsim_analytics.engines.canary.explain import (
     Histogram,
     StepBreakdown,
 )
+from costsim_analytics.engines.canary.groups import Attribution
 
 GROUP_BY_FROM_PROTO = {
     pb.EXPLAIN_GROUP_BY_UNSPECIFIED: "",

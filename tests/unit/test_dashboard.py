@@ -13,6 +13,7 @@ from html.parser import HTMLParser
 import pytest
 
 from costsim_analytics.api.dashboard.app import Dashboard
+from costsim_analytics.api.dashboard.bars import Bar, histogram_chart, share_chart
 from costsim_analytics.api.dashboard.charts import Point, Series, line_chart, nice_ceiling
 from costsim_analytics.api.dashboard.httpserver import Response, parse_head, render
 from costsim_analytics.api.dashboard.markup import Markup, html, join, num, pct
@@ -166,6 +167,18 @@ def test_numbers_for_people():
 
 
 # --- charts ----------------------------------------------------------------------------------
+
+
+def test_bar_charts_are_well_formed_svg_with_escaped_labels():
+    bars = [Bar(EVIL, 0.75, 0.6, 0.9), Bar("kv_get", 0.0, 0.0, 0.0)]
+    root = ET.fromstring(share_chart("Share", bars))
+    ns = "{http://www.w3.org/2000/svg}"
+    assert len(root.findall(f".//{ns}line[@class='ci']")) == 2
+    assert "nothing moved" in share_chart("Share", [])
+    svg = histogram_chart(EVIL, [0.0, 1.0, 2.0], [("v1", [3, 1]), ("v2", [0, 4])])
+    root = ET.fromstring(svg)
+    titles = [t.text for t in root.iter(f"{ns}title")]
+    assert "v2: 4 samples (100.0 %) in [1, 2] cents" in titles
 
 
 def test_chart_is_well_formed_svg_with_gaps_for_missing_values():

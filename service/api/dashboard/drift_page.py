@@ -23,13 +23,14 @@ from costsim_analytics.api.dashboard.markup import (
     path_segment,
     pct,
 )
-from costsim_analytics.engines.canary.attribution import GROUP_BYS, Attribution
+from costsim_analytics.engines.canary.attribution import GROUP_BYS
 from costsim_analytics.engines.canary.explain import (
     DriftingSample,
     Explanation,
     Histogram,
     StepBreakdown,
 )
+from costsim_analytics.engines.canary.groups import Attribution
 
 REPORT_TOP = 5
 _TITLES = {"kl_divergence": "the report's KL divergence", "judgement": "the verdict's KL"}

@@ -30,19 +30,16 @@ from costsim_analytics.engines.arrays import FloatArray
 from costsim_analytics.engines.canary.attribution import (
     GROUP_BYS,
     PLAN_LEVEL,
-    Attribution,
-    Bootstrap,
     Inconsistent,
     Item,
-    Ledger,
     aligned,
-    attribute,
     flip_causes,
     flip_weights,
     items_of,
     step_groups,
     whole_sample,
 )
+from costsim_analytics.engines.canary.groups import Attribution, Bootstrap, Ledger, attribute
 from costsim_analytics.engines.canary.verdict import PERMUTATION_SEED_OFFSET
 from costsim_analytics.engines.errors import FailedPrecondition, InvalidArgument
 from costsim_analytics.engines.reports import CanaryReport, validate_run_id
