@@ -353,6 +353,7 @@ def build_server(
         listen=settings.listen,
         workers=settings.workers,
         stream_workers=settings.stream_workers,
+        principal_worker_share=settings.principal_worker_share,
         limits=limits,
         send_timeout_s=settings.stream_send_timeout_s,
         on_stopped=engines.dispose,

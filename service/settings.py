@@ -178,6 +178,9 @@ class Settings(BaseSettings):
         32, ge=1, le=4096, description="Other calls in flight for one principal"
     )
     stream_workers: int = Field(4, ge=1, le=256, description="Threads fetching stream chunks")
+    principal_worker_share: float = Field(
+        0.5, gt=0, le=1, description="Share of each worker pool one principal's calls may occupy"
+    )
     stream_send_timeout_s: float = Field(
         30.0, gt=0, description="Cut a stream whose client has read nothing for this long"
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from costsim_analytics.engines.provenance import ProvenanceInput
+from costsim_analytics.engines.provenance import ProvenanceInput, ProvenanceRecord
 from costsim_analytics.engines.reports import CanaryReport
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
@@ -83,3 +83,25 @@ def canary_report(i: int = 0, **overrides: Any) -> CanaryReport:
     }
     fields.update(overrides)
     return CanaryReport(**fields)
+
+
+def stored_record(i: int, created_at: datetime, status: str = "success") -> ProvenanceRecord:
+    """A provenance row as a driver returns it: a plan payload, no costs yet."""
+    return ProvenanceRecord(
+        id=i,
+        run_id=f"run-{i}",
+        tenant_id="t",
+        variant_slug="v2",
+        source="sandbox",
+        model_version="2.0.0",
+        adapter_version="1.0",
+        commit_sha="abc123",
+        input_hash="0" * 64,
+        output_hash="0" * 64,
+        v1_cost=None,
+        v2_cost=None,
+        cost_delta=None,
+        payload=plan_payload(i, status=status),
+        runtime_ms=1,
+        created_at=created_at,
+    )

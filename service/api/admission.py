@@ -170,7 +170,7 @@ class FairPool(Executor):
     for at most one call per principal ahead of it, however much one of them has queued.
 
     ``per_key`` bounds how many workers one principal's calls occupy at once (half the pool by
-    default, at least one): the calls of a flooding principal then share the CPU with fewer of
+    default, ``COSTSIM_PRINCIPAL_WORKER_SHARE``; at least one): the calls of a flooding principal then share the CPU with fewer of
     their own, and the others' calls find a worker free.
     """
 

@@ -82,6 +82,7 @@ class AnalyticsServer:
         listen: str,
         workers: int = 8,
         stream_workers: int = 4,
+        principal_worker_share: float = 0.5,
         limits: AdmissionLimits | None = None,
         send_timeout_s: float = 30.0,
         on_stopped: Callable[[], None] | None = None,
@@ -101,10 +102,13 @@ class AnalyticsServer:
         # check never queues behind handler work.
         # Each takes the queued work of principals in turn (FairPool), so a flood from one
         # caller queues behind itself, not in front of everyone else.
+        def pool(size: int, name: str) -> FairPool:
+            return FairPool(size, name, per_key=max(1, int(size * principal_worker_share)))
+
         self._pools = WorkerPools(
-            stream=FairPool(stream_workers, "stream"),
-            long=FairPool(limits.long.total, "long"),
-            unary=FairPool(workers, "handler"),
+            stream=pool(stream_workers, "stream"),
+            long=pool(limits.long.total, "long"),
+            unary=pool(workers, "handler"),
         )
         self._probe_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="probe")
         self._on_stopped = on_stopped

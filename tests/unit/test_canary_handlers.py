@@ -29,7 +29,6 @@ from costsim_analytics.engines.errors import (
     RequestIdReused,
 )
 from costsim_analytics.engines.maintenance import Reconcile, ReconcileResult
-from costsim_analytics.engines.provenance import ProvenanceRecord
 from costsim_analytics.engines.reports import CanaryReport
 from costsim_analytics.handlers.call import Call
 from costsim_analytics.handlers.canary import (
@@ -46,7 +45,7 @@ from costsim_analytics.handlers.registry import (
     OP_CANARY_RUN,
     OperationRegistry,
 )
-from tests.factories import plan_payload
+from tests.factories import plan_payload, stored_record
 from tests.unit.fakes import FakeArtifactStore, FakeLock, FakeStore
 
 NOW = datetime(2026, 11, 26, 11, 0, tzinfo=UTC)
@@ -96,27 +95,6 @@ def make_rig(**handler_options: Any) -> Rig:
 @pytest.fixture
 def rig() -> Rig:
     return make_rig()
-
-
-def provenance_row(i: int, created_at: datetime, status: str = "success") -> ProvenanceRecord:
-    return ProvenanceRecord(
-        id=i,
-        run_id=f"run-{i}",
-        tenant_id="t",
-        variant_slug="v2",
-        source="sandbox",
-        model_version="2.0.0",
-        adapter_version="1.0",
-        commit_sha="abc123",
-        input_hash="0" * 64,
-        output_hash="0" * 64,
-        v1_cost=None,
-        v2_cost=None,
-        cost_delta=None,
-        payload=plan_payload(i, status=status),
-        runtime_ms=1,
-        created_at=created_at,
-    )
 
 
 # --- RunCanary ---------------------------------------------------------------------------------
@@ -184,10 +162,10 @@ def test_default_thresholds_fail_a_real_drift_and_pass_identical_models(rig):
 
 def test_provenance_samples_are_the_recent_successful_ones(rig):
     recent = NOW - timedelta(days=1)
-    rig.store.provenance.rows = [provenance_row(i, recent) for i in range(1, 41)]
+    rig.store.provenance.rows = [stored_record(i, recent) for i in range(1, 41)]
     rig.store.provenance.rows += [
-        provenance_row(41, recent, status="error"),  # not a success
-        provenance_row(42, NOW - timedelta(days=8)),  # older than the 7-day lookback
+        stored_record(41, recent, status="error"),  # not a success
+        stored_record(42, NOW - timedelta(days=8)),  # older than the 7-day lookback
     ]
 
     report = rig.run(RunCanary(seed=3, **SAME)).report

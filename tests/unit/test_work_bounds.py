@@ -43,7 +43,7 @@ from costsim_analytics.engines.limits import (
     plan_bytes,
 )
 from costsim_analytics.engines.maintenance import Reconcile, ReconcileResult
-from costsim_analytics.engines.provenance import ProvenanceRecord, WriteBatch
+from costsim_analytics.engines.provenance import WriteBatch
 from costsim_analytics.handlers.call import Call
 from costsim_analytics.handlers.canary import CanaryRunHandler, ReconcileHandler
 from costsim_analytics.handlers.golden import (
@@ -61,7 +61,7 @@ from costsim_analytics.handlers.registry import (
     OP_PROVENANCE_BATCH,
     OperationRegistry,
 )
-from tests.factories import plan_payload, provenance_input
+from tests.factories import plan_payload, provenance_input, stored_record
 from tests.seam import served
 from tests.unit.fakes import FakeArtifactStore, FakeLock, FakeStore
 
@@ -235,29 +235,8 @@ def test_the_artifact_bound_counts_every_byte_of_every_artifact(rig):
     assert sum(a.size_bytes for a in at.artifacts) == size
 
 
-def provenance_row(i: int) -> ProvenanceRecord:
-    return ProvenanceRecord(
-        id=i,
-        run_id=f"run-{i}",
-        tenant_id="t",
-        variant_slug="v2",
-        source="sandbox",
-        model_version="2.0.0",
-        adapter_version="1.0",
-        commit_sha="abc123",
-        input_hash="0" * 64,
-        output_hash="0" * 64,
-        v1_cost=None,
-        v2_cost=None,
-        cost_delta=None,
-        payload=plan_payload(i),
-        runtime_ms=1,
-        created_at=NOW - timedelta(hours=1),
-    )
-
-
 def test_provenance_plans_over_the_artifact_bound_are_refused_by_sample_count(rig):
-    rig.store.provenance.rows = [provenance_row(i) for i in range(1, 2501)]
+    rig.store.provenance.rows = [stored_record(i, NOW - timedelta(hours=1)) for i in range(1, 2501)]
     first_chunk = sum(plan_bytes(plan_payload(i)["input"]) for i in range(1, 1001))
     limits = replace(LARGE, max_artifact_bytes=first_chunk)  # the second chunk passes it
     bound, reason, fields = refusal(lambda: rig.canary(limits)(RunCanary(sample_count=2500)))
