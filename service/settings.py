@@ -172,7 +172,7 @@ class Settings(BaseSettings):
         4,
         ge=1,
         le=256,
-        description="RunCanary, CompareGolden, PromoteCanaryRun in flight (threads)",
+        description="RunCanary, CompareGolden, PromoteCanaryRun, ExplainCanaryRun in flight",
     )
     max_long_calls_per_principal: int = Field(
         2, ge=1, le=256, description="Long calls in flight for one principal"

@@ -215,6 +215,19 @@ class AnalyticsClient:
         request = pb.GetCanaryReportRequest(run_id=run_id)
         return _dict(self._stub.GetCanaryReport(request, timeout=self._timeout_s).report)
 
+    def explain_run(
+        self, run_id: str, *, group_by: str = "", top: int = 0, timeout_s: float = 120.0
+    ) -> Iterator[JsonDict]:
+        """ExplainCanaryRun's messages: ``{"summary": ...}``, then ``{"sample": ...}`` each.
+
+        ``group_by``: ``skill``, ``position``, ``iterations`` or ``prompt_band`` (empty: skill).
+        """
+        request = pb.ExplainCanaryRunRequest(run_id=run_id, top=top)
+        if group_by:
+            request.group_by = pb.ExplainGroupBy.Value(f"EXPLAIN_GROUP_BY_{group_by.upper()}")
+        for message in self._stub.ExplainCanaryRun(request, timeout=timeout_s):
+            yield _dict(message, every_field=True)
+
     # --- golden datasets ---------------------------------------------------------------------
 
     def create_golden(
