@@ -69,6 +69,7 @@ bench: install ## Benchmarks against PostgreSQL (COSTSIM_BENCH_DATABASE_URL).
 	$(PY) bench/client.py
 	$(PY) bench/reports.py
 	$(PY) bench/auth.py
+	$(PY) bench/explain.py
 
 SOAK_SECONDS ?= 300
 soak: install ## Mixed load with a database cut and a SIGKILL on a schedule (SOAK_SECONDS, 300).

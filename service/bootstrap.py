@@ -22,6 +22,7 @@ from costsim_analytics.engines.golden.comparison import GoldenConfig
 from costsim_analytics.engines.limits import MIB, WorkLimits
 from costsim_analytics.handlers.call import Call
 from costsim_analytics.handlers.canary import RUN_REPLAY, CanaryRunHandler, ReconcileHandler
+from costsim_analytics.handlers.explain import ExplainCanaryRunHandler
 from costsim_analytics.handlers.golden import (
     CREATE_REPLAY,
     PROMOTE_REPLAY,
@@ -40,6 +41,7 @@ from costsim_analytics.handlers.provenance import (
     WriteProvenanceBatchHandler,
 )
 from costsim_analytics.handlers.registry import (
+    OP_CANARY_EXPLAIN,
     OP_CANARY_RECONCILE,
     OP_CANARY_REPORT,
     OP_CANARY_REPORTS,
@@ -178,6 +180,7 @@ def build_registry(
     registry.register(OP_CANARY_REPORTS, QueryCanaryReportsHandler(streams, max_page_size=page))
     registry.register(OP_CANARY_REPORT, GetCanaryReportHandler(uow))
     registry.register(OP_CANARY_RUN, build_canary_handler(engine, settings, progress))
+    registry.register(OP_CANARY_EXPLAIN, ExplainCanaryRunHandler(uow, artifacts))
     registry.register(OP_CANARY_RECONCILE, ReconcileHandler(uow, artifacts))
     registry.register(OP_RETENTION, RetentionHandler(uow, artifacts))
     registry.register(OP_PARTITION_UPKEEP, PartitionUpkeepHandler(uow))
@@ -326,6 +329,7 @@ def build_server(
     """The gRPC server for ``settings`` on ``engine`` (``security`` built from them if None)."""
     # Imported here so that in-process users of the handlers need not load grpc.
     from costsim_analytics.api.admission import AdmissionLimits, Bound
+    from costsim_analytics.api.decoding import MessageLimits
     from costsim_analytics.api.metrics import ServiceMetrics
     from costsim_analytics.api.server import AnalyticsServer
 
@@ -355,6 +359,7 @@ def build_server(
         send_timeout_s=settings.stream_send_timeout_s,
         on_stopped=engines.dispose,
         max_message_bytes=settings.max_message_mb * 1024 * 1024,
+        message_limits=MessageLimits.from_settings(settings),
         health_interval_s=settings.health_interval_s,
         grace_period_s=settings.grace_period_s,
         http_listen=settings.http_listen,

@@ -93,8 +93,17 @@ class Settings(BaseSettings):
     max_connection_age_grace_s: float = Field(
         300.0, ge=0, description="Time calls on a closing connection get to finish"
     )
-    max_message_mb: int = Field(
-        80, ge=4, le=2000, description="Largest gRPC message accepted or sent, in MiB"
+    max_message_mb: int = Field(80, ge=4, le=2000, description="Largest gRPC message sent, in MiB")
+    # The largest request each RPC accepts (README, "Message limits"); the server's gRPC
+    # receive limit is the largest of them.
+    max_query_message_kb: int = Field(
+        64, ge=1, le=65_536, description="Request limit of every RPC but the three below, KiB"
+    )
+    max_record_kb: int = Field(
+        32, ge=1, le=1024, description="WriteProvenanceBatch's limit per record of max_batch, KiB"
+    )
+    max_samples_message_mb: int = Field(
+        64, ge=1, le=2000, description="Request limit of RunCanary and CreateGoldenDataset, MiB"
     )
     log_level: str = Field("INFO", description="Python logging level")
     canary_drift_threshold: float = Field(0.2, ge=0, description="KL divergence that fails")
@@ -163,7 +172,7 @@ class Settings(BaseSettings):
         4,
         ge=1,
         le=256,
-        description="RunCanary, CompareGolden, PromoteCanaryRun in flight (threads)",
+        description="RunCanary, CompareGolden, PromoteCanaryRun, ExplainCanaryRun in flight",
     )
     max_long_calls_per_principal: int = Field(
         2, ge=1, le=256, description="Long calls in flight for one principal"

@@ -6,8 +6,9 @@ needs:
 
 * ``stream``: the server-streaming queries (QueryProvenance, QueryCanaryReports). A stream
   holds a database connection of the stream pool from its first message to its last.
-* ``long``: the unary calls that evaluate cost models over many samples (RunCanary,
-  CompareGolden, PromoteCanaryRun): seconds of work each.
+* ``long``: the calls that evaluate cost models over many samples (RunCanary,
+  CompareGolden, PromoteCanaryRun) or read and explain a run's artifacts whole
+  (ExplainCanaryRun, a stream computed before its first message): seconds of work each.
 * ``unary``: every other call, and the dashboard's pages: milliseconds each.
 
 A call over a bound is refused at once, before any work is queued, with

@@ -112,7 +112,7 @@ class AnalyticsClient:
     ) -> None:
         security = security or ClientSecurity()
         # No client-side size limit (gRPC's default is 4 MiB): a golden dataset with its samples
-        # can be larger; the server enforces COSTSIM_MAX_MESSAGE_MB.
+        # can be larger; the server enforces its limits (COSTSIM_MAX_MESSAGE_MB and per RPC).
         options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
         credentials = security.credentials()
         if credentials is None:
@@ -214,6 +214,19 @@ class AnalyticsClient:
         """One canary report."""
         request = pb.GetCanaryReportRequest(run_id=run_id)
         return _dict(self._stub.GetCanaryReport(request, timeout=self._timeout_s).report)
+
+    def explain_run(
+        self, run_id: str, *, group_by: str = "", top: int = 0, timeout_s: float = 120.0
+    ) -> Iterator[JsonDict]:
+        """ExplainCanaryRun's messages: ``{"summary": ...}``, then ``{"sample": ...}`` each.
+
+        ``group_by``: ``skill``, ``position``, ``iterations`` or ``prompt_band`` (empty: skill).
+        """
+        request = pb.ExplainCanaryRunRequest(run_id=run_id, top=top)
+        if group_by:
+            request.group_by = pb.ExplainGroupBy.Value(f"EXPLAIN_GROUP_BY_{group_by.upper()}")
+        for message in self._stub.ExplainCanaryRun(request, timeout=timeout_s):
+            yield _dict(message, every_field=True)
 
     # --- golden datasets ---------------------------------------------------------------------
 

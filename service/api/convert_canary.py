@@ -14,6 +14,7 @@ from costsim.analytics.v1 import analytics_pb2 as pb
 from costsim_analytics.api import convert, convert_golden
 from costsim_analytics.engines.canary.command import RunCanary, RunCanaryResult
 from costsim_analytics.engines.canary.evaluation import Sample
+from costsim_analytics.engines.canary.verdict import SEED_SPACE
 from costsim_analytics.engines.reports import (
     CanaryReport,
     GetReport,
@@ -67,7 +68,9 @@ def _judgement(j: Judgement | None) -> pb.CanaryJudgement | None:
         kl=j.kl,
         js=j.js,
         permutations=j.permutations,
-        permutation_seed=j.permutation_seed,
+        # Reports stored before the derived seeds wrapped may name the run's seed + 3 past
+        # 64 bits; the same value wrapped is the seed such a run now uses.
+        permutation_seed=j.permutation_seed % SEED_SPACE,
         kl_p_value=j.kl_p_value,
         alpha=j.alpha,
         correction=j.correction,

@@ -31,6 +31,7 @@ from costsim_analytics.engines.errors import (
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
+    MessageTooLarge,
     NotFound,
     PermissionDenied,
     ResourceExhausted,
@@ -57,6 +58,7 @@ _CODES: tuple[tuple[type[CostsimError], int, int, str], ...] = (
     (AlreadyExists, code_pb2.ALREADY_EXISTS, 409, "Conflict"),
     (FailedPrecondition, code_pb2.FAILED_PRECONDITION, 412, "Precondition failed"),
     (Unavailable, code_pb2.UNAVAILABLE, 503, "Unavailable"),
+    (MessageTooLarge, code_pb2.RESOURCE_EXHAUSTED, 413, "Content too large"),
     (ResourceExhausted, code_pb2.RESOURCE_EXHAUSTED, 429, "Too many requests"),
     (DeadlineExceeded, code_pb2.DEADLINE_EXCEEDED, 504, "Deadline exceeded"),
     (Unauthenticated, code_pb2.UNAUTHENTICATED, 401, "Unauthenticated"),
@@ -133,19 +135,27 @@ def status_of(error: CostsimError, request_id: str) -> grpc.Status:
     ]
     if violations:
         details.append(_pack(error_details_pb2.BadRequest(field_violations=violations)))
-    if isinstance(error, Unavailable | ResourceExhausted):  # AIP-194: when a retry makes sense
+    retry_after_s = _retry_after_s(error)
+    if retry_after_s is not None:  # AIP-194: say when a retry makes sense
         delay = duration_pb2.Duration()
-        delay.FromTimedelta(timedelta(seconds=error.retry_after_s))
+        delay.FromTimedelta(timedelta(seconds=retry_after_s))
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     message = _cut(error.message, MAX_MESSAGE_CHARS)
     status = rpc_status.to_status(
         status_pb2.Status(code=code_of(error), message=message, details=details)
     )
-    if isinstance(error, Unavailable | ResourceExhausted) and error.retry_after_s > 0:
+    if retry_after_s:
         # The same advice for gRPC's own retry policy, which reads this trailer (gRFC A6).
-        pushback = (RETRY_PUSHBACK, str(int(error.retry_after_s * 1000)))
+        pushback = (RETRY_PUSHBACK, str(int(retry_after_s * 1000)))
         return _Status(status.code, status.details, (*status.trailing_metadata, pushback))
     return status
+
+
+def _retry_after_s(error: CostsimError) -> float | None:
+    """After how long a retry of the call may succeed; None when it cannot (or not known)."""
+    if isinstance(error, Unavailable | ResourceExhausted):
+        return error.retry_after_s
+    return None
 
 
 @dataclass(frozen=True)

@@ -235,12 +235,19 @@ _KINDS = {
 }
 
 
-def rebuilt(handler: _Handler, behavior: Any) -> _Handler:
-    """``handler`` of the same kind and (de)serializers, running ``behavior`` instead."""
+def rebuilt(
+    handler: _Handler,
+    behavior: Any,
+    request_deserializer: Callable[[bytes], Any] | None = None,
+) -> _Handler:
+    """``handler`` of the same kind and (de)serializers, running ``behavior`` instead.
+
+    ``request_deserializer``, when given, replaces the handler's own.
+    """
     _, _, make = _KINDS[(handler.request_streaming, handler.response_streaming)]
     return make(
         behavior,
-        request_deserializer=handler.request_deserializer,
+        request_deserializer=request_deserializer or handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )
 

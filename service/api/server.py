@@ -31,6 +31,7 @@ from costsim_analytics.api.auth import AuthInterceptor, Security
 from costsim_analytics.api.dashboard.access import Access
 from costsim_analytics.api.dashboard.app import POST_PATHS, Dashboard
 from costsim_analytics.api.dashboard.httpserver import HttpServer
+from costsim_analytics.api.decoding import DecodingInterceptor, MessageLimits
 from costsim_analytics.api.metrics import MetricsInterceptor, ServiceMetrics
 from costsim_analytics.api.servicer import AnalyticsServicer
 from costsim_analytics.engines.errors import CostsimError
@@ -69,6 +70,8 @@ class AnalyticsServer:
     server reports SERVING only while it succeeds, and recovers by itself when it does again.
     It only reads: ``upkeep`` (partition upkeep, which writes) is a task of its own.
     ``http_listen`` (empty: none) is the side port of the dashboard, metrics and probes.
+    ``max_message_bytes`` bounds the messages it sends; ``message_limits`` those it receives,
+    per RPC (``api/decoding.py``; None: ``max_message_bytes`` for every RPC).
     """
 
     def __init__(
@@ -87,6 +90,7 @@ class AnalyticsServer:
         send_timeout_s: float = 30.0,
         on_stopped: Callable[[], None] | None = None,
         max_message_bytes: int = 80 * 1024 * 1024,
+        message_limits: MessageLimits | None = None,
         health_interval_s: float = 1.0,
         grace_period_s: float = 10.0,
         http_listen: str = "",
@@ -121,14 +125,21 @@ class AnalyticsServer:
             gauge = metrics.calls_in_flight.labels(cls)
             gauge.set_function(lambda cls=cls: self.admission.in_flight(cls))  # type: ignore[misc]
         self._security = security
+        sizes = message_limits or MessageLimits.of_service(
+            query_bytes=max_message_bytes,
+            batch_bytes=max_message_bytes,
+            samples_bytes=max_message_bytes,
+        )
         self._server = grpc.aio.server(
             # Metrics outermost: a refused call is counted with the code it was refused with.
+            # Requests too large for their RPC or undecodable are refused before authentication.
             interceptors=[
                 MetricsInterceptor(self.metrics),
+                DecodingInterceptor(sizes),
                 AuthInterceptor(security.authenticator, self.metrics),
             ],
             options=[
-                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_receive_message_length", sizes.largest),
                 ("grpc.max_send_message_length", max_message_bytes),
                 # A leftover server on the same port must not steal this one's connections.
                 ("grpc.so_reuseport", 0),

@@ -20,7 +20,7 @@ import grpc
 
 from costsim.analytics.v1 import analytics_pb2 as pb
 from costsim.analytics.v1 import analytics_pb2_grpc as pb_grpc
-from costsim_analytics.api import convert, convert_canary, convert_golden
+from costsim_analytics.api import convert, convert_canary, convert_explain, convert_golden
 from costsim_analytics.api.admission import (
     SLOW_READER,
     Admission,
@@ -36,6 +36,7 @@ from costsim_analytics.auth.principal import Principal
 from costsim_analytics.engines.errors import ResourceExhausted, Unauthenticated
 from costsim_analytics.handlers.call import Call
 from costsim_analytics.handlers.registry import (
+    OP_CANARY_EXPLAIN,
     OP_CANARY_REPORT,
     OP_CANARY_REPORTS,
     OP_CANARY_RUN,
@@ -58,10 +59,14 @@ R = TypeVar("R")
 Req = TypeVar("Req")
 T = TypeVar("T")
 M = TypeVar("M")
+A = TypeVar("A")
 Context = grpc.aio.ServicerContext[object, object]
 
-# The unary operations that evaluate cost models over many samples: seconds, not milliseconds.
-LONG = frozenset(op.name for op in (OP_CANARY_RUN, OP_GOLDEN_COMPARE, OP_GOLDEN_PROMOTE))
+# The operations that evaluate cost models over many samples, or read and judge a run's
+# artifacts whole (ExplainCanaryRun): seconds, not milliseconds.
+LONG = frozenset(
+    op.name for op in (OP_CANARY_RUN, OP_GOLDEN_COMPARE, OP_GOLDEN_PROMOTE, OP_CANARY_EXPLAIN)
+)
 
 
 def deadline_of(context: Context) -> float | None:
@@ -125,10 +130,28 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         Converting a large request (100,000 canary samples, 1,000 Struct payloads) takes tens
         to hundreds of milliseconds: on the event loop it would stall every other call.
         """
+        return await self._run_then(op, to_command, request, context, lambda result: result)
+
+    async def _run_then(
+        self,
+        op: Operation[C, R],
+        to_command: Callable[[Req], C],
+        request: Req,
+        context: Context,
+        to_answer: Callable[[R], A],
+    ) -> A:
+        """:meth:`_run`, and the result converted by ``to_answer`` in the same worker thread.
+
+        For an answer computed whole and sent as a stream (ExplainCanaryRun): its messages are
+        built off the event loop too, and the call's slot is free once they are, since the
+        answer holds no database connection while it is sent.
+        """
         cls: CallClass = "long" if op.name in LONG else "unary"
         call, slot, key = self._admit(cls, context)
         handler = self._registry.get(op)
-        future = submit(self._pools.of(cls), lambda: handler(to_command(request), call), call, key)
+        future = submit(
+            self._pools.of(cls), lambda: to_answer(handler(to_command(request), call)), call, key
+        )
         release_when_done(future, slot)
         return await asyncio.wrap_future(future)
 
@@ -288,6 +311,21 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         """Make one version the active version of its name."""
         dataset = await self._run(OP_GOLDEN_ACTIVATE, convert_golden.activate, request, context)
         return pb.ActivateGoldenDatasetResponse(dataset=convert_golden.dataset_message(dataset))
+
+    @streaming
+    async def ExplainCanaryRun(
+        self, request: pb.ExplainCanaryRunRequest, context: Context
+    ) -> AsyncIterator[pb.ExplainCanaryRunResponse]:
+        """Explain a canary run: the summary, then its most drifting samples one by one."""
+        messages = await self._run_then(
+            OP_CANARY_EXPLAIN,
+            convert_explain.explain_run,
+            request,
+            context,
+            convert_explain.messages,
+        )
+        for message in messages:
+            yield message
 
     @unary
     async def CompareGolden(

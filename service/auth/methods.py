@@ -58,6 +58,8 @@ METHODS: dict[str, MethodRule] = {
     _rpc("GetDriftStats"): MethodRule(Role.READER, TenantsFrom.FILTER),
     _rpc("QueryCanaryReports"): MethodRule(Role.READER),
     _rpc("GetCanaryReport"): MethodRule(Role.READER),
+    # Reads a report's artifacts: the same as reading the report.
+    _rpc("ExplainCanaryRun"): MethodRule(Role.READER),
     _rpc("RunCanary"): MethodRule(Role.CANARY, mutating=True),
     _rpc("CreateGoldenDataset"): MethodRule(Role.CURATOR, mutating=True),
     _rpc("PromoteCanaryRun"): MethodRule(Role.CURATOR, mutating=True),

@@ -25,12 +25,14 @@ from costsim_analytics.cli.common import (
     settings_with,
     table,
 )
+from costsim_analytics.cli.explain import explain
 from costsim_analytics.engines.errors import CostsimError
 from costsim_analytics.engines.maintenance import Reconcile
 from costsim_analytics.handlers.call import Call
 from costsim_analytics.handlers.registry import OP_CANARY_RECONCILE, OP_CANARY_RUN
 
-app = typer.Typer(help="Run canary comparisons and reconcile their artifacts.")
+app = typer.Typer(help="Run canary comparisons, explain them, reconcile their artifacts.")
+app.command("explain")(explain)
 
 EXIT_FAIL = 1
 EXIT_ERROR = 3

@@ -14,7 +14,9 @@
      ├── Unavailable                  a dependency is down; retrying later may work
      │    └── DatabaseUnavailable     the database cannot be reached
      ├── ResourceExhausted            over a bound on concurrent calls (retry later), or a
-     │                                stream cut because its reader stopped reading
+     │    │                           stream cut because its reader stopped reading
+     │    └── MessageTooLarge         a request larger than its RPC's message limit (retrying
+     │                                the same request cannot help)
      ├── DeadlineExceeded             the call's deadline passed before its work was done
      ├── Unauthenticated              no credentials, or credentials that do not verify
      └── PermissionDenied             a known caller asked for something the policy refuses;
@@ -143,9 +145,9 @@ class DatabaseUnavailable(Unavailable):
 
 
 class ResourceExhausted(CostsimError):
-    """A bound on the server's capacity refused the call (reasons in ``api/admission.py``).
+    """A limit of the service refused the call (admission reasons in ``api/admission.py``).
 
-    Retrying after ``retry_after_s`` may succeed.
+    Retrying after ``retry_after_s`` may succeed; None: retrying the same call cannot.
     """
 
     reason = "RESOURCE_EXHAUSTED"
@@ -155,11 +157,22 @@ class ResourceExhausted(CostsimError):
         message: str,
         *,
         reason: str | None = None,
-        retry_after_s: float = 1.0,
+        retry_after_s: float | None = 1.0,
         metadata: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message, reason=reason, metadata=metadata)
         self.retry_after_s = retry_after_s
+
+
+class MessageTooLarge(ResourceExhausted):
+    """A request larger than its RPC's message limit: sent again as it is, it fails again."""
+
+    reason = "MESSAGE_TOO_LARGE"
+
+    def __init__(
+        self, message: str, *, reason: str | None = None, metadata: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message, reason=reason, retry_after_s=None, metadata=metadata)
 
 
 class DeadlineExceeded(CostsimError):

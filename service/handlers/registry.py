@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Generic, Never, Protocol, TypeVar, cast
 
 from costsim_analytics.engines.canary.command import RunCanary, RunCanaryResult
+from costsim_analytics.engines.canary.explain import ExplainRun, Explanation
 from costsim_analytics.engines.drift import DriftStats, DriftStatsQuery
 from costsim_analytics.engines.golden.commands import (
     ActivateGoldenDataset,
@@ -85,6 +86,7 @@ OP_DRIFT_STATS = Operation[DriftStatsQuery, DriftStats]("analytics.drift_stats")
 OP_CANARY_REPORTS = Operation[ReportQuery, ResultStream[CanaryReport]]("analytics.canary_reports")
 OP_CANARY_REPORT = Operation[GetReport, CanaryReport]("analytics.canary_report")
 OP_CANARY_RUN = Operation[RunCanary, RunCanaryResult]("analytics.canary_run")
+OP_CANARY_EXPLAIN = Operation[ExplainRun, Explanation]("analytics.canary_explain")
 OP_CANARY_RECONCILE = Operation[Reconcile, ReconcileResult]("analytics.canary_reconcile")
 OP_GOLDEN_CREATE = Operation[CreateGoldenDataset, StoredVersion]("analytics.golden_create")
 OP_GOLDEN_PROMOTE = Operation[PromoteCanaryRun, StoredVersion]("analytics.golden_promote")

@@ -11,7 +11,13 @@ from tests.e2e.server import ServerProcess
 @pytest.fixture
 def server(database_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
     """A serving server on a migrated, empty database (each backend)."""
-    proc = ServerProcess(database_url, tmp_path / "server.log", COSTSIM_MAX_BATCH="50").start()
+    proc = ServerProcess(
+        database_url,
+        tmp_path / "server.log",
+        COSTSIM_MAX_BATCH="50",
+        # Canary artifacts beside the test's other files, not under the working directory.
+        COSTSIM_ARTIFACTS_DIR=str(tmp_path / "artifacts"),
+    ).start()
     try:
         proc.wait_health(health_pb2.HealthCheckResponse.SERVING)
         yield proc

@@ -178,6 +178,14 @@ def test_dashboard_in_a_real_browser(server: ServerProcess, stub, database_url, 
     for artifact in failing.artifacts:
         assert artifact.sha256 in report and artifact.path in report
     browser.screenshot(report_url, ARTIFACTS / f"{backend}-report.png")
+    # Where the drift comes from: on the report page, and alone (the screenshot of it).
+    assert "Where the drift comes from" in report and "Share of |cost delta|" in report
+    assert "the verdict's KL: quantile bins" in report and "most drifting samples" in report
+    drift_url = f"{report_url}/drift"
+    drift = text_of(browser.dom(drift_url))
+    assert f"Where the drift comes from: {failing.run_id}" in drift
+    assert "llm_invoke" in drift and "the report's KL divergence: equal-width bins" in drift
+    browser.screenshot(drift_url, ARTIFACTS / f"{backend}-drift.png")
 
     golden = text_of(browser.dom(server.http_url + "/golden"))
     assert "dash-ref" in golden and dataset.sha256 in golden and "active" in golden

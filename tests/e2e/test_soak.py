@@ -38,6 +38,6 @@ def test_soak_smoke_loses_duplicates_and_fails_nothing(postgres: PostgresServer)
     # What must never happen.
     assert result["lost"] == 0 and result["duplicated"] == 0 and result["wrong_ids"] == 0
     assert result["stored"] == result["acknowledged"] + result["stored_unacknowledged"]
-    assert result["internal"] == 0 and result["internal_logged"] == 0
+    assert result["internal"] == 0 and result["internal_logged"] == 0, done.stdout[-8000:]
     assert result["gave_up"] == 0 and result["replay_mismatches"] == 0
     assert result["bad_input_rows"] == 0

@@ -364,3 +364,21 @@ def test_an_unknown_judge_is_refused():
     with pytest.raises(InvalidArgument, match="judge"):
         validate(RunCanary(judge="strict"))
     assert resolve_config(RunCanary(judge="legacy"), CanaryConfig()).judge == JUDGES["legacy"]
+
+
+def test_the_largest_seed_wraps_its_derived_streams_to_64_bits():
+    # Once seed + 3 (2**64 + 2): stored, then INTERNAL when the answer's uint64 could not hold it.
+    pairs = [(c, c + (c % 3 == 0)) for c in range(10, 60)]
+    top = run(samples(pairs), seed=2**64 - 1).report
+    assert top.statistics.judgement.permutation_seed == 2
+    assert top.seed == 2**64 - 1
+    assert run(samples(pairs), seed=7).report.statistics.judgement.permutation_seed == 10
+
+
+@pytest.mark.parametrize("limit", [5e-324, 1e-17])
+def test_a_vanishing_share_limit_is_judged_not_an_internal_error(limit):
+    pairs = [(c, c) for c in range(10, 110)]
+    config = replace(DEFAULTS, outlier_max_pct=limit, major_drift_max_pct=limit)
+    report = run(samples(pairs), config=config).report
+    assert report.status == "inconclusive" and not report.passed
+    assert {r.code for r in report.reasons} >= {"OUTLIERS_INCONCLUSIVE"}

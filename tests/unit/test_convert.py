@@ -87,3 +87,30 @@ def test_inconclusive_report_and_its_judgement_convert():
     assert convert_canary.STATUS_FROM_PROTO[msg.status] == "inconclusive"
     request = convert_canary.run_canary(pb.RunCanaryRequest(judge="legacy"))
     assert request.judge == "legacy"
+
+
+def test_a_stored_permutation_seed_past_64_bits_converts_wrapped():
+    from dataclasses import replace
+
+    from costsim_analytics.engines.canary.evaluation import CanaryConfig, Sample, evaluate
+    from costsim_analytics.engines.canary.synthetic import synthetic_samples
+    from costsim_analytics.engines.cost_models import load_cost_model
+
+    samples = [Sample(i, p) for i, p in synthetic_samples()[:40]]
+    v1 = load_cost_model("v1")
+    report = evaluate(
+        samples,
+        v1,
+        v1,
+        CanaryConfig(),
+        run_id="r",
+        timestamp=datetime(2026, 1, 1, tzinfo=UTC),
+        seed=0,
+        sample_source="explicit",
+    ).report
+    assert report.statistics is not None and report.statistics.judgement is not None
+    # A row written before the seeds wrapped: seed 2**64 - 1, its permutation stream's + 3.
+    judgement = replace(report.statistics.judgement, permutation_seed=2**64 + 2)
+    stored = replace(report, statistics=replace(report.statistics, judgement=judgement))
+    msg = convert_canary.canary_report(stored)
+    assert msg.statistics.judgement.permutation_seed == 2

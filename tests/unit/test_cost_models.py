@@ -411,6 +411,8 @@ def plan_inputs(draw):
 def test_batch_agrees_with_estimate(model, samples):
     batch = model.estimate_batch(samples)
     assert len(batch) == len(samples)
+    assert batch.steps is not None and batch.steps.skills is None
+    starts = np.cumsum(batch.steps.n_steps) - batch.steps.n_steps
     for i, sample in enumerate(samples):
         try:
             est = model.estimate(sample)
@@ -425,6 +427,17 @@ def test_batch_agrees_with_estimate(model, samples):
         assert batch.duration_ms[i] == est.duration_ms
         assert batch.cumulative_risk[i] == est.cumulative_risk
         assert batch.feasible[i] == est.feasible
+        # The per-step breakdown the canary keeps is estimate()'s, step for step, bit for bit.
+        window = slice(int(starts[i]), int(starts[i] + batch.steps.n_steps[i]))
+        assert batch.steps.cost_cents[window].tolist() == [s.cost_cents for s in est.steps]
+        assert batch.steps.latency_ms[window].tolist() == [s.latency_ms for s in est.steps]
+        # Risk as it counts toward the plan's (V2 ignores step risks up to 0.02).
+        floor = 0.02 if model is V2 else -1.0
+        risks = [s.risk if s.risk > floor else 0.0 for s in est.steps]
+        assert batch.steps.risk[window].tolist() == risks
+        assert est.cumulative_risk == pytest.approx(
+            1.0 - math.prod(1.0 - r for r in risks), abs=1e-12
+        )
     shared = PlanBatch(samples)
     again = model.estimate_batch(shared)
     assert again.cost_cents.tobytes() == batch.cost_cents.tobytes()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -12,6 +13,7 @@ from html.parser import HTMLParser
 import pytest
 
 from costsim_analytics.api.dashboard.app import Dashboard
+from costsim_analytics.api.dashboard.bars import Bar, histogram_chart, share_chart
 from costsim_analytics.api.dashboard.charts import Point, Series, line_chart, nice_ceiling
 from costsim_analytics.api.dashboard.httpserver import Response, parse_head, render
 from costsim_analytics.api.dashboard.markup import Markup, html, join, num, pct
@@ -19,6 +21,21 @@ from costsim_analytics.api.dashboard.pages import error_page, golden_page, repor
 from costsim_analytics.api.dashboard.report_page import report_page
 from costsim_analytics.api.metrics import ServiceMetrics
 from costsim_analytics.engines.canary.command import RunCanary, RunCanaryResult
+from costsim_analytics.engines.canary.evaluation import (
+    CanaryConfig,
+    Sample,
+    evaluate,
+    report_artifact,
+    sample_artifacts,
+)
+from costsim_analytics.engines.canary.explain import (
+    ExplainRun,
+    Explanation,
+    RunNotExplainable,
+    explain,
+    validate,
+)
+from costsim_analytics.engines.cost_models import load_cost_model
 from costsim_analytics.engines.errors import (
     AlreadyExists,
     DatabaseUnavailable,
@@ -47,6 +64,7 @@ from costsim_analytics.engines.reports import (
 )
 from costsim_analytics.handlers.call import Call
 from costsim_analytics.handlers.registry import (
+    OP_CANARY_EXPLAIN,
     OP_CANARY_REPORT,
     OP_CANARY_REPORTS,
     OP_CANARY_RUN,
@@ -149,6 +167,18 @@ def test_numbers_for_people():
 
 
 # --- charts ----------------------------------------------------------------------------------
+
+
+def test_bar_charts_are_well_formed_svg_with_escaped_labels():
+    bars = [Bar(EVIL, 0.75, 0.6, 0.9), Bar("kv_get", 0.0, 0.0, 0.0)]
+    root = ET.fromstring(share_chart("Share", bars))
+    ns = "{http://www.w3.org/2000/svg}"
+    assert len(root.findall(f".//{ns}line[@class='ci']")) == 2
+    assert "nothing moved" in share_chart("Share", [])
+    svg = histogram_chart(EVIL, [0.0, 1.0, 2.0], [("v1", [3, 1]), ("v2", [0, 4])])
+    root = ET.fromstring(svg)
+    titles = [t.text for t in root.iter(f"{ns}title")]
+    assert "v2: 4 samples (100.0 %) in [1, 2] cents" in titles
 
 
 def test_chart_is_well_formed_svg_with_gaps_for_missing_values():
@@ -278,7 +308,37 @@ def fake_registry(reports) -> OperationRegistry:
 
     registry.register(OP_CANARY_REPORT, get)
     registry.register(OP_GOLDEN_LIST, lambda command, call: [])
+
+    def explained(command: ExplainRun, call: Call) -> Explanation:
+        validate(command)
+        if command.run_id != failing_report().run_id:
+            raise RunNotExplainable("it predates per-step estimates")
+        return explanation(command)
+
+    registry.register(OP_CANARY_EXPLAIN, explained)
     return registry
+
+
+def explanation(command: ExplainRun) -> Explanation:
+    """A real explanation of a small run whose skills and sample ids are hostile text."""
+    samples = [
+        Sample(f"{EVIL}-{i}", {"plan": [{"skill": EVIL}, {"skill": "llm_invoke", "params": {
+            "prompt": "p" * (900 * i)}}], "budget_cents": 12})
+        for i in range(12)
+    ]  # fmt: skip
+    ev = evaluate(
+        samples,
+        load_cost_model("v1"),
+        load_cost_model("v2"),
+        CanaryConfig(min_samples=1, permutations=50, bootstrap_resamples=50),
+        run_id=failing_report().run_id,
+        timestamp=T0,
+        seed=1,
+        sample_source="explicit",
+    )
+    report_json = report_artifact(ev, ev.report, {})
+    comparisons = sample_artifacts(ev)["comparisons.jsonl"]
+    return explain(command, ev.report, json.loads(report_json), comparisons)
 
 
 def call(app: Dashboard, target: str) -> Response:
@@ -302,8 +362,26 @@ def test_routes_and_error_statuses():
         # Unicode digits ("²" passes str.isdigit(), int() refuses it) and huge numbers: 400.
         for raw in ("%C2%B2", "%D9%A1", "9" * 5000, "1%00"):
             assert call(app, f"/?limit={raw}").status == 400, raw
-        found = call(app, "/reports/run-%3Cscript%3Ealert%28%22x%22%29%3C%2Fscript%3E%26")
+        evil_path = "/reports/run-%3Cscript%3Ealert%28%22x%22%29%3C%2Fscript%3E%26"
+        found = call(app, evil_path)
         assert found.status == 200 and b"KL_DIVERGENCE" in found.body
+        # Where the drift comes from: the section, its charts, hostile names escaped.
+        assert (
+            b"Where the drift comes from" in found.body and b"Share of |cost delta|" in found.body
+        )
+        assert b"&lt;script&gt;" in found.body
+        assert "script" not in Elements(found.body.decode()).tags
+        drift = call(app, evil_path + "/drift?group_by=prompt_band&top=3")
+        assert drift.status == 200 and b"The 3 most drifting samples" in drift.body
+        assert "script" not in Elements(drift.body.decode()).tags
+        for query, field in (("group_by=colour", b"group_by"), ("top=0", b"top"),
+                             ("top=%C2%B2", b"top"), ("top=101", b"top")):  # fmt: skip
+            bad = call(app, f"{evil_path}/drift?{query}")
+            assert bad.status == 400 and field in bad.body, query
+        assert call(app, f"{evil_path}?top=9999999").status == 400
+        # A run that cannot be explained: its page still answers, with the sentence.
+        old = call(app, f"/reports/{canary_report(0).run_id}")
+        assert old.status == 200 and b"predates per-step estimates" in old.body
         missing = call(app, "/reports/nope")
         assert missing.status == 404 and b"no canary report" in missing.body
         assert call(app, "/golden").status == 200

@@ -461,3 +461,16 @@ def test_promotion_refuses_old_artifacts_duplicates_and_empty_runs():
         promoted_samples("r", twice)
     with pytest.raises(FailedPrecondition, match="no estimated sample"):
         promoted_samples("r", canary_run([Sample("x", {"plan": 1})]))
+
+
+def test_a_run_whose_baseline_estimates_exceed_a_golden_sample_is_not_promotable():
+    # 2**53 iterations of a long prompt: the baseline prices it above 1e15 cents. Promoting it
+    # was INVALID_ARGUMENT naming samples[0].expected_cost_cents, no field of the request.
+    huge = {
+        "plan": [{"skill": "llm_invoke", "params": {"prompt": "x" * 1000}, "iterations": 2**53}],
+        "budget_cents": 10,
+    }
+    body = canary_run([Sample("fine", PLAN), Sample("huge", huge)])
+    with pytest.raises(FailedPrecondition, match=r"'huge'.*beyond") as exc:
+        promoted_samples("r", body)
+    assert exc.value.reason == "RUN_NOT_PROMOTABLE"

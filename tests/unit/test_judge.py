@@ -43,6 +43,14 @@ def test_upper_bound_is_clopper_pearson_and_samples_to_pass_is_its_inverse():
     assert jd.samples_to_pass(0.0, 0.95) is None and jd.samples_to_pass(1.0, 0.95) == 1
 
 
+def test_samples_to_pass_a_vanishing_limit_does_not_divide_by_zero():
+    # 1 - 1e-17 is exactly 1.0: log(1 - threshold) was 0 and RunCanary ended INTERNAL.
+    need = jd.samples_to_pass(1e-17, 0.99)
+    assert need is not None and need == pytest.approx(math.log(0.01) / -1e-17)
+    assert jd.upper_bound(0, need, 0.99) <= 1e-17
+    assert jd.samples_to_pass(5e-324, 0.99) is None  # no float holds the count
+
+
 @pytest.mark.parametrize(
     ("count", "decision"),
     [(2, "pass"), (5, "inconclusive"), (10, "inconclusive"), (11, "inconclusive"), (13, "fail")],

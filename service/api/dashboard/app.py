@@ -8,7 +8,9 @@ Who may see what is decided by ``access.Access`` before a route runs: pages need
 
 Routes:
     ``/``                  recent canary reports and their trends (``?status=fail&limit=50``)
-    ``/reports/<run_id>``  one report (the run id percent-encoded as one path segment)
+    ``/reports/<run_id>``  one report (the run id percent-encoded as one path segment), with
+                           where its drift comes from (``?group_by=``, ``?top=``)
+    ``/reports/<run_id>/drift``  that explanation alone (``?group_by=skill&top=20``)
     ``/golden``            golden dataset versions
     ``/metrics``           Prometheus text format
     ``/healthz``           liveness: 200 while the process answers
@@ -30,16 +32,25 @@ from typing import TypeVar
 
 from costsim_analytics.api.admission import Admission, AdmissionLimits, release_when_done, submit
 from costsim_analytics.api.dashboard.access import LOGIN, LOGOUT, Access
+from costsim_analytics.api.dashboard.drift_page import (
+    REPORT_TOP,
+    drift_page,
+    drift_section,
+    unexplained,
+)
 from costsim_analytics.api.dashboard.httpserver import Request, Response, plain
+from costsim_analytics.api.dashboard.markup import Markup
 from costsim_analytics.api.dashboard.pages import error_page, golden_page, reports_page
 from costsim_analytics.api.dashboard.report_page import report_page
 from costsim_analytics.api.errors import http_status_of
 from costsim_analytics.api.metrics import CONTENT_TYPE, ServiceMetrics
+from costsim_analytics.engines.canary.explain import MAX_TOP, ExplainRun, RunNotExplainable
 from costsim_analytics.engines.errors import CostsimError, InvalidArgument, ResourceExhausted
 from costsim_analytics.engines.golden.commands import ListGoldenDatasets
 from costsim_analytics.engines.reports import CanaryReport, GetReport, ReportFilter, ReportQuery
 from costsim_analytics.handlers.call import Call
 from costsim_analytics.handlers.registry import (
+    OP_CANARY_EXPLAIN,
     OP_CANARY_REPORT,
     OP_CANARY_REPORTS,
     OP_GOLDEN_LIST,
@@ -55,6 +66,9 @@ MAX_LIMIT = 500
 GOLDEN_REPORT_WINDOW = 200
 REPORT_PREFIX = "/reports/"
 REPORT_ROUTE = REPORT_PREFIX + "{run_id}"
+DRIFT_SUFFIX = "/drift"
+DRIFT_ROUTE = REPORT_ROUTE + DRIFT_SUFFIX
+DRIFT_TOP = 20
 ROUTES = frozenset({"/healthz", "/readyz", "/metrics", "/", "/golden", LOGIN, LOGOUT})
 # The only paths that take a POST (HttpServer reads a bounded body for them alone).
 POST_PATHS = frozenset({LOGIN, LOGOUT})
@@ -72,6 +86,8 @@ def _route_of(path: str) -> str:
     if path in ROUTES:
         return path
     if path.startswith(REPORT_PREFIX) and len(path) > len(REPORT_PREFIX):
+        if path.endswith(DRIFT_SUFFIX) and len(path) > len(REPORT_PREFIX + DRIFT_SUFFIX):
+            return DRIFT_ROUTE
         return REPORT_ROUTE
     return "other"
 
@@ -82,6 +98,14 @@ def _limit(raw: str) -> int:
     # ASCII digits only: str.isdigit() is true for "²", which int() refuses.
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 6 or not 1 <= int(raw) <= MAX_LIMIT:
         raise InvalidArgument.field("limit", f"must be a whole number from 1 to {MAX_LIMIT}")
+    return int(raw)
+
+
+def _top(raw: str, default: int) -> int:
+    if not raw:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 6 or not 1 <= int(raw) <= MAX_TOP:
+        raise InvalidArgument.field("top", f"must be a whole number from 1 to {MAX_TOP}")
     return int(raw)
 
 
@@ -131,7 +155,10 @@ class Dashboard:
             return route, await self._page(lambda: self._reports(request))
         if route == REPORT_ROUTE:
             run_id = path.removeprefix(REPORT_PREFIX)
-            return route, await self._page(lambda: self._report(run_id))
+            return route, await self._page(lambda: self._report(run_id, request))
+        if route == DRIFT_ROUTE:
+            run_id = path.removeprefix(REPORT_PREFIX).removesuffix(DRIFT_SUFFIX)
+            return route, await self._page(lambda: self._drift_page(run_id, request))
         if route == "/golden":
             return route, await self._page(self._golden)
         return route, html_response(404, error_page(404, "Not found", f"No page at {path}."))
@@ -149,7 +176,7 @@ class Dashboard:
         except CostsimError as exc:
             status, title = http_status_of(exc)
             page = html_response(status, error_page(status, title, exc.message))
-            if isinstance(exc, ResourceExhausted):
+            if isinstance(exc, ResourceExhausted) and exc.retry_after_s is not None:
                 retry = str(max(1, math.ceil(exc.retry_after_s)))
                 return replace(page, headers=(("Retry-After", retry),))
             return page
@@ -170,8 +197,27 @@ class Dashboard:
         status, limit = request.arg("status"), _limit(request.arg("limit"))
         return reports_page(self._recent(status, limit), status=status, limit=limit)
 
-    def _report(self, run_id: str) -> str:
-        return report_page(self._operations.get(OP_CANARY_REPORT)(GetReport(run_id), Call()))
+    def _report(self, run_id: str, request: Request) -> str:
+        report = self._operations.get(OP_CANARY_REPORT)(GetReport(run_id), Call())
+        command = self._explain_command(run_id, request, REPORT_TOP)
+        return report_page(report, self._drift(command, run_link=True))
+
+    def _drift_page(self, run_id: str, request: Request) -> str:
+        command = self._explain_command(run_id, request, DRIFT_TOP)
+        return drift_page(run_id, self._drift(command))
+
+    @staticmethod
+    def _explain_command(run_id: str, request: Request, top: int) -> ExplainRun:
+        # A bad value is refused (400, naming the field) before any work.
+        return ExplainRun(run_id, request.arg("group_by"), _top(request.arg("top"), top))
+
+    def _drift(self, command: ExplainRun, *, run_link: bool = False) -> Markup:
+        """The explanation's section, or the sentence saying why the run has none."""
+        try:
+            explanation = self._operations.get(OP_CANARY_EXPLAIN)(command, Call())
+        except RunNotExplainable as exc:
+            return unexplained(exc.message)
+        return drift_section(explanation, run_link=run_link)
 
     def _golden(self) -> str:
         datasets = self._operations.get(OP_GOLDEN_LIST)(ListGoldenDatasets(), Call())

@@ -260,8 +260,12 @@ def golden_section(
     )
 
 
-def report_page(report: CanaryReport) -> str:
-    """Every metric, reason, statistic, artifact and the golden comparison of one report."""
+def report_page(report: CanaryReport, drift: Markup | None = None) -> str:
+    """Every metric, reason, statistic, artifact and the golden comparison of one report.
+
+    ``drift`` is the "Where the drift comes from" section (``drift_page.py``), or the
+    sentence saying why the run cannot be explained.
+    """
     r = report
     overview = definitions(
         [
@@ -294,13 +298,15 @@ def report_page(report: CanaryReport) -> str:
     )
     body = html(
         '<h1>Canary report <span class="mono">{}</span></h1>{}'
-        "<h2>Metrics</h2>{}<h2>Failure reasons</h2>{}<h2>Verdict</h2>{}<h2>Statistics</h2>{}"
+        "<h2>Metrics</h2>{}<h2>Failure reasons</h2>{}<h2>Verdict</h2>{}"
+        '<h2 id="drift">Where the drift comes from</h2>{}<h2>Statistics</h2>{}'
         "<h2>Golden comparison</h2>{}<h2>Artifacts</h2>{}",
         r.run_id,
         overview,
         metrics,
         _reasons_section(r),
         judgement_section(r.statistics.judgement if r.statistics else None),
+        drift if drift is not None else html('<p class="muted">{}</p>', "Not computed."),
         _statistics(r.statistics),
         golden_section(r.golden_comparison, frozenset(x.message for x in r.reasons)),
         _artifacts(r),

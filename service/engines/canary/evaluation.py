@@ -31,8 +31,13 @@ import numpy.typing as npt
 
 from costsim_analytics.engines import statistics as st
 from costsim_analytics.engines.canary.judge import DEFAULT_JUDGE, JUDGES, JudgeSpec
-from costsim_analytics.engines.canary.verdict import RelativeDelta, VerdictSettings, judge_run
-from costsim_analytics.engines.cost_models import BatchEstimates, CostModel, PlanBatch
+from costsim_analytics.engines.canary.verdict import (
+    RelativeDelta,
+    VerdictSettings,
+    derived_seed,
+    judge_run,
+)
+from costsim_analytics.engines.cost_models import BatchEstimates, CostModel, PlanBatch, StepColumns
 from costsim_analytics.engines.findings import FailureReason, Interval
 from costsim_analytics.engines.reports import (
     CanaryReport,
@@ -231,13 +236,14 @@ def evaluate(
     paired = st.paired_test(v1, v2)
     resamples, level = config.bootstrap_resamples, config.confidence_level
     median_ci = st.bootstrap_ci(abs_delta, "median", level=level, resamples=resamples, seed=seed)
-    p90_ci = st.bootstrap_ci(abs_delta, "p90", level=level, resamples=resamples, seed=seed + 1)
-    rel_ci = st.bootstrap_ci(relative, "median", level=level, resamples=resamples, seed=seed + 2)
+    p90_seed, rel_seed = derived_seed(seed, 1), derived_seed(seed, 2)
+    p90_ci = st.bootstrap_ci(abs_delta, "p90", level=level, resamples=resamples, seed=p90_seed)
+    rel_ci = st.bootstrap_ci(relative, "median", level=level, resamples=resamples, seed=rel_seed)
     rel = None
     if config.median_delta_tolerance is not None:
         # The same stream as rel_ci's, for the rule's p-value (canary/judge.py: median_rule).
         replicates = st.bootstrap_replicates(
-            relative, "median", resamples, np.random.default_rng(seed + 2)
+            relative, "median", resamples, np.random.default_rng(rel_seed)
         )
         rel = RelativeDelta(rel_ci, replicates)
     judged = None
@@ -306,18 +312,57 @@ def skipped(run_id: str, timestamp: datetime, baseline: str, candidate: str) -> 
 # --- artifacts ---------------------------------------------------------------------------------
 
 
-def _estimates(batch: BatchEstimates, i: int) -> dict[str, Any]:
-    return {
+def _estimates(batch: BatchEstimates, i: int, steps: _Breakdown | None) -> dict[str, Any]:
+    row: dict[str, Any] = {
         "cost_cents": _num(batch.cost_cents[i]),
         "duration_ms": _num(batch.duration_ms[i]),
         "feasible": bool(batch.feasible[i]),
         "valid": bool(batch.valid[i]),
         "error": batch.errors[i],
     }
+    if batch.valid[i]:
+        row["cumulative_risk"] = float(batch.cumulative_risk[i])
+        if steps is None:
+            row["steps"] = None  # the model gives no breakdown (recorded, not guessed)
+        else:
+            row["steps"], skills = steps.of(i)
+            if skills is not None:
+                row["step_skills"] = skills
+    return row
 
 
 def _num(value: float) -> float | None:
     return None if np.isnan(value) else float(value)
+
+
+def _compact_rows(matrix: npt.NDArray[np.float64]) -> list[list[float | int]]:
+    """The rows as lists; a whole number (of cents, of milliseconds) as an int, without ".0".
+
+    Same values, fewer bytes: most V1 costs and latencies are whole numbers.
+    """
+    cells = matrix.astype(object)
+    whole = (matrix == np.rint(matrix)) & (np.abs(matrix) < 2**53)
+    cells[whole] = matrix[whole].astype(np.int64)
+    rows: list[list[float | int]] = cells.tolist()
+    return rows
+
+
+class _Breakdown:
+    """One model's per-step estimates as ``[cost, latency, risk]`` rows, sample by sample."""
+
+    __slots__ = ("_rows", "_skills", "_starts")
+
+    def __init__(self, steps: StepColumns) -> None:
+        self._rows = _compact_rows(
+            np.column_stack((steps.cost_cents, steps.latency_ms, steps.risk))
+        )
+        self._starts = np.concatenate(([0], np.cumsum(steps.n_steps))).tolist()
+        self._skills = steps.skills
+
+    def of(self, i: int) -> tuple[list[list[float | int]], list[str] | None]:
+        start, end = self._starts[i], self._starts[i + 1]
+        skills = None if self._skills is None else list(self._skills[start:end])
+        return self._rows[start:end], skills
 
 
 _LINE = json.JSONEncoder(separators=(",", ":")).encode
@@ -327,7 +372,12 @@ def _per_sample(ev: Evaluation) -> tuple[bytes, bytes]:
     """``comparisons.jsonl`` (every sample) and ``diffs.jsonl`` (the drifting ones).
 
     A comparison row carries the sample's plan input (so that a run can be promoted to a
-    golden dataset), both models' estimates and, for a valid sample, its drift. A diff row
+    golden dataset), both models' estimates and, for a valid sample, its drift. For a valid
+    sample each model's estimates also carry its ``cumulative_risk`` and its per-step
+    breakdown, ``steps``: one ``[cost_cents, latency_ms, risk]`` per step (``null`` when the
+    model gives none; ``step_skills`` names the entries when they are not the plan's steps),
+    from which a run is explained (``canary/explain.py``). Runs written before that have no
+    ``steps``. A diff row
     points at its comparison by ``index`` (the 0-based line of ``comparisons.jsonl``) and
     repeats only the sample id and the drift, not the plan. Runs written before that repeated
     the whole comparison row, plan included (readers tell them apart by ``plan_input``).
@@ -341,12 +391,14 @@ def _per_sample(ev: Evaluation) -> tuple[bytes, bytes]:
     comparisons, diffs = io.BytesIO(), io.BytesIO()
     valid: npt.NDArray[np.bool_] = ev.baseline.valid & ev.candidate.valid
     position = np.cumsum(valid) - 1  # index into the drift arrays, for valid samples
+    base_steps = None if ev.baseline.steps is None else _Breakdown(ev.baseline.steps)
+    cand_steps = None if ev.candidate.steps is None else _Breakdown(ev.candidate.steps)
     for i, sample in enumerate(ev.samples):
         row: dict[str, Any] = {
             "id": sample.id,
             "plan_input": sample.plan_input,
-            "baseline": _estimates(ev.baseline, i),
-            "candidate": _estimates(ev.candidate, i),
+            "baseline": _estimates(ev.baseline, i, base_steps),
+            "candidate": _estimates(ev.candidate, i, cand_steps),
         }
         if valid[i] and ev.drift is not None:
             j = int(position[i])

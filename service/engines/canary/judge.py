@@ -146,18 +146,23 @@ def upper_bound(count: int, n: int, confidence: float) -> float:
 def samples_to_pass(threshold: float, confidence: float) -> int | None:
     """Fewest samples whose upper bound with no event at all is within ``threshold``.
 
-    Below it a share rule cannot pass however clean the run. ``None`` for a zero limit.
+    Below it a share rule cannot pass however clean the run. ``None`` for a zero limit, and
+    for a limit so small that no float counts the samples it needs (below about 1e-308).
 
     Example:
         >>> samples_to_pass(0.05, 0.95), samples_to_pass(0.10, 0.95)
         (59, 29)
+        >>> samples_to_pass(5e-324, 0.99) is None
+        True
 
     """
     if threshold <= 0.0:
         return None
     if threshold >= 1.0:
         return 1
-    return math.ceil(math.log(1.0 - confidence) / math.log(1.0 - threshold))
+    # log1p, not log(1 - threshold): below 1.1e-16, 1 - threshold is exactly 1 and log of it 0.
+    need = math.log(1.0 - confidence) / math.log1p(-threshold)
+    return math.ceil(need) if math.isfinite(need) else None
 
 
 def share_rule(

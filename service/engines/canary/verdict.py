@@ -29,6 +29,19 @@ from costsim_analytics.engines.reports import Judgement, RuleDecision
 
 # Added to the run's seed for the permutation stream (the bootstrap uses seed .. seed + 2).
 PERMUTATION_SEED_OFFSET = 3
+# A run's seed is a uint64 on the wire, and so is every seed a report names.
+SEED_SPACE = 2**64
+
+
+def derived_seed(seed: int, offset: int) -> int:
+    """The seed of a run's ``offset``-th random stream: ``seed + offset``, wrapped to 64 bits.
+
+    Example:
+        >>> derived_seed(7, 3), derived_seed(2**64 - 1, 3)
+        (10, 2)
+
+    """
+    return (seed + offset) % SEED_SPACE
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +166,7 @@ def judge_run(
             cand,
             spec.binning,
             permutations=settings.permutations,
-            seed=seed + PERMUTATION_SEED_OFFSET,
+            seed=derived_seed(seed, PERMUTATION_SEED_OFFSET),
         )
     theta = settings.drift_threshold
     inputs: list[jd.RuleInput] = [

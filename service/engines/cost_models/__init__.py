@@ -46,6 +46,7 @@ from costsim_analytics.engines.cost_models.base import (
     CostModel,
     Estimate,
     InvalidPlan,
+    StepColumns,
     StepEstimate,
 )
 from costsim_analytics.engines.cost_models.batch import PlanBatch
@@ -65,6 +66,7 @@ __all__ = [
     "Estimate",
     "InvalidPlan",
     "PlanBatch",
+    "StepColumns",
     "StepEstimate",
     "V1CostModel",
     "V2CostModel",

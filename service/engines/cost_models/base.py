@@ -53,11 +53,36 @@ class Estimate:
 
 
 @dataclass(frozen=True, slots=True)
+class StepColumns:
+    """The per-step estimates of a batch: the steps of every plan end to end, in plan order.
+
+    ``n_steps[i]`` is how many entries sample ``i`` has (0 for a malformed sample); its steps
+    are the entries from ``sum(n_steps[:i])`` on. ``cost_cents``, ``latency_ms`` and ``risk``
+    are a :class:`StepEstimate`'s fields, one entry per step, but ``risk`` is the risk the step
+    adds to the plan's (V2 counts only the step risks above 0.02, so its others are 0 here):
+    ``1 - prod(1 - risk)`` over a plan's steps is its cumulative risk. ``skills`` is ``None``
+    when the breakdown has exactly one entry per plan step, for that step's skill (the
+    built-in models); a model whose breakdown differs from the plan's steps names each
+    entry's skill there.
+    The canary keeps these in its comparisons so that a run can be explained
+    (``engines/canary/explain.py``).
+    """
+
+    n_steps: npt.NDArray[np.int64]
+    cost_cents: npt.NDArray[np.float64]
+    latency_ms: npt.NDArray[np.float64]
+    risk: npt.NDArray[np.float64]
+    skills: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class BatchEstimates:
     """N plans under one model; index ``i`` of every array is sample ``i``.
 
     A malformed sample has ``valid[i]`` false, NaN in the float arrays, ``feasible[i]`` false
-    and its ``InvalidPlan`` message in ``errors[i]`` (``None`` for valid samples).
+    and its ``InvalidPlan`` message in ``errors[i]`` (``None`` for valid samples). ``steps``
+    is the per-step breakdown, or ``None`` for a model that gives none (its runs can then
+    not be explained step by step).
     """
 
     cost_cents: npt.NDArray[np.float64]
@@ -66,6 +91,7 @@ class BatchEstimates:
     cumulative_risk: npt.NDArray[np.float64]
     valid: npt.NDArray[np.bool_]
     errors: tuple[str | None, ...]
+    steps: StepColumns | None = None
 
     def __len__(self) -> int:
         return len(self.errors)

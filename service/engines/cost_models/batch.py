@@ -23,7 +23,7 @@ from typing import Any, overload
 import numpy as np
 import numpy.typing as npt
 
-from costsim_analytics.engines.cost_models.base import RISK_THRESHOLD, BatchEstimates
+from costsim_analytics.engines.cost_models.base import RISK_THRESHOLD, BatchEstimates, StepColumns
 from costsim_analytics.engines.cost_models.plans import DEFAULT_TIMEOUT_S
 from costsim_analytics.engines.cost_models.reader import read_columns
 
@@ -64,12 +64,19 @@ class PlanColumns:
         return self.fold.apply(np.multiply, values, 1.0)
 
     def estimates(
-        self, cost_cents: Floats, duration_ms: Floats, cumulative_risk: Floats, *, permissions: bool
+        self,
+        cost_cents: Floats,
+        duration_ms: Floats,
+        cumulative_risk: Floats,
+        *,
+        permissions: bool,
+        steps: tuple[Floats, Floats, Floats] | None = None,
     ) -> BatchEstimates:
         """Per-plan totals as estimates: feasibility as both models define it, NaN if invalid.
 
         Feasible: valid, not empty, within budget and risk, and (``permissions``, V1 only) no
         skill outside the plan's permissions. The float columns are changed in place.
+        ``steps`` are the per-step cost, latency and risk, one entry per step of the columns.
         """
         feasible = (
             self.valid
@@ -81,8 +88,9 @@ class PlanColumns:
             feasible &= ~self.permission_gap
         for column in (cost_cents, duration_ms, cumulative_risk):
             column[~self.valid] = np.nan
+        breakdown = None if steps is None else StepColumns(self.n_steps, *steps)
         return BatchEstimates(
-            cost_cents, duration_ms, feasible, cumulative_risk, self.valid, self.errors
+            cost_cents, duration_ms, feasible, cumulative_risk, self.valid, self.errors, breakdown
         )
 
 

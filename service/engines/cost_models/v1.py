@@ -118,10 +118,17 @@ class V1CostModel:
         http = skill == HTTP_CALL
         latency[http] = np.minimum(latency[http], cols.timeout_s[http] * 1000.0)
         step_risk = np.where(iterations == 1, _RISK[skill], 1.0 - _survival(skill, iterations))
-        total_cost = cols.fold_sum(cost * iterations)
+        step_cost, step_latency = cost * iterations, latency * iterations
+        total_cost = cols.fold_sum(step_cost)
         cumulative_risk = 1.0 - cols.fold_product(1.0 - step_risk)
-        duration = cols.fold_sum(latency * iterations)
-        return cols.estimates(total_cost, duration, cumulative_risk, permissions=True)
+        duration = cols.fold_sum(step_latency)
+        return cols.estimates(
+            total_cost,
+            duration,
+            cumulative_risk,
+            permissions=True,
+            steps=(step_cost, step_latency, step_risk),
+        )
 
 
 def _survival(skill: npt.NDArray[np.intp], iterations: Floats) -> Floats:

@@ -175,5 +175,10 @@ class V2CostModel:
         total_cost = np.rint(cols.fold_sum(cost))  # half to even, like round()
         cumulative_risk = 1.0 - cols.fold_product(survival)
         return cols.estimates(
-            total_cost, cols.fold_sum(latency), cumulative_risk, permissions=False
+            total_cost,
+            cols.fold_sum(latency),
+            cumulative_risk,
+            permissions=False,
+            # The risk each step adds to the plan's: 0 for the steps that do not count.
+            steps=(cost, latency, np.where(risk > SIGNIFICANT_RISK, risk, 0.0)),
         )

@@ -29,7 +29,12 @@ from costsim_analytics.engines.canonical import canonical_json, loads
 from costsim_analytics.engines.cost_models.plans import parse_plan
 from costsim_analytics.engines.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from costsim_analytics.engines.limits import PlanBounds, WorkLimits, check_samples
-from costsim_analytics.engines.text import DEFAULT_MAX_JSON_DEPTH, check_text, normalize_json
+from costsim_analytics.engines.text import (
+    DEFAULT_MAX_JSON_DEPTH,
+    check_text,
+    normalize_json,
+    shown,
+)
 
 MAX_DESCRIPTION = 1024
 MAX_SAMPLE_ID = 256
@@ -252,7 +257,8 @@ def promoted_samples(run_id: str, comparisons: bytes) -> list[GoldenSample]:
 
     Raises:
         RunNotPromotable: the artifact has no plan inputs (a run from before they were
-            recorded), repeats a sample id, or no sample was estimated.
+            recorded), repeats a sample id, no sample was estimated, or an estimate is beyond
+            what a golden sample may expect (a cost or duration above 1e15).
     """
     samples: dict[str, GoldenSample] = {}
     for line in comparisons.decode("utf-8").splitlines():
@@ -271,9 +277,20 @@ def promoted_samples(run_id: str, comparisons: bytes) -> list[GoldenSample]:
                 f"canary run {run_id!r} has two samples with id {sample_id!r}; it cannot be "
                 "promoted"
             )
-        samples[sample_id] = GoldenSample(
+        sample = GoldenSample(
             sample_id, row["plan_input"], base["cost_cents"], base["feasible"], base["duration_ms"]
         )
+        # Checked here, not left to prepare_dataset: its violations would name fields
+        # (samples[3].expected_cost_cents) of a request this caller did not send.
+        for name in ("expected_cost_cents", "expected_duration_ms"):
+            value = getattr(sample, name)
+            if value is not None and not (math.isfinite(value) and 0 <= value <= MAX_NUMBER):
+                raise RunNotPromotable(
+                    f"canary run {run_id!r}: the baseline estimate of sample {shown(sample_id)} "
+                    f"({name.removeprefix('expected_')} {value:g}) is beyond what a golden "
+                    f"sample may expect (0 to {MAX_NUMBER:g}); it cannot be promoted"
+                )
+        samples[sample_id] = sample
     if not samples:
         raise RunNotPromotable(f"canary run {run_id!r} has no estimated sample to promote")
     return list(samples.values())

@@ -60,6 +60,36 @@ count is below what the rule needs): not a pass. See docs/statistics.md.
 """
 Global___CanaryStatus: _TypeAlias = CanaryStatus  # noqa: Y015
 
+class _ExplainGroupBy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ExplainGroupByEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExplainGroupBy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EXPLAIN_GROUP_BY_UNSPECIFIED: _ExplainGroupBy.ValueType  # 0
+    """The skill."""
+    EXPLAIN_GROUP_BY_SKILL: _ExplainGroupBy.ValueType  # 1
+    EXPLAIN_GROUP_BY_POSITION: _ExplainGroupBy.ValueType  # 2
+    """The step's 1-based position in its plan, banded ("1" .. "5", "6-10", ..., "1001+")."""
+    EXPLAIN_GROUP_BY_ITERATIONS: _ExplainGroupBy.ValueType  # 3
+    """The step's iterations, banded ("1", "2", "3-5", "6-10", "11-100", "101+")."""
+    EXPLAIN_GROUP_BY_PROMPT_BAND: _ExplainGroupBy.ValueType  # 4
+    """The llm_invoke prompt's length in characters, banded; "(no prompt)" for other skills."""
+
+class ExplainGroupBy(_ExplainGroupBy, metaclass=_ExplainGroupByEnumTypeWrapper):
+    """How ExplainCanaryRun groups the steps of a run."""
+
+EXPLAIN_GROUP_BY_UNSPECIFIED: ExplainGroupBy.ValueType  # 0
+"""The skill."""
+EXPLAIN_GROUP_BY_SKILL: ExplainGroupBy.ValueType  # 1
+EXPLAIN_GROUP_BY_POSITION: ExplainGroupBy.ValueType  # 2
+"""The step's 1-based position in its plan, banded ("1" .. "5", "6-10", ..., "1001+")."""
+EXPLAIN_GROUP_BY_ITERATIONS: ExplainGroupBy.ValueType  # 3
+"""The step's iterations, banded ("1", "2", "3-5", "6-10", "11-100", "101+")."""
+EXPLAIN_GROUP_BY_PROMPT_BAND: ExplainGroupBy.ValueType  # 4
+"""The llm_invoke prompt's length in characters, banded; "(no prompt)" for other skills."""
+Global___ExplainGroupBy: _TypeAlias = ExplainGroupBy  # noqa: Y015
+
 @_typing.final
 class ProvenanceRecord(_message.Message):
     """One simulation's provenance."""
@@ -1765,3 +1795,438 @@ class CompareGoldenResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CompareGoldenResponse: _TypeAlias = CompareGoldenResponse  # noqa: Y015
+
+@_typing.final
+class ExplainCanaryRunRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    GROUP_BY_FIELD_NUMBER: _builtins.int
+    TOP_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    group_by: Global___ExplainGroupBy.ValueType
+    top: _builtins.int
+    """Most drifting samples to return: 0 to 100; 0 means 10."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        group_by: Global___ExplainGroupBy.ValueType = ...,
+        top: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group_by", b"group_by", "run_id", b"run_id", "top", b"top"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExplainCanaryRunRequest: _TypeAlias = ExplainCanaryRunRequest  # noqa: Y015
+
+@_typing.final
+class ExplainCanaryRunResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    SAMPLE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def summary(self) -> Global___CanaryExplanation:
+        """The first message."""
+
+    @_builtins.property
+    def sample(self) -> Global___DriftingSample:
+        """Each following message: one of the most drifting samples, the most drifting first."""
+
+    def __init__(
+        self,
+        *,
+        summary: Global___CanaryExplanation | None = ...,
+        sample: Global___DriftingSample | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["item", b"item", "sample", b"sample", "summary", b"summary"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item", b"item", "sample", b"sample", "summary", b"summary"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["summary", "sample"]  # noqa: Y015
+    _WhichOneofArgType_item: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
+
+Global___ExplainCanaryRunResponse: _TypeAlias = ExplainCanaryRunResponse  # noqa: Y015
+
+@_typing.final
+class DriftAttribution(_message.Message):
+    """One group's part of a run's drift. Sums are over the group's steps, in cents (costs),
+    milliseconds (durations); shares are of the run's total over every group.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    SAMPLES_FIELD_NUMBER: _builtins.int
+    V1_COST_FIELD_NUMBER: _builtins.int
+    V2_COST_FIELD_NUMBER: _builtins.int
+    V1_COST_PER_STEP_FIELD_NUMBER: _builtins.int
+    V2_COST_PER_STEP_FIELD_NUMBER: _builtins.int
+    DELTA_FIELD_NUMBER: _builtins.int
+    ABS_DELTA_FIELD_NUMBER: _builtins.int
+    SHARE_FIELD_NUMBER: _builtins.int
+    SHARE_LOW_FIELD_NUMBER: _builtins.int
+    SHARE_HIGH_FIELD_NUMBER: _builtins.int
+    FLIPS_FIELD_NUMBER: _builtins.int
+    FLIP_SHARE_FIELD_NUMBER: _builtins.int
+    FLIP_SHARE_LOW_FIELD_NUMBER: _builtins.int
+    FLIP_SHARE_HIGH_FIELD_NUMBER: _builtins.int
+    V1_DURATION_MS_FIELD_NUMBER: _builtins.int
+    V2_DURATION_MS_FIELD_NUMBER: _builtins.int
+    DURATION_SHARE_FIELD_NUMBER: _builtins.int
+    V1_MEAN_RISK_FIELD_NUMBER: _builtins.int
+    V2_MEAN_RISK_FIELD_NUMBER: _builtins.int
+    RISK_SHARE_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    """A skill, a band, or "(plan level)" (what a plan's total holds beyond its steps: V2
+    rounds its totals to whole cents) or "(other groups)" (the groups past the 100th).
+    """
+    steps: _builtins.int
+    """Steps in the group (for "(plan level)": samples whose totals exceed their steps)."""
+    samples: _builtins.int
+    v1_cost: _builtins.float
+    v2_cost: _builtins.float
+    v1_cost_per_step: _builtins.float
+    v2_cost_per_step: _builtins.float
+    delta: _builtins.float
+    """v2_cost - v1_cost."""
+    abs_delta: _builtins.float
+    """Sum over the group's steps of |candidate - baseline|."""
+    share: _builtins.float
+    """abs_delta / the run's total: the shares add up to 1 over the groups (0 when nothing moved)."""
+    share_low: _builtins.float
+    """The seeded bootstrap interval of share (the samples resampled)."""
+    share_high: _builtins.float
+    flips: _builtins.float
+    """The feasibility flips attributed to the group (fractions of flipped samples)."""
+    flip_share: _builtins.float
+    flip_share_low: _builtins.float
+    flip_share_high: _builtins.float
+    v1_duration_ms: _builtins.float
+    v2_duration_ms: _builtins.float
+    duration_share: _builtins.float
+    """The group's share of the run's |latency delta|, step by step."""
+    v1_mean_risk: _builtins.float
+    """Mean step risk as it counts toward the plan's risk; unset without steps (plan level)."""
+    v2_mean_risk: _builtins.float
+    risk_share: _builtins.float
+    """The group's share of the run's |change in log(1 - risk)|, step by step."""
+    def __init__(
+        self,
+        *,
+        group: _builtins.str = ...,
+        steps: _builtins.int = ...,
+        samples: _builtins.int = ...,
+        v1_cost: _builtins.float = ...,
+        v2_cost: _builtins.float = ...,
+        v1_cost_per_step: _builtins.float = ...,
+        v2_cost_per_step: _builtins.float = ...,
+        delta: _builtins.float = ...,
+        abs_delta: _builtins.float = ...,
+        share: _builtins.float = ...,
+        share_low: _builtins.float = ...,
+        share_high: _builtins.float = ...,
+        flips: _builtins.float = ...,
+        flip_share: _builtins.float = ...,
+        flip_share_low: _builtins.float = ...,
+        flip_share_high: _builtins.float = ...,
+        v1_duration_ms: _builtins.float = ...,
+        v2_duration_ms: _builtins.float = ...,
+        duration_share: _builtins.float = ...,
+        v1_mean_risk: _builtins.float | None = ...,
+        v2_mean_risk: _builtins.float | None = ...,
+        risk_share: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_v1_mean_risk", b"_v1_mean_risk", "_v2_mean_risk", b"_v2_mean_risk", "v1_mean_risk", b"v1_mean_risk", "v2_mean_risk", b"v2_mean_risk"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_v1_mean_risk", b"_v1_mean_risk", "_v2_mean_risk", b"_v2_mean_risk", "abs_delta", b"abs_delta", "delta", b"delta", "duration_share", b"duration_share", "flip_share", b"flip_share", "flip_share_high", b"flip_share_high", "flip_share_low", b"flip_share_low", "flips", b"flips", "group", b"group", "risk_share", b"risk_share", "samples", b"samples", "share", b"share", "share_high", b"share_high", "share_low", b"share_low", "steps", b"steps", "v1_cost", b"v1_cost", "v1_cost_per_step", b"v1_cost_per_step", "v1_duration_ms", b"v1_duration_ms", "v1_mean_risk", b"v1_mean_risk", "v2_cost", b"v2_cost", "v2_cost_per_step", b"v2_cost_per_step", "v2_duration_ms", b"v2_duration_ms", "v2_mean_risk", b"v2_mean_risk"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__v1_mean_risk: _TypeAlias = _typing.Literal["v1_mean_risk"]  # noqa: Y015
+    _WhichOneofArgType__v1_mean_risk: _TypeAlias = _typing.Literal["_v1_mean_risk", b"_v1_mean_risk"]  # noqa: Y015
+    _WhichOneofReturnType__v2_mean_risk: _TypeAlias = _typing.Literal["v2_mean_risk"]  # noqa: Y015
+    _WhichOneofArgType__v2_mean_risk: _TypeAlias = _typing.Literal["_v2_mean_risk", b"_v2_mean_risk"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__v1_mean_risk) -> _WhichOneofReturnType__v1_mean_risk | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__v2_mean_risk) -> _WhichOneofReturnType__v2_mean_risk | None: ...
+
+Global___DriftAttribution: _TypeAlias = DriftAttribution  # noqa: Y015
+
+@_typing.final
+class CostHistogram(_message.Message):
+    """Both cost distributions on the bins one of the report's KL values was computed on."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    KL_FIELD_NUMBER: _builtins.int
+    EDGES_FIELD_NUMBER: _builtins.int
+    BASELINE_COUNTS_FIELD_NUMBER: _builtins.int
+    CANDIDATE_COUNTS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """"kl_divergence" (the report's column) or "judgement" (the KL the verdict's rule read)."""
+    method: _builtins.str
+    """"equal-width", "quantile" or "log"."""
+    kl: _builtins.float
+    @_builtins.property
+    def edges(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Bin i is [edges[i], edges[i + 1]); the last bin is closed."""
+
+    @_builtins.property
+    def baseline_counts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def candidate_counts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        method: _builtins.str = ...,
+        kl: _builtins.float | None = ...,
+        edges: _abc.Iterable[_builtins.float] | None = ...,
+        baseline_counts: _abc.Iterable[_builtins.int] | None = ...,
+        candidate_counts: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_kl", b"_kl", "kl", b"kl"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_kl", b"_kl", "baseline_counts", b"baseline_counts", "candidate_counts", b"candidate_counts", "edges", b"edges", "kl", b"kl", "method", b"method", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__kl: _TypeAlias = _typing.Literal["kl"]  # noqa: Y015
+    _WhichOneofArgType__kl: _TypeAlias = _typing.Literal["_kl", b"_kl"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__kl) -> _WhichOneofReturnType__kl | None: ...
+
+Global___CostHistogram: _TypeAlias = CostHistogram  # noqa: Y015
+
+@_typing.final
+class CanaryExplanation(_message.Message):
+    """The summary of an explanation (docs/explain.md)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    GROUP_BY_FIELD_NUMBER: _builtins.int
+    BASELINE_MODEL_FIELD_NUMBER: _builtins.int
+    CANDIDATE_MODEL_FIELD_NUMBER: _builtins.int
+    SAMPLES_FIELD_NUMBER: _builtins.int
+    SAMPLES_WITHOUT_STEPS_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    TOTAL_DELTA_FIELD_NUMBER: _builtins.int
+    TOTAL_ABS_DELTA_FIELD_NUMBER: _builtins.int
+    SAMPLES_ABS_DELTA_FIELD_NUMBER: _builtins.int
+    FLIPS_FIELD_NUMBER: _builtins.int
+    BOOTSTRAP_RESAMPLES_FIELD_NUMBER: _builtins.int
+    BOOTSTRAP_SEED_FIELD_NUMBER: _builtins.int
+    CONFIDENCE_LEVEL_FIELD_NUMBER: _builtins.int
+    GROUPS_FIELD_NUMBER: _builtins.int
+    HISTOGRAMS_FIELD_NUMBER: _builtins.int
+    TOP_SAMPLES_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    group_by: Global___ExplainGroupBy.ValueType
+    baseline_model: _builtins.str
+    candidate_model: _builtins.str
+    samples: _builtins.int
+    """Valid samples (the report's total_samples)."""
+    samples_without_steps: _builtins.int
+    """Of them, samples a model gave no per-step breakdown for: all of their delta is plan level."""
+    steps: _builtins.int
+    total_delta: _builtins.float
+    """Sum of candidate - baseline over the samples, in cents."""
+    total_abs_delta: _builtins.float
+    """Sum of |delta| over every step and plan-level item: what the shares divide."""
+    samples_abs_delta: _builtins.float
+    """Sum of |delta| over the samples (at most total_abs_delta: steps of one plan can move
+    in opposite directions).
+    """
+    flips: _builtins.int
+    """Samples whose feasibility differs between the models."""
+    bootstrap_resamples: _builtins.int
+    bootstrap_seed: _builtins.int
+    confidence_level: _builtins.float
+    top_samples: _builtins.int
+    """How many DriftingSample messages follow."""
+    @_builtins.property
+    def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___DriftAttribution]: ...
+    @_builtins.property
+    def histograms(self) -> _containers.RepeatedCompositeFieldContainer[Global___CostHistogram]: ...
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        group_by: Global___ExplainGroupBy.ValueType = ...,
+        baseline_model: _builtins.str = ...,
+        candidate_model: _builtins.str = ...,
+        samples: _builtins.int = ...,
+        samples_without_steps: _builtins.int = ...,
+        steps: _builtins.int = ...,
+        total_delta: _builtins.float = ...,
+        total_abs_delta: _builtins.float = ...,
+        samples_abs_delta: _builtins.float = ...,
+        flips: _builtins.int = ...,
+        bootstrap_resamples: _builtins.int = ...,
+        bootstrap_seed: _builtins.int = ...,
+        confidence_level: _builtins.float = ...,
+        groups: _abc.Iterable[Global___DriftAttribution] | None = ...,
+        histograms: _abc.Iterable[Global___CostHistogram] | None = ...,
+        top_samples: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_model", b"baseline_model", "bootstrap_resamples", b"bootstrap_resamples", "bootstrap_seed", b"bootstrap_seed", "candidate_model", b"candidate_model", "confidence_level", b"confidence_level", "flips", b"flips", "group_by", b"group_by", "groups", b"groups", "histograms", b"histograms", "run_id", b"run_id", "samples", b"samples", "samples_abs_delta", b"samples_abs_delta", "samples_without_steps", b"samples_without_steps", "steps", b"steps", "top_samples", b"top_samples", "total_abs_delta", b"total_abs_delta", "total_delta", b"total_delta"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CanaryExplanation: _TypeAlias = CanaryExplanation  # noqa: Y015
+
+@_typing.final
+class StepDrift(_message.Message):
+    """One step of a drifting sample (or its plan-level item) under both models."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POSITION_FIELD_NUMBER: _builtins.int
+    SKILL_FIELD_NUMBER: _builtins.int
+    GROUP_FIELD_NUMBER: _builtins.int
+    V1_COST_FIELD_NUMBER: _builtins.int
+    V2_COST_FIELD_NUMBER: _builtins.int
+    V1_LATENCY_MS_FIELD_NUMBER: _builtins.int
+    V2_LATENCY_MS_FIELD_NUMBER: _builtins.int
+    V1_RISK_FIELD_NUMBER: _builtins.int
+    V2_RISK_FIELD_NUMBER: _builtins.int
+    COST_DELTA_FIELD_NUMBER: _builtins.int
+    FLIP_WEIGHT_FIELD_NUMBER: _builtins.int
+    position: _builtins.int
+    """0-based position in the breakdown; -1 for the plan level."""
+    skill: _builtins.str
+    group: _builtins.str
+    v1_cost: _builtins.float
+    """Unset when that model has no such step."""
+    v2_cost: _builtins.float
+    v1_latency_ms: _builtins.float
+    v2_latency_ms: _builtins.float
+    v1_risk: _builtins.float
+    v2_risk: _builtins.float
+    cost_delta: _builtins.float
+    flip_weight: _builtins.float
+    """The part of the sample's feasibility flip attributed to this step (0 without a flip)."""
+    def __init__(
+        self,
+        *,
+        position: _builtins.int = ...,
+        skill: _builtins.str = ...,
+        group: _builtins.str = ...,
+        v1_cost: _builtins.float | None = ...,
+        v2_cost: _builtins.float | None = ...,
+        v1_latency_ms: _builtins.float | None = ...,
+        v2_latency_ms: _builtins.float | None = ...,
+        v1_risk: _builtins.float | None = ...,
+        v2_risk: _builtins.float | None = ...,
+        cost_delta: _builtins.float = ...,
+        flip_weight: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_v1_cost", b"_v1_cost", "_v1_latency_ms", b"_v1_latency_ms", "_v1_risk", b"_v1_risk", "_v2_cost", b"_v2_cost", "_v2_latency_ms", b"_v2_latency_ms", "_v2_risk", b"_v2_risk", "v1_cost", b"v1_cost", "v1_latency_ms", b"v1_latency_ms", "v1_risk", b"v1_risk", "v2_cost", b"v2_cost", "v2_latency_ms", b"v2_latency_ms", "v2_risk", b"v2_risk"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_v1_cost", b"_v1_cost", "_v1_latency_ms", b"_v1_latency_ms", "_v1_risk", b"_v1_risk", "_v2_cost", b"_v2_cost", "_v2_latency_ms", b"_v2_latency_ms", "_v2_risk", b"_v2_risk", "cost_delta", b"cost_delta", "flip_weight", b"flip_weight", "group", b"group", "position", b"position", "skill", b"skill", "v1_cost", b"v1_cost", "v1_latency_ms", b"v1_latency_ms", "v1_risk", b"v1_risk", "v2_cost", b"v2_cost", "v2_latency_ms", b"v2_latency_ms", "v2_risk", b"v2_risk"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__v1_cost: _TypeAlias = _typing.Literal["v1_cost"]  # noqa: Y015
+    _WhichOneofArgType__v1_cost: _TypeAlias = _typing.Literal["_v1_cost", b"_v1_cost"]  # noqa: Y015
+    _WhichOneofReturnType__v1_latency_ms: _TypeAlias = _typing.Literal["v1_latency_ms"]  # noqa: Y015
+    _WhichOneofArgType__v1_latency_ms: _TypeAlias = _typing.Literal["_v1_latency_ms", b"_v1_latency_ms"]  # noqa: Y015
+    _WhichOneofReturnType__v1_risk: _TypeAlias = _typing.Literal["v1_risk"]  # noqa: Y015
+    _WhichOneofArgType__v1_risk: _TypeAlias = _typing.Literal["_v1_risk", b"_v1_risk"]  # noqa: Y015
+    _WhichOneofReturnType__v2_cost: _TypeAlias = _typing.Literal["v2_cost"]  # noqa: Y015
+    _WhichOneofArgType__v2_cost: _TypeAlias = _typing.Literal["_v2_cost", b"_v2_cost"]  # noqa: Y015
+    _WhichOneofReturnType__v2_latency_ms: _TypeAlias = _typing.Literal["v2_latency_ms"]  # noqa: Y015
+    _WhichOneofArgType__v2_latency_ms: _TypeAlias = _typing.Literal["_v2_latency_ms", b"_v2_latency_ms"]  # noqa: Y015
+    _WhichOneofReturnType__v2_risk: _TypeAlias = _typing.Literal["v2_risk"]  # noqa: Y015
+    _WhichOneofArgType__v2_risk: _TypeAlias = _typing.Literal["_v2_risk", b"_v2_risk"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__v1_cost) -> _WhichOneofReturnType__v1_cost | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__v1_latency_ms) -> _WhichOneofReturnType__v1_latency_ms | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__v1_risk) -> _WhichOneofReturnType__v1_risk | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__v2_cost) -> _WhichOneofReturnType__v2_cost | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__v2_latency_ms) -> _WhichOneofReturnType__v2_latency_ms | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__v2_risk) -> _WhichOneofReturnType__v2_risk | None: ...
+
+Global___StepDrift: _TypeAlias = StepDrift  # noqa: Y015
+
+@_typing.final
+class DriftingSample(_message.Message):
+    """One of a run's most drifting samples: by drift score, then |cost delta|."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    PLAN_INPUT_FIELD_NUMBER: _builtins.int
+    V1_COST_FIELD_NUMBER: _builtins.int
+    V2_COST_FIELD_NUMBER: _builtins.int
+    V1_DURATION_MS_FIELD_NUMBER: _builtins.int
+    V2_DURATION_MS_FIELD_NUMBER: _builtins.int
+    V1_FEASIBLE_FIELD_NUMBER: _builtins.int
+    V2_FEASIBLE_FIELD_NUMBER: _builtins.int
+    COST_DELTA_FIELD_NUMBER: _builtins.int
+    COST_DELTA_PCT_FIELD_NUMBER: _builtins.int
+    DRIFT_SCORE_FIELD_NUMBER: _builtins.int
+    VERDICT_FIELD_NUMBER: _builtins.int
+    FLIP_CAUSES_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """Its 0-based line in comparisons.jsonl (as diffs.jsonl names it)."""
+    id: _builtins.str
+    v1_cost: _builtins.float
+    v2_cost: _builtins.float
+    v1_duration_ms: _builtins.float
+    v2_duration_ms: _builtins.float
+    v1_feasible: _builtins.bool
+    v2_feasible: _builtins.bool
+    cost_delta: _builtins.float
+    cost_delta_pct: _builtins.float
+    drift_score: _builtins.float
+    verdict: _builtins.str
+    """MATCH, MINOR_DRIFT, MAJOR_DRIFT or MISMATCH."""
+    @_builtins.property
+    def plan_input(self) -> _struct_pb2.Struct: ...
+    @_builtins.property
+    def flip_causes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Why the feasibility differs: "budget", "risk", "permission", "other"; empty when it agrees."""
+
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___StepDrift]:
+        """Empty when a model gave no breakdown for it."""
+
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        id: _builtins.str = ...,
+        plan_input: _struct_pb2.Struct | None = ...,
+        v1_cost: _builtins.float = ...,
+        v2_cost: _builtins.float = ...,
+        v1_duration_ms: _builtins.float = ...,
+        v2_duration_ms: _builtins.float = ...,
+        v1_feasible: _builtins.bool = ...,
+        v2_feasible: _builtins.bool = ...,
+        cost_delta: _builtins.float = ...,
+        cost_delta_pct: _builtins.float = ...,
+        drift_score: _builtins.float = ...,
+        verdict: _builtins.str = ...,
+        flip_causes: _abc.Iterable[_builtins.str] | None = ...,
+        steps: _abc.Iterable[Global___StepDrift] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["plan_input", b"plan_input"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost_delta", b"cost_delta", "cost_delta_pct", b"cost_delta_pct", "drift_score", b"drift_score", "flip_causes", b"flip_causes", "id", b"id", "index", b"index", "plan_input", b"plan_input", "steps", b"steps", "v1_cost", b"v1_cost", "v1_duration_ms", b"v1_duration_ms", "v1_feasible", b"v1_feasible", "v2_cost", b"v2_cost", "v2_duration_ms", b"v2_duration_ms", "v2_feasible", b"v2_feasible", "verdict", b"verdict"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DriftingSample: _TypeAlias = DriftingSample  # noqa: Y015

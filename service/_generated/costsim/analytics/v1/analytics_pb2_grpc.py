@@ -95,6 +95,11 @@ class AnalyticsServiceStub:
                 request_serializer=costsim_dot_analytics_dot_v1_dot_analytics__pb2.CompareGoldenRequest.SerializeToString,
                 response_deserializer=costsim_dot_analytics_dot_v1_dot_analytics__pb2.CompareGoldenResponse.FromString,
                 _registered_method=True)
+        self.ExplainCanaryRun = channel.unary_stream(
+                '/costsim.analytics.v1.AnalyticsService/ExplainCanaryRun',
+                request_serializer=costsim_dot_analytics_dot_v1_dot_analytics__pb2.ExplainCanaryRunRequest.SerializeToString,
+                response_deserializer=costsim_dot_analytics_dot_v1_dot_analytics__pb2.ExplainCanaryRunResponse.FromString,
+                _registered_method=True)
 
 
 class AnalyticsServiceServicer:
@@ -191,6 +196,18 @@ class AnalyticsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExplainCanaryRun(self, request, context):
+        """Explains a canary run from its artifacts alone: its cost delta and feasibility flips
+        attributed to groups of steps, the most drifting samples step by step, and both cost
+        distributions on the report's own KL bins. A stream: the first message is the summary,
+        then one message per drifting sample, so each message stays within one plan's size.
+        FAILED_PRECONDITION (RUN_NOT_EXPLAINABLE) for a run whose artifacts predate per-step
+        estimates, are missing or were altered.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AnalyticsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -253,6 +270,11 @@ def add_AnalyticsServiceServicer_to_server(servicer, server):
                     servicer.CompareGolden,
                     request_deserializer=costsim_dot_analytics_dot_v1_dot_analytics__pb2.CompareGoldenRequest.FromString,
                     response_serializer=costsim_dot_analytics_dot_v1_dot_analytics__pb2.CompareGoldenResponse.SerializeToString,
+            ),
+            'ExplainCanaryRun': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExplainCanaryRun,
+                    request_deserializer=costsim_dot_analytics_dot_v1_dot_analytics__pb2.ExplainCanaryRunRequest.FromString,
+                    response_serializer=costsim_dot_analytics_dot_v1_dot_analytics__pb2.ExplainCanaryRunResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -580,6 +602,33 @@ class AnalyticsService:
             '/costsim.analytics.v1.AnalyticsService/CompareGolden',
             costsim_dot_analytics_dot_v1_dot_analytics__pb2.CompareGoldenRequest.SerializeToString,
             costsim_dot_analytics_dot_v1_dot_analytics__pb2.CompareGoldenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExplainCanaryRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/costsim.analytics.v1.AnalyticsService/ExplainCanaryRun',
+            costsim_dot_analytics_dot_v1_dot_analytics__pb2.ExplainCanaryRunRequest.SerializeToString,
+            costsim_dot_analytics_dot_v1_dot_analytics__pb2.ExplainCanaryRunResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -75,6 +75,14 @@ class AnalyticsServiceStub:
     """Runs the candidate and baseline cost models over a golden dataset and judges the
     candidate against the expectations, without a canary run.
     """
+    ExplainCanaryRun: _grpc.UnaryStreamMultiCallable[_analytics_pb2.ExplainCanaryRunRequest, _analytics_pb2.ExplainCanaryRunResponse]
+    """Explains a canary run from its artifacts alone: its cost delta and feasibility flips
+    attributed to groups of steps, the most drifting samples step by step, and both cost
+    distributions on the report's own KL bins. A stream: the first message is the summary,
+    then one message per drifting sample, so each message stays within one plan's size.
+    FAILED_PRECONDITION (RUN_NOT_EXPLAINABLE) for a run whose artifacts predate per-step
+    estimates, are missing or were altered.
+    """
 
 @_typing.type_check_only
 class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
@@ -115,6 +123,14 @@ class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
     CompareGolden: _aio.UnaryUnaryMultiCallable[_analytics_pb2.CompareGoldenRequest, _analytics_pb2.CompareGoldenResponse]  # type: ignore[assignment]
     """Runs the candidate and baseline cost models over a golden dataset and judges the
     candidate against the expectations, without a canary run.
+    """
+    ExplainCanaryRun: _aio.UnaryStreamMultiCallable[_analytics_pb2.ExplainCanaryRunRequest, _analytics_pb2.ExplainCanaryRunResponse]  # type: ignore[assignment]
+    """Explains a canary run from its artifacts alone: its cost delta and feasibility flips
+    attributed to groups of steps, the most drifting samples step by step, and both cost
+    distributions on the report's own KL bins. A stream: the first message is the summary,
+    then one message per drifting sample, so each message stays within one plan's size.
+    FAILED_PRECONDITION (RUN_NOT_EXPLAINABLE) for a run whose artifacts predate per-step
+    estimates, are missing or were altered.
     """
 
 class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -225,6 +241,20 @@ class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_analytics_pb2.CompareGoldenResponse, _abc.Awaitable[_analytics_pb2.CompareGoldenResponse]]:
         """Runs the candidate and baseline cost models over a golden dataset and judges the
         candidate against the expectations, without a canary run.
+        """
+
+    @_abc_1.abstractmethod
+    def ExplainCanaryRun(
+        self,
+        request: _analytics_pb2.ExplainCanaryRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_analytics_pb2.ExplainCanaryRunResponse], _abc.AsyncIterator[_analytics_pb2.ExplainCanaryRunResponse]]:
+        """Explains a canary run from its artifacts alone: its cost delta and feasibility flips
+        attributed to groups of steps, the most drifting samples step by step, and both cost
+        distributions on the report's own KL bins. A stream: the first message is the summary,
+        then one message per drifting sample, so each message stays within one plan's size.
+        FAILED_PRECONDITION (RUN_NOT_EXPLAINABLE) for a run whose artifacts predate per-step
+        estimates, are missing or were altered.
         """
 
 def add_AnalyticsServiceServicer_to_server(servicer: AnalyticsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
