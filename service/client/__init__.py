@@ -13,6 +13,7 @@ Example:
 """
 
 from costsim.analytics.v1 import analytics_pb2 as messages
+from costsim_analytics.client._calls import Explanation
 from costsim_analytics.client.aio import AsyncAnalyticsClient, AsyncRecordStream
 from costsim_analytics.client.aio_writer import AsyncProvenanceWriter
 from costsim_analytics.client.batching import (
@@ -61,6 +62,7 @@ __all__ = [
     "ClientError",
     "Credentials",
     "DeadlineExceededError",
+    "Explanation",
     "FailedPreconditionError",
     "FieldViolation",
     "FlushTimeoutError",

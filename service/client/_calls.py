@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import grpc
 from google.protobuf import json_format, message, timestamp_pb2
@@ -164,3 +164,30 @@ class Pager:
             return False
         self._server_cap = received
         return True
+
+
+class Explanation(NamedTuple):
+    """ExplainCanaryRun's answer: the summary, then the most drifting samples."""
+
+    summary: pb.CanaryExplanation
+    samples: list[pb.DriftingSample]
+
+
+def explain_request(run_id: str, group_by: str, top: int) -> pb.ExplainCanaryRunRequest:
+    """``group_by``: ``skill``, ``position``, ``iterations`` or ``prompt_band`` (empty: skill)."""
+    request = pb.ExplainCanaryRunRequest(run_id=run_id, top=top)
+    if group_by:
+        request.group_by = pb.ExplainGroupBy.Value(f"EXPLAIN_GROUP_BY_{group_by.upper()}")
+    return request
+
+
+def explanation(messages: Sequence[pb.ExplainCanaryRunResponse]) -> Explanation:
+    """The messages of one ExplainCanaryRun stream, put together."""
+    summary = pb.CanaryExplanation()
+    samples = []
+    for message_ in messages:
+        if message_.HasField("summary"):
+            summary = message_.summary
+        elif message_.HasField("sample"):
+            samples.append(message_.sample)
+    return Explanation(summary, samples)

@@ -341,6 +341,40 @@ class AsyncAnalyticsClient:
         message_.request_id = message_.request_id or new_request_id("canary")
         return await self.call("RunCanary", message_, pb.RunCanaryResponse, timeout_s)
 
+    async def explain_canary_run(
+        self, run_id: str, *, group_by: str = "", top: int = 0, timeout_s: float = 120.0
+    ) -> _calls.Explanation:
+        """Why a canary run drifted: its summary and its most drifting samples (``top``, 0: 10).
+
+        ``group_by``: ``skill``, ``position``, ``iterations`` or ``prompt_band`` (default: skill).
+        The stream is short and has no page tokens: it is read whole, and read again from the
+        start when it fails (within the deadline, as a unary call would be retried).
+        """
+        request = _calls.explain_request(run_id, group_by, top).SerializeToString()
+        stub = self._callable("ExplainCanaryRun", pb.ExplainCanaryRunResponse, stream=True)
+        deadline = time.monotonic() + timeout_s
+        attempt = 0
+        while True:
+            attempt += 1
+            call = stub(
+                request,
+                timeout=max(0.0, deadline - time.monotonic()),
+                metadata=self.credentials.metadata(),
+            )
+            try:
+                messages = [m async for m in call]
+            except grpc.RpcError as exc:
+                error = from_grpc(exc)
+                delay = self.retry.delay_s(error, attempt)
+                if time.monotonic() + delay >= deadline or not should_retry(
+                    error, attempt, self.retry
+                ):
+                    raise error from None
+                await asyncio.sleep(delay)
+                continue
+            self.retry.budget.succeeded()
+            return _calls.explanation(messages)
+
     # --- golden datasets -------------------------------------------------------------------
 
     async def create_golden_dataset(

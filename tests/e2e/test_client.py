@@ -464,3 +464,47 @@ def test_a_rotated_client_certificate_is_used_without_a_restart(database_url, tm
         assert_exactly_once(database_url, tag, added)
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_every_other_rpc_through_the_client(database_url, tmp_path):
+    from costsim_analytics.engines.canary.synthetic import synthetic_samples
+
+    server = ServerProcess(
+        database_url, tmp_path / "server.log", COSTSIM_ARTIFACTS_DIR=str(tmp_path / "artifacts")
+    ).start()
+    try:
+        server.wait_health(SERVING)
+        samples = [{"id": i, "plan_input": plan} for i, plan in synthetic_samples()[:60]]
+        with AnalyticsClient(server.address) as client:
+            ran = client.run_canary({"min_samples": 10, "seed": 11, "samples": samples})
+            report = ran.report
+            assert report.total_samples == 60 and not ran.replayed
+            assert client.get_canary_report(report.run_id).run_id == report.run_id
+            reports = list(client.query_canary_reports(passed=report.passed))
+            assert [r.run_id for r in reports] == [report.run_id]
+            explained = client.explain_canary_run(report.run_id, group_by="skill", top=3)
+            assert explained.summary.run_id == report.run_id and len(explained.samples) <= 3
+
+            promoted = client.promote_canary_run(report.run_id, "nightly")
+            assert (promoted.name, promoted.version, promoted.active) == ("nightly", 1, True)
+            golden = client.get_golden_dataset("nightly")
+            assert golden.sample_count == len(golden.samples) > 0
+            copy = []
+            for sample in golden.samples:  # messages go in as they are
+                shifted = type(sample)()
+                shifted.CopyFrom(sample)
+                shifted.expected_cost_cents += 1
+                copy.append(shifted)
+            second = client.create_golden_dataset("nightly", copy, description="shifted")
+            assert (second.version, second.active) == (2, False)
+            versions = sorted(d.version for d in client.list_golden_datasets("nightly"))
+            assert versions == [1, 2]
+            assert client.activate_golden_dataset("nightly", 2).active
+            comparison = client.compare_golden(name="nightly", version=2, tolerance=0.5)
+            assert (comparison.dataset_name, comparison.dataset_version) == ("nightly", 2)
+            assert comparison.candidate.samples == len(copy)
+            with pytest.raises(NotFoundError):
+                client.explain_canary_run("no-such-run")
+    finally:
+        server.stop()
