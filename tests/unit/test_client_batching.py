@@ -401,3 +401,16 @@ def test_a_batch_names_each_refused_record_by_its_index():
         "records[2].source",
     ]
     assert refused.value.message.startswith("records[1].v1_cost: must not be negative (and 1 more)")
+
+
+def test_both_clients_have_a_method_for_every_rpc_of_the_contract():
+    import re
+
+    from costsim_analytics.client import AnalyticsClient, AsyncAnalyticsClient
+
+    service = pb.DESCRIPTOR.services_by_name["AnalyticsService"]
+    names = [re.sub(r"(?<!^)(?=[A-Z])", "_", m.name).lower() for m in service.methods]
+    assert "write_provenance_batch" in names
+    for cls in (AnalyticsClient, AsyncAnalyticsClient):
+        missing = [n for n in names if not callable(getattr(cls, n, None))]
+        assert not missing, f"{cls.__name__} lacks {missing}"
