@@ -86,12 +86,15 @@ class SqlAlchemyUnitOfWork:
             return
         try:
             if not self._committed and self._tx is not None and self._tx.is_active:
-                self._tx.rollback()
+                with translated():
+                    self._tx.rollback()
         except Exception:
             # The rollback of a dead connection fails too; the error that got us here matters
-            # more. Nothing was committed, so nothing is lost.
+            # more. Nothing was committed, so nothing is lost. A read that got its answer
+            # keeps it: ending a read-only transaction on a connection that has just died
+            # changes nothing the answer depends on.
             log.warning("rollback failed", exc_info=True)
-            if exc is None:
+            if exc is None and not self._read_only:
                 raise
         finally:
             conn.close()

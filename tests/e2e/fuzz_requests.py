@@ -251,6 +251,13 @@ def get_report(draw: Draw, pool: Pool) -> Msg:
     return pb.GetCanaryReportRequest(run_id=known_run(draw, pool))
 
 
+def explain(draw: Draw, pool: Pool) -> Msg:
+    """A run the server made (or any), any grouping (also unknown numbers), any ``top``."""
+    group_by = draw(st.sampled_from([*pb.ExplainGroupBy.values(), -1, 99]))
+    top = draw(st.sampled_from([0, 1, 5, 100, 101, -1, 2**31 - 1]))
+    return pb.ExplainCanaryRunRequest(run_id=known_run(draw, pool), group_by=group_by, top=top)
+
+
 @st.composite
 def canary_sample(draw: st.DrawFn, index: int) -> pb.CanarySample:
     sample = pb.CanarySample(id=f"s{index}")
@@ -350,6 +357,7 @@ PLAUSIBLE: dict[str, Callable[[Draw, Pool], Msg]] = {
     "GetDriftStats": drift_stats,
     "QueryCanaryReports": canary_reports,
     "GetCanaryReport": get_report,
+    "ExplainCanaryRun": explain,
     "RunCanary": run_canary,
     "CreateGoldenDataset": create_golden,
     "PromoteCanaryRun": promote,

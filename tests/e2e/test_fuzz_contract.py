@@ -242,7 +242,7 @@ class Contract:
 
     def harvest(self, method: str, raw: bytes, answers: list[Any]) -> None:
         for answer in answers:
-            if method in STREAMING:
+            if method in STREAMING and hasattr(answer, "page_token"):  # a paged stream
                 self.pool.remember_token(method, raw, answer.page_token)
         if method == "RunCanary":
             run_id = answers[0].report.run_id
