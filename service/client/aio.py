@@ -24,7 +24,7 @@ from costsim_analytics.client import _calls
 from costsim_analytics.client._calls import Pager, RecordLike, message_of, new_request_id, path
 from costsim_analytics.client.channel import Credentials, RotatingChannel, StrPath
 from costsim_analytics.client.errors import from_grpc
-from costsim_analytics.client.retry import RetryPolicy, should_retry
+from costsim_analytics.client.retry import RetryPolicy, pause_before_retry, should_retry
 from costsim_analytics.client.sync import DEFAULT_TIMEOUT_S
 
 T = TypeVar("T")
@@ -162,13 +162,7 @@ class AsyncAnalyticsClient:
                     metadata=self.credentials.metadata(),
                 )
             except grpc.RpcError as exc:
-                error = from_grpc(exc)
-                delay = self.retry.delay_s(error, attempt)
-                if time.monotonic() + delay >= deadline or not should_retry(
-                    error, attempt, self.retry
-                ):
-                    raise error from None
-                await asyncio.sleep(delay)
+                await asyncio.sleep(pause_before_retry(exc, attempt, self.retry, deadline))
                 continue
             self.retry.budget.succeeded()
             return result
@@ -364,13 +358,7 @@ class AsyncAnalyticsClient:
             try:
                 messages = [m async for m in call]
             except grpc.RpcError as exc:
-                error = from_grpc(exc)
-                delay = self.retry.delay_s(error, attempt)
-                if time.monotonic() + delay >= deadline or not should_retry(
-                    error, attempt, self.retry
-                ):
-                    raise error from None
-                await asyncio.sleep(delay)
+                await asyncio.sleep(pause_before_retry(exc, attempt, self.retry, deadline))
                 continue
             self.retry.budget.succeeded()
             return _calls.explanation(messages)

@@ -22,9 +22,12 @@ from __future__ import annotations
 import json
 import random
 import threading
+import time
 from dataclasses import dataclass, field
 
-from costsim_analytics.client.errors import RpcError
+import grpc
+
+from costsim_analytics.client.errors import RpcError, from_grpc
 
 SERVICE = "costsim.analytics.v1.AnalyticsService"
 
@@ -131,3 +134,19 @@ def should_retry(error: RpcError, attempt: int, policy: RetryPolicy) -> bool:
     if not error.retryable or attempt >= policy.max_attempts:
         return False
     return policy.budget.allow_retry()
+
+
+def pause_before_retry(
+    exc: grpc.RpcError, attempt: int, policy: RetryPolicy, deadline: float
+) -> float:
+    """How long to wait before trying a failed call again, or raise its error when not to.
+
+    Raises:
+        RpcError: the call's error, when it is not retried (not retryable, no attempt or
+            budget left) or when the wait would end past ``deadline`` (``time.monotonic()``).
+    """
+    error = from_grpc(exc)
+    delay = policy.delay_s(error, attempt)
+    if time.monotonic() + delay >= deadline or not should_retry(error, attempt, policy):
+        raise error from None
+    return delay

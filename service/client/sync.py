@@ -23,7 +23,7 @@ from costsim_analytics.client import _calls
 from costsim_analytics.client._calls import Pager, RecordLike, message_of, new_request_id, path
 from costsim_analytics.client.channel import Credentials, RotatingChannel, StrPath
 from costsim_analytics.client.errors import RpcError, from_grpc
-from costsim_analytics.client.retry import RetryPolicy, should_retry
+from costsim_analytics.client.retry import RetryPolicy, pause_before_retry, should_retry
 
 T = TypeVar("T")
 R = TypeVar("R", bound=message.Message)
@@ -176,13 +176,7 @@ class AnalyticsClient:
                     metadata=self.credentials.metadata(),
                 )
             except grpc.RpcError as exc:
-                error = from_grpc(exc)
-                delay = self.retry.delay_s(error, attempt)
-                if time.monotonic() + delay >= deadline or not should_retry(
-                    error, attempt, self.retry
-                ):
-                    raise error from None
-                time.sleep(delay)
+                time.sleep(pause_before_retry(exc, attempt, self.retry, deadline))
                 continue
             self.retry.budget.succeeded()
             return result
@@ -376,13 +370,7 @@ class AnalyticsClient:
             try:
                 messages = list(call)
             except grpc.RpcError as exc:
-                error = from_grpc(exc)
-                delay = self.retry.delay_s(error, attempt)
-                if time.monotonic() + delay >= deadline or not should_retry(
-                    error, attempt, self.retry
-                ):
-                    raise error from None
-                time.sleep(delay)
+                time.sleep(pause_before_retry(exc, attempt, self.retry, deadline))
                 continue
             self.retry.budget.succeeded()
             return _calls.explanation(messages)
