@@ -269,7 +269,8 @@ def artifact_store(settings: Settings) -> ArtifactStore:
     config = Config(
         connect_timeout=settings.artifacts_connect_timeout_s,
         read_timeout=settings.artifacts_read_timeout_s,
-        retries={"mode": "standard", "max_attempts": settings.artifacts_max_attempts},
+        # total_max_attempts counts the first attempt (botocore's max_attempts does not).
+        retries={"mode": "standard", "total_max_attempts": settings.artifacts_max_attempts},
         # Checksums are sent explicitly (Content-MD5 and SHA-256, see drivers/artifacts/s3.py);
         # botocore's own CRC trailers would only add a header some S3-compatible servers refuse.
         request_checksum_calculation="when_required",

@@ -87,7 +87,7 @@ def local_backend(root: Path, monkeypatch: pytest.MonkeyPatch) -> Backend:
 
 def s3_backend(server: MotoServer, **store_kw: Any) -> Backend:
     bucket = server.new_bucket()
-    client = server.client(retries={"mode": "standard", "max_attempts": 1})
+    client = server.client(retries={"mode": "standard", "total_max_attempts": 1})
     store = S3ArtifactStore(client, bucket, "team/canary", **store_kw)
     raw = server.client()
 
@@ -224,7 +224,9 @@ def unreachable_store() -> S3ArtifactStore:
     """A store whose endpoint is a loopback port nothing listens on."""
     server = MotoServer.__new__(MotoServer)
     server.endpoint = f"http://127.0.0.1:{free_port()}"
-    client = server.client(connect_timeout=1, read_timeout=1, retries={"max_attempts": 2})
+    client = server.client(
+        connect_timeout=1, read_timeout=1, retries={"mode": "standard", "total_max_attempts": 2}
+    )
     return S3ArtifactStore(client, "costsim-artifacts", "p")
 
 
