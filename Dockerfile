@@ -36,7 +36,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     COSTSIM_HTTP_LISTEN=0.0.0.0:8080
 
 # Relative defaults (sqlite:///var/costsim.db, var/artifacts) resolve under /app/var: mount a
-# volume there to keep the SQLite database, or set COSTSIM_DATABASE_URL to PostgreSQL.
+# volume there to keep the SQLite database, or set COSTSIM_DATABASE_URL to PostgreSQL. With more
+# than one replica, set COSTSIM_ARTIFACTS_URL=s3://bucket/prefix (boto3 is in the server extra;
+# endpoint and credentials from the AWS_* variables or the pod's role) or mount a shared volume.
 WORKDIR /app
 USER costsim:costsim
 # 50051: gRPC; 8080: the read-only dashboard, /metrics, /healthz and /readyz.

@@ -34,6 +34,7 @@ from costsim_analytics.handlers.golden import (
     PromoteCanaryRunHandler,
 )
 from costsim_analytics.handlers.idempotency import ReplayTable, idempotency, request_ids
+from costsim_analytics.handlers.ports import ArtifactStore
 from costsim_analytics.handlers.provenance import (
     BATCH_REPLAY,
     DriftStatsHandler,
@@ -63,7 +64,12 @@ from costsim_analytics.handlers.registry import (
 from costsim_analytics.handlers.reports import GetCanaryReportHandler, QueryCanaryReportsHandler
 from costsim_analytics.handlers.retention import PartitionUpkeepHandler, RetentionHandler
 from costsim_analytics.handlers.uow import SqlAlchemyUnitOfWorkFactory
-from costsim_analytics.settings import Settings, check_listen, security_mode
+from costsim_analytics.settings import (
+    Settings,
+    artifacts_location,
+    check_listen,
+    security_mode,
+)
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +172,7 @@ def build_registry(
     """
     uow = SqlAlchemyUnitOfWorkFactory(engine)
     streams = uow if stream_engine is None else SqlAlchemyUnitOfWorkFactory(stream_engine)
-    artifacts = LocalArtifactStore(settings.artifacts_dir)
+    artifacts = artifact_store(settings)
     page = settings.max_page_size
     registry = OperationRegistry()
     registry.register(
@@ -179,7 +185,7 @@ def build_registry(
     registry.register(OP_DRIFT_STATS, DriftStatsHandler(uow))
     registry.register(OP_CANARY_REPORTS, QueryCanaryReportsHandler(streams, max_page_size=page))
     registry.register(OP_CANARY_REPORT, GetCanaryReportHandler(uow))
-    registry.register(OP_CANARY_RUN, build_canary_handler(engine, settings, progress))
+    registry.register(OP_CANARY_RUN, build_canary_handler(engine, settings, progress, artifacts))
     registry.register(OP_CANARY_EXPLAIN, ExplainCanaryRunHandler(uow, artifacts))
     registry.register(OP_CANARY_RECONCILE, ReconcileHandler(uow, artifacts))
     registry.register(OP_RETENTION, RetentionHandler(uow, artifacts))
@@ -237,13 +243,57 @@ def golden_config(settings: Settings) -> GoldenConfig:
     )
 
 
+def artifact_store(settings: Settings) -> ArtifactStore:
+    """The artifact store COSTSIM_ARTIFACTS_URL (else COSTSIM_ARTIFACTS_DIR) names.
+
+    An ``s3://`` URL gets a boto3 client that finds its endpoint, region and credentials the
+    standard way (``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``, ``AWS_REGION`` or
+    ``AWS_DEFAULT_REGION``, ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``, the AWS config
+    files, an instance role), with bounded requests: COSTSIM_ARTIFACTS_CONNECT_TIMEOUT_S and
+    _READ_TIMEOUT_S per attempt, COSTSIM_ARTIFACTS_MAX_ATTEMPTS attempts in botocore's
+    ``standard`` retry mode (transient errors and throttling only, jittered backoff).
+    """
+    location = artifacts_location(settings)
+    if location.kind == "local":
+        assert location.path is not None
+        local = LocalArtifactStore(location.path)
+        log.info("canary artifacts in %s", local.location)
+        return local
+    import os
+
+    import boto3
+    from botocore.config import Config
+
+    from costsim_analytics.drivers.artifacts.s3 import S3ArtifactStore
+
+    config = Config(
+        connect_timeout=settings.artifacts_connect_timeout_s,
+        read_timeout=settings.artifacts_read_timeout_s,
+        # total_max_attempts counts the first attempt (botocore's max_attempts does not).
+        retries={"mode": "standard", "total_max_attempts": settings.artifacts_max_attempts},
+        # Checksums are sent explicitly (Content-MD5 and SHA-256, see drivers/artifacts/s3.py);
+        # botocore's own CRC trailers would only add a header some S3-compatible servers refuse.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+    # botocore reads AWS_DEFAULT_REGION; AWS_REGION (what the other SDKs read) is honoured too.
+    region = os.environ.get("AWS_REGION") or None
+    client = boto3.session.Session().client("s3", region_name=region, config=config)
+    store = S3ArtifactStore(client, location.bucket, location.prefix)
+    log.info("canary artifacts in %s", store.location)
+    return store
+
+
 def build_canary_handler(
-    engine: Engine, settings: Settings, progress: Progress | None = None
+    engine: Engine,
+    settings: Settings,
+    progress: Progress | None = None,
+    artifacts: ArtifactStore | None = None,
 ) -> CanaryRunHandler:
     """The RunCanary handler (``progress`` reports its stages, for ``canary run --local``)."""
     return CanaryRunHandler(
         SqlAlchemyUnitOfWorkFactory(engine),
-        LocalArtifactStore(settings.artifacts_dir),
+        artifacts if artifacts is not None else artifact_store(settings),
         lambda: canary_lock(engine, settings.artifacts_dir),
         defaults=canary_config(settings),
         lock_timeout_s=settings.canary_lock_timeout_s,

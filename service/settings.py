@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -54,6 +55,40 @@ class Settings(BaseSettings):
         return value
 
     artifacts_dir: Path = Field(Path("var/artifacts"), description="Canary artifact root")
+    artifacts_url: str = Field(
+        "",
+        description="Artifact store: empty (COSTSIM_ARTIFACTS_DIR), file:///path or "
+        "s3://bucket/prefix",
+    )
+    artifacts_connect_timeout_s: float = Field(
+        3.0, gt=0, le=60, description="Object store: connect timeout of one request"
+    )
+    artifacts_read_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="Object store: read timeout of one request"
+    )
+    artifacts_max_attempts: int = Field(
+        3, ge=1, le=10, description="Object store: attempts of one request (first + retries)"
+    )
+
+    @field_validator("artifacts_url")
+    @classmethod
+    def _artifacts_url(cls, value: str) -> str:
+        """Empty, ``file:///absolute/path`` or ``s3://bucket[/prefix]``."""
+        value = value.strip()
+        if value:
+            parse_artifacts_url(value)
+        return value
+
+    @model_validator(mode="after")
+    def _one_artifact_location(self) -> Settings:
+        """COSTSIM_ARTIFACTS_URL and COSTSIM_ARTIFACTS_DIR (or --artifacts-dir): one of them."""
+        if self.artifacts_url and "artifacts_dir" in self.model_fields_set:
+            raise ValueError(
+                "COSTSIM_ARTIFACTS_URL and COSTSIM_ARTIFACTS_DIR (or --artifacts-dir) are both "
+                "set: set one (a local directory is also file:///path)"
+            )
+        return self
+
     max_batch: int = Field(1000, ge=1, le=100_000, description="Records per WriteProvenanceBatch")
     max_samples: int = Field(
         20_000,
@@ -252,6 +287,59 @@ class Settings(BaseSettings):
             lowered = value.strip().lower()
             return _METRICS_AUTH_ALIASES.get(lowered, lowered)
         return value
+
+
+# --- the artifact store ---------------------------------------------------------------------
+
+_BUCKET_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789.-")
+
+
+@dataclass(frozen=True, slots=True)
+class ArtifactsLocation:
+    """Where canary artifacts live: a local directory or a bucket and key prefix."""
+
+    kind: Literal["local", "s3"]
+    path: Path | None = None
+    bucket: str = ""
+    prefix: str = ""
+
+
+def parse_artifacts_url(url: str) -> ArtifactsLocation:
+    """The location a COSTSIM_ARTIFACTS_URL names.
+
+    Example:
+        >>> parse_artifacts_url("s3://costsim/prod/canary")
+        ArtifactsLocation(kind='s3', path=None, bucket='costsim', prefix='prod/canary')
+        >>> parse_artifacts_url("file:///srv/artifacts").path
+        PosixPath('/srv/artifacts')
+
+    Raises:
+        ValueError: another scheme, a ``file:`` URL with a host or a relative path, an S3
+            bucket name that S3 would refuse, or a prefix with empty or dot segments.
+    """
+    parts = urlsplit(url)
+    if parts.query or parts.fragment:
+        raise ValueError("must have no query or fragment")
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+            raise ValueError("a file: URL must be file:///absolute/path")
+        return ArtifactsLocation("local", path=Path(unquote(parts.path)))
+    if parts.scheme == "s3":
+        bucket = parts.netloc
+        if not 3 <= len(bucket) <= 63 or not set(bucket) <= _BUCKET_CHARS or bucket[0] in ".-":
+            raise ValueError(f"{bucket!r} is not an S3 bucket name (3-63 of a-z 0-9 . -)")
+        prefix = parts.path.strip("/")
+        if prefix and any(seg in ("", ".", "..") for seg in prefix.split("/")):
+            raise ValueError("the key prefix must not have empty, . or .. segments")
+        return ArtifactsLocation("s3", bucket=bucket, prefix=prefix)
+    raise ValueError("must be empty, file:///path or s3://bucket/prefix")
+
+
+def artifacts_location(settings: Settings) -> ArtifactsLocation:
+    """The configured location: COSTSIM_ARTIFACTS_URL, else COSTSIM_ARTIFACTS_DIR."""
+    if settings.artifacts_url:
+        return parse_artifacts_url(settings.artifacts_url)
+    return ArtifactsLocation("local", path=settings.artifacts_dir)
 
 
 # --- security mode ----------------------------------------------------------------------------

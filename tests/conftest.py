@@ -20,12 +20,18 @@ from sqlalchemy.engine import make_url
 from costsim_analytics.drivers import schema
 from costsim_analytics.drivers.database import make_engine
 from costsim_analytics.drivers.models import Base
+from tests.s3 import MotoServer, aws_env, isolate_aws_environment
 
 ADMIN_URL = os.environ.get(
     "COSTSIM_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 BACKENDS = ["sqlite", "postgresql"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """No test may read the developer's AWS files or reach an AWS endpoint."""
+    isolate_aws_environment()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -148,3 +154,24 @@ def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'empty.db'}"
     server: PostgresServer = request.getfixturevalue("postgres")
     return server.create_database()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    """A local S3-compatible server (moto) for the session; the AWS variables point at it.
+
+    Skipped locally and failed under CI=true when it cannot start.
+    """
+    server = MotoServer(tmp_path_factory.mktemp("moto") / "moto.log")
+    try:
+        server.start()
+    except (RuntimeError, OSError) as exc:
+        message = f"moto server could not start: {exc}"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in aws_env(server.endpoint).items():
+            patch.setenv(name, value)
+        yield server
+    server.stop()

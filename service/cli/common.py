@@ -10,6 +10,7 @@ from typing import Annotated, Any, TypeVar
 
 import grpc
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -73,8 +74,19 @@ def library_client(target: str | None) -> Client:
 
 
 def settings_with(**overrides: Any) -> Settings:
-    """Settings from the environment, with the flags that were given on top."""
-    return Settings(**{key: value for key, value in overrides.items() if value is not None})
+    """Settings from the environment, with the flags that were given on top.
+
+    Invalid or conflicting settings end the command (exit 2) with each problem on a line.
+    """
+    try:
+        return Settings(**{key: value for key, value in overrides.items() if value is not None})
+    except ValidationError as exc:
+        err.print("[red]invalid settings[/red]:")
+        for problem in exc.errors():
+            where = ".".join(map(str, problem["loc"])) or "settings"
+            name = f"COSTSIM_{where.upper()}" if problem["loc"] else where
+            err.print(f"  {name}: {problem['msg']}")
+        raise typer.Exit(2) from None
 
 
 def utc(value: datetime | None) -> datetime | None:

@@ -12,7 +12,9 @@
      ├── FailedPrecondition           the system is not in a state to do this
      │    └── SchemaOutOfDate         database schema behind the code's migrations
      ├── Unavailable                  a dependency is down; retrying later may work
-     │    └── DatabaseUnavailable     the database cannot be reached
+     │    ├── DatabaseUnavailable     the database cannot be reached
+     │    └── ArtifactStoreUnavailable  the artifact store (directory or object store) did
+     │                                not answer in time
      ├── ResourceExhausted            over a bound on concurrent calls (retry later), or a
      │    │                           stream cut because its reader stopped reading
      │    └── MessageTooLarge         a request larger than its RPC's message limit (retrying
@@ -142,6 +144,12 @@ class DatabaseUnavailable(Unavailable):
     """The database cannot be reached or dropped the connection."""
 
     reason = "DATABASE_UNAVAILABLE"
+
+
+class ArtifactStoreUnavailable(Unavailable):
+    """The artifact store could not be reached (connection refused, timed out, 5xx)."""
+
+    reason = "ARTIFACT_STORE_UNAVAILABLE"
 
 
 class ResourceExhausted(CostsimError):

@@ -33,7 +33,9 @@ from costsim_analytics.engines.canary.synthetic import synthetic_samples
 from costsim_analytics.engines.cost_models import CostModel, load_cost_model
 from costsim_analytics.engines.errors import (
     AlreadyExists,
+    ArtifactStoreUnavailable,
     DatabaseUnavailable,
+    DeadlineExceeded,
     FailedPrecondition,
     NotFound,
     Unavailable,
@@ -95,13 +97,22 @@ class ReportPublisher:
     clock: Clock = utc_now
     limits: WorkLimits = field(default_factory=WorkLimits)
 
-    def publish(self, evaluation: engine.Evaluation, claim: Claim | None = None) -> CanaryReport:
+    def publish(
+        self,
+        evaluation: engine.Evaluation,
+        claim: Claim | None = None,
+        call: Call | None = None,
+    ) -> CanaryReport:
         """Check the artifacts' size, write them, then the row; return the stored report.
 
         Raises:
             WorkBoundExceeded: the artifacts would take more than ``limits.max_artifact_bytes``
                 (reason ``ARTIFACTS_TOO_LARGE``); nothing was written.
-            ArtifactsUnwritable: no artifact store write, so no row either (and no folder).
+            ArtifactsUnwritable: the store refused the artifacts, so no row either (and the
+                run's folder was removed).
+            ArtifactStoreUnavailable: the store did not answer; no row either (what was
+                written was removed when the store let it be).
+            DeadlineExceeded: ``call``'s deadline passed between two artifacts; no row.
             ReportNotPersisted: artifacts written, row not: run ``canary reconcile``.
         """
         report = evaluation.report
@@ -121,6 +132,9 @@ class ReportPublisher:
             refs = self.artifacts.save(report.run_id, files)
             report = replace(report, artifacts=refs)
             body = engine.report_artifact(evaluation, report, request)
+            if call is not None:
+                # The store's requests are bounded each; the run as a whole by the deadline.
+                call.check_deadline("the report artifact")
             refs += self.artifacts.save(report.run_id, {REPORT_FILE: body})
         except OSError as exc:
             self._discard(report.run_id)
@@ -128,6 +142,14 @@ class ReportPublisher:
                 f"canary {report.run_id}: its artifacts could not be written "
                 f"({exc.strerror or type(exc).__name__}); no report was stored"
             ) from exc
+        except ArtifactStoreUnavailable as exc:
+            self._discard(report.run_id)
+            raise ArtifactStoreUnavailable(
+                f"canary {report.run_id}: {exc.message}; no report was stored"
+            ) from exc
+        except DeadlineExceeded:
+            self._discard(report.run_id)
+            raise
         report = replace(report, artifacts=refs)
         try:
             return self.store(report, claim)
@@ -163,7 +185,7 @@ class ReportPublisher:
         """Remove what a failed save left, so no partial folder outlives the refusal."""
         try:
             self.artifacts.remove(run_id)
-        except OSError:
+        except (OSError, ArtifactStoreUnavailable):
             # The save's error is the one the caller needs; this one goes to the log.
             log.exception("canary %s: could not remove its partial artifacts", run_id)
 
@@ -245,7 +267,7 @@ class CanaryRunHandler:
                 evaluation = replace(evaluation, report=report)
             stage("artifacts and report")
             publisher = ReportPublisher(self.uow_factory, self.artifacts, self.clock, self.limits)
-            return RunCanaryResult(publisher.publish(evaluation, call.claim))
+            return RunCanaryResult(publisher.publish(evaluation, call.claim, call))
         finally:
             lock.release()
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self
 
@@ -152,15 +151,19 @@ class UnitOfWorkFactory(Protocol):
 
 
 class ArtifactStore(Protocol):
-    """Where canary runs keep their artifacts, one folder per run id."""
+    """Where canary runs keep their artifacts, one folder (key prefix) per run id.
 
-    root: Path
+    Implementations: ``drivers/artifacts`` (a local directory, an S3-compatible object store).
+    Every method raises ``ArtifactStoreUnavailable`` (``engines/errors.py``) when the store does
+    not answer, and ``OSError`` when it refuses (``FileNotFoundError``: no such artifact).
+    """
 
-    def run_dir(self, run_id: str) -> Path:
-        """The folder of one run."""
+    @property
+    def location(self) -> str:
+        """Where the artifacts are, for logs (a directory, ``s3://bucket/prefix``)."""
 
     def save(self, run_id: str, files: Mapping[str, bytes]) -> tuple[ArtifactRef, ...]:
-        """Write files atomically and return their references."""
+        """Write files atomically, in order, verified; return their references."""
 
     def runs(self) -> Iterator[str]:
         """Run ids that have a report artifact."""

@@ -25,6 +25,7 @@ class ServerProcess:
     def __init__(self, database_url: str, log_path: Path, **env: str) -> None:
         self.database_url = database_url
         self.log_path = log_path
+        self.cwd: Path | None = None  # the process's working directory (None: this one's)
         # Set when the gRPC port serves TLS: channel() (and so the health checks) use them.
         self.credentials: grpc.ChannelCredentials | None = None
         # The HTTP side port on a free port too (its default, 8080, may be taken).
@@ -47,6 +48,7 @@ class ServerProcess:
             stderr=self._log_file,
             text=True,
             env=self.env,
+            cwd=self.cwd,
         )
         ready = threading.Event()
 

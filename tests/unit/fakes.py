@@ -503,6 +503,10 @@ class FakeArtifactStore:
     fail_on: str = ""
     events: list[str] = field(default_factory=list)
 
+    @property
+    def location(self) -> str:
+        return str(self.root)
+
     def run_dir(self, run_id: str) -> Path:
         if not run_id or "/" in run_id or run_id.startswith("."):
             raise ValueError(f"not a run id: {run_id!r}")

@@ -417,3 +417,23 @@ def test_a_run_past_its_deadline_gives_up_and_stores_nothing(rig):
     assert rig.artifacts.files == {}
     assert rig.store.idempotency.keys == {}
     assert rig.lock.released == 1  # the lock was given back
+
+
+class _DeadlineBeforeReport(Call):
+    """A call whose deadline passes once the sample artifacts are written."""
+
+    def check_deadline(self, doing: str) -> None:
+        if doing == "the report artifact":
+            raise DeadlineExceeded(f"the call's deadline passed before {doing}")
+
+
+def test_a_deadline_passing_between_artifacts_stores_nothing(rig):
+    with pytest.raises(DeadlineExceeded, match="the report artifact"):
+        rig.registry.get(OP_CANARY_RUN)(
+            RunCanary(samples=SYNTHETIC, request_id="r-1"), _DeadlineBeforeReport()
+        )
+
+    assert any(e.startswith("artifacts.save") for e in rig.artifacts.events)  # it had begun
+    assert rig.artifacts.files == {}  # and what it wrote was removed
+    assert rig.store.reports.reports == {}
+    assert rig.store.idempotency.keys == {}

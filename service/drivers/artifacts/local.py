@@ -1,4 +1,4 @@
-"""Canary artifacts on a local file system, written atomically with checksums.
+"""Canary artifacts on a local file system (or a shared one), written atomically with checksums.
 
 Layout: ``<root>/<run_id>/{comparisons.jsonl, diffs.jsonl, report.json}``. Each file is written
 to a temporary name in the same directory, fsynced, renamed into place, and the directory is
@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from costsim_analytics.drivers.artifacts.keys import check_run_id, relative_path
 from costsim_analytics.engines.canary.evaluation import REPORT_FILE
 from costsim_analytics.engines.reports import ArtifactRef
 
@@ -30,28 +31,20 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def relative_path(run_id: str, name: str) -> str:
-    """An artifact's path as reports name it: relative to the artifacts root.
-
-    Example:
-        >>> relative_path("canary-20260101-000000-ab12", "report.json")
-        'canary-20260101-000000-ab12/report.json'
-
-    """
-    return f"{run_id}/{name}"
-
-
 class LocalArtifactStore:
     """Artifacts under one root directory."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
 
+    @property
+    def location(self) -> str:
+        """Where the artifacts are, for logs: the root directory."""
+        return str(self.root)
+
     def run_dir(self, run_id: str) -> Path:
         """The directory of one run (run ids are generated: no path separators)."""
-        if not run_id or "/" in run_id or run_id.startswith("."):
-            raise ValueError(f"not a run id: {run_id!r}")
-        return self.root / run_id
+        return self.root / check_run_id(run_id)
 
     def save(self, run_id: str, files: Mapping[str, bytes]) -> tuple[ArtifactRef, ...]:
         """Write every file atomically, in the given order; return their references.
