@@ -34,6 +34,7 @@ from costsim_analytics.handlers.golden import (
     PromoteCanaryRunHandler,
 )
 from costsim_analytics.handlers.idempotency import ReplayTable, idempotency, request_ids
+from costsim_analytics.handlers.ports import ArtifactStore
 from costsim_analytics.handlers.provenance import (
     BATCH_REPLAY,
     DriftStatsHandler,
@@ -64,6 +65,7 @@ from costsim_analytics.handlers.reports import GetCanaryReportHandler, QueryCana
 from costsim_analytics.handlers.retention import PartitionUpkeepHandler, RetentionHandler
 from costsim_analytics.handlers.uow import SqlAlchemyUnitOfWorkFactory
 from costsim_analytics.settings import Settings, check_listen, security_mode
+from costsim_analytics.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +149,7 @@ def build_registry(
     progress: Progress | None = None,
     *,
     stream_engine: Engine | None = None,
+    tracing: Tracing | None = None,
 ) -> OperationRegistry:
     """Every operation's handler on one unit-of-work factory, with the cross-cutting concerns.
 
@@ -162,11 +165,12 @@ def build_registry(
     5. idempotency: replay a finished request, or let the handler take the key.
 
     The streaming queries read through ``stream_engine`` (the stream pool, see
-    :class:`ServerEngines`) when given.
+    :class:`ServerEngines`) when given. With ``tracing``, artifact I/O makes spans and a canary
+    run's stages are events of its span (the engines are instrumented by :func:`build_server`).
     """
     uow = SqlAlchemyUnitOfWorkFactory(engine)
     streams = uow if stream_engine is None else SqlAlchemyUnitOfWorkFactory(stream_engine)
-    artifacts = LocalArtifactStore(settings.artifacts_dir)
+    artifacts = artifact_store(settings, tracing)
     page = settings.max_page_size
     registry = OperationRegistry()
     registry.register(
@@ -179,7 +183,7 @@ def build_registry(
     registry.register(OP_DRIFT_STATS, DriftStatsHandler(uow))
     registry.register(OP_CANARY_REPORTS, QueryCanaryReportsHandler(streams, max_page_size=page))
     registry.register(OP_CANARY_REPORT, GetCanaryReportHandler(uow))
-    registry.register(OP_CANARY_RUN, build_canary_handler(engine, settings, progress))
+    registry.register(OP_CANARY_RUN, build_canary_handler(engine, settings, progress, tracing))
     registry.register(OP_CANARY_EXPLAIN, ExplainCanaryRunHandler(uow, artifacts))
     registry.register(OP_CANARY_RECONCILE, ReconcileHandler(uow, artifacts))
     registry.register(OP_RETENTION, RetentionHandler(uow, artifacts))
@@ -237,13 +241,27 @@ def golden_config(settings: Settings) -> GoldenConfig:
     )
 
 
+def artifact_store(settings: Settings, tracing: Tracing | None = None) -> ArtifactStore:
+    """The configured artifact store (its I/O in spans when traced)."""
+    store: ArtifactStore = LocalArtifactStore(settings.artifacts_dir)
+    return store if tracing is None else tracing.artifacts(store)
+
+
 def build_canary_handler(
-    engine: Engine, settings: Settings, progress: Progress | None = None
+    engine: Engine,
+    settings: Settings,
+    progress: Progress | None = None,
+    tracing: Tracing | None = None,
 ) -> CanaryRunHandler:
-    """The RunCanary handler (``progress`` reports its stages, for ``canary run --local``)."""
+    """The RunCanary handler (``progress`` reports its stages, for ``canary run --local``).
+
+    Traced, each stage is also an event of the current span.
+    """
+    if tracing is not None:
+        progress = _both(tracing.canary_stage, progress)
     return CanaryRunHandler(
         SqlAlchemyUnitOfWorkFactory(engine),
-        LocalArtifactStore(settings.artifacts_dir),
+        artifact_store(settings, tracing),
         lambda: canary_lock(engine, settings.artifacts_dir),
         defaults=canary_config(settings),
         lock_timeout_s=settings.canary_lock_timeout_s,
@@ -255,6 +273,17 @@ def build_canary_handler(
         max_json_depth=settings.max_json_depth,
         limits=work_limits(settings),
     )
+
+
+def _both(first: Progress, then: Progress | None) -> Progress:
+    if then is None:
+        return first
+
+    def both(stage: str) -> None:
+        first(stage)
+        then(stage)
+
+    return both
 
 
 def build_security(settings: Settings) -> Security:
@@ -324,9 +353,17 @@ def health_probe(engine: Engine) -> Callable[[], None]:
 
 
 def build_server(
-    engine: Engine, settings: Settings, security: Security | None = None
+    engine: Engine,
+    settings: Settings,
+    security: Security | None = None,
+    tracing: Tracing | None = None,
 ) -> AnalyticsServer:
-    """The gRPC server for ``settings`` on ``engine`` (``security`` built from them if None)."""
+    """The gRPC server for ``settings`` on ``engine`` (``security`` built from them if None).
+
+    ``tracing`` (``Tracing.from_env``; None: off) adds the server spans, and database child
+    spans on every engine the server reads and writes through (``engine`` and the stream
+    pool). Off, nothing of it is installed.
+    """
     # Imported here so that in-process users of the handlers need not load grpc.
     from costsim_analytics.api.admission import AdmissionLimits, Bound
     from costsim_analytics.api.decoding import MessageLimits
@@ -336,7 +373,12 @@ def build_server(
     security = security or build_security(settings)
     metrics = ServiceMetrics()
     engines = ServerEngines.build(engine, settings)
-    registry = build_registry(engine, settings, metrics, stream_engine=engines.streams)
+    if tracing is not None:
+        for traced in {id(e): e for e in (engines.main, engines.streams)}.values():
+            tracing.instrument(traced)
+    registry = build_registry(
+        engine, settings, metrics, stream_engine=engines.streams, tracing=tracing
+    )
     upkeep = registry.get(OP_PARTITION_UPKEEP)
     s = settings
     limits = AdmissionLimits(
@@ -364,4 +406,5 @@ def build_server(
         grace_period_s=settings.grace_period_s,
         http_listen=settings.http_listen,
         connection_options=connection_options(settings),
+        tracing=tracing,
     )
