@@ -50,7 +50,8 @@ with tempfile.TemporaryDirectory() as folder:
     assert Spool.open(folder).recovery.records == 1
 from costsim_analytics.client.channel import Credentials
 from costsim_analytics.client.tracing import trace_metadata
-assert trace_metadata() == () and Credentials(token="t").metadata() == (("authorization", "Bearer t"),)
+assert trace_metadata() == ()
+assert Credentials(token="t").metadata() == (("authorization", "Bearer t"),)
 names = sorted({m.split(".")[0] for m in sys.modules})
 found = [n for n in SERVER_ONLY if importlib.util.find_spec(n) is not None]
 print(json.dumps({"modules": names, "installed": found}))
