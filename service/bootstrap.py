@@ -70,6 +70,7 @@ from costsim_analytics.settings import (
     check_listen,
     security_mode,
 )
+from costsim_analytics.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +154,7 @@ def build_registry(
     progress: Progress | None = None,
     *,
     stream_engine: Engine | None = None,
+    tracing: Tracing | None = None,
 ) -> OperationRegistry:
     """Every operation's handler on one unit-of-work factory, with the cross-cutting concerns.
 
@@ -168,11 +170,12 @@ def build_registry(
     5. idempotency: replay a finished request, or let the handler take the key.
 
     The streaming queries read through ``stream_engine`` (the stream pool, see
-    :class:`ServerEngines`) when given.
+    :class:`ServerEngines`) when given. With ``tracing``, artifact I/O makes spans and a canary
+    run's stages are events of its span (the engines are instrumented by :func:`build_server`).
     """
     uow = SqlAlchemyUnitOfWorkFactory(engine)
     streams = uow if stream_engine is None else SqlAlchemyUnitOfWorkFactory(stream_engine)
-    artifacts = artifact_store(settings)
+    artifacts = artifact_store(settings, tracing)
     page = settings.max_page_size
     registry = OperationRegistry()
     registry.register(
@@ -185,7 +188,9 @@ def build_registry(
     registry.register(OP_DRIFT_STATS, DriftStatsHandler(uow))
     registry.register(OP_CANARY_REPORTS, QueryCanaryReportsHandler(streams, max_page_size=page))
     registry.register(OP_CANARY_REPORT, GetCanaryReportHandler(uow))
-    registry.register(OP_CANARY_RUN, build_canary_handler(engine, settings, progress, artifacts))
+    registry.register(
+        OP_CANARY_RUN, build_canary_handler(engine, settings, progress, artifacts, tracing)
+    )
     registry.register(OP_CANARY_EXPLAIN, ExplainCanaryRunHandler(uow, artifacts))
     registry.register(OP_CANARY_RECONCILE, ReconcileHandler(uow, artifacts))
     registry.register(OP_RETENTION, RetentionHandler(uow, artifacts))
@@ -243,7 +248,7 @@ def golden_config(settings: Settings) -> GoldenConfig:
     )
 
 
-def artifact_store(settings: Settings) -> ArtifactStore:
+def artifact_store(settings: Settings, tracing: Tracing | None = None) -> ArtifactStore:
     """The artifact store COSTSIM_ARTIFACTS_URL (else COSTSIM_ARTIFACTS_DIR) names.
 
     An ``s3://`` URL gets a boto3 client that finds its endpoint, region and credentials the
@@ -252,7 +257,13 @@ def artifact_store(settings: Settings) -> ArtifactStore:
     files, an instance role), with bounded requests: COSTSIM_ARTIFACTS_CONNECT_TIMEOUT_S and
     _READ_TIMEOUT_S per attempt, COSTSIM_ARTIFACTS_MAX_ATTEMPTS attempts in botocore's
     ``standard`` retry mode (transient errors and throttling only, jittered backoff).
+    Traced, its I/O is in spans.
     """
+    store = _artifact_store(settings)
+    return store if tracing is None else tracing.artifacts(store)
+
+
+def _artifact_store(settings: Settings) -> ArtifactStore:
     location = artifacts_location(settings)
     if location.kind == "local":
         assert location.path is not None
@@ -289,11 +300,17 @@ def build_canary_handler(
     settings: Settings,
     progress: Progress | None = None,
     artifacts: ArtifactStore | None = None,
+    tracing: Tracing | None = None,
 ) -> CanaryRunHandler:
-    """The RunCanary handler (``progress`` reports its stages, for ``canary run --local``)."""
+    """The RunCanary handler (``progress`` reports its stages, for ``canary run --local``).
+
+    Traced, each stage is also an event of the current span.
+    """
+    if tracing is not None:
+        progress = _both(tracing.canary_stage, progress)
     return CanaryRunHandler(
         SqlAlchemyUnitOfWorkFactory(engine),
-        artifacts if artifacts is not None else artifact_store(settings),
+        artifacts if artifacts is not None else artifact_store(settings, tracing),
         lambda: canary_lock(engine, settings.artifacts_dir),
         defaults=canary_config(settings),
         lock_timeout_s=settings.canary_lock_timeout_s,
@@ -305,6 +322,17 @@ def build_canary_handler(
         max_json_depth=settings.max_json_depth,
         limits=work_limits(settings),
     )
+
+
+def _both(first: Progress, then: Progress | None) -> Progress:
+    if then is None:
+        return first
+
+    def both(stage: str) -> None:
+        first(stage)
+        then(stage)
+
+    return both
 
 
 def build_security(settings: Settings) -> Security:
@@ -374,9 +402,17 @@ def health_probe(engine: Engine) -> Callable[[], None]:
 
 
 def build_server(
-    engine: Engine, settings: Settings, security: Security | None = None
+    engine: Engine,
+    settings: Settings,
+    security: Security | None = None,
+    tracing: Tracing | None = None,
 ) -> AnalyticsServer:
-    """The gRPC server for ``settings`` on ``engine`` (``security`` built from them if None)."""
+    """The gRPC server for ``settings`` on ``engine`` (``security`` built from them if None).
+
+    ``tracing`` (``Tracing.from_env``; None: off) adds the server spans, and database child
+    spans on every engine the server reads and writes through (``engine`` and the stream
+    pool). Off, nothing of it is installed.
+    """
     # Imported here so that in-process users of the handlers need not load grpc.
     from costsim_analytics.api.admission import AdmissionLimits, Bound
     from costsim_analytics.api.decoding import MessageLimits
@@ -386,7 +422,12 @@ def build_server(
     security = security or build_security(settings)
     metrics = ServiceMetrics()
     engines = ServerEngines.build(engine, settings)
-    registry = build_registry(engine, settings, metrics, stream_engine=engines.streams)
+    if tracing is not None:
+        for traced in {id(e): e for e in (engines.main, engines.streams)}.values():
+            tracing.instrument(traced)
+    registry = build_registry(
+        engine, settings, metrics, stream_engine=engines.streams, tracing=tracing
+    )
     upkeep = registry.get(OP_PARTITION_UPKEEP)
     s = settings
     limits = AdmissionLimits(
@@ -414,4 +455,5 @@ def build_server(
         grace_period_s=settings.grace_period_s,
         http_listen=settings.http_listen,
         connection_options=connection_options(settings),
+        tracing=tracing,
     )

@@ -22,6 +22,7 @@ from costsim.analytics.v1 import analytics_pb2 as pb
 from costsim.analytics.v1 import analytics_pb2_grpc as pb_grpc
 from costsim_analytics.api.convert import to_timestamp
 from costsim_analytics.api.convert_canary import STATUS_TO_PROTO
+from costsim_analytics.client.tracing import trace_metadata
 
 JsonDict = dict[str, Any]
 
@@ -104,6 +105,25 @@ class _Bearer(_UnaryUnary, _UnaryStream):
         return continuation(self._with_token(details), request)
 
 
+class _TraceContext(_UnaryUnary, _UnaryStream):
+    """Adds the current span's ``traceparent`` to every call (``client/tracing.py``)."""
+
+    @staticmethod
+    def _traced(details: Any) -> Any:
+        carried = trace_metadata()
+        if not carried:
+            return details
+        return details._replace(metadata=[*(details.metadata or ()), *carried])
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        """The call with the trace context."""
+        return continuation(self._traced(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        """The stream with the trace context."""
+        return continuation(self._traced(details), request)
+
+
 class AnalyticsClient:
     """Blocking client over one channel; close it (or use ``with``)."""
 
@@ -122,6 +142,7 @@ class AnalyticsClient:
         channel = self._channel
         if security.token or security.token_file:
             channel = grpc.intercept_channel(channel, _Bearer(security))
+        channel = grpc.intercept_channel(channel, _TraceContext())
         self._stub = pb_grpc.AnalyticsServiceStub(channel)
         self._timeout_s = timeout_s
 

@@ -13,6 +13,7 @@ import logging
 import signal
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -34,8 +35,10 @@ from costsim_analytics.api.dashboard.httpserver import HttpServer
 from costsim_analytics.api.decoding import DecodingInterceptor, MessageLimits
 from costsim_analytics.api.metrics import MetricsInterceptor, ServiceMetrics
 from costsim_analytics.api.servicer import AnalyticsServicer
+from costsim_analytics.api.tracing import TracingInterceptor, traced_pages
 from costsim_analytics.engines.errors import CostsimError
 from costsim_analytics.handlers.registry import OperationRegistry
+from costsim_analytics.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +75,7 @@ class AnalyticsServer:
     ``http_listen`` (empty: none) is the side port of the dashboard, metrics and probes.
     ``max_message_bytes`` bounds the messages it sends; ``message_limits`` those it receives,
     per RPC (``api/decoding.py``; None: ``max_message_bytes`` for every RPC).
+    ``tracing`` (None: off) adds the server span of every RPC and page (``api/tracing.py``).
     """
 
     def __init__(
@@ -95,8 +99,10 @@ class AnalyticsServer:
         grace_period_s: float = 10.0,
         http_listen: str = "",
         connection_options: Sequence[tuple[str, int]] = (),
+        tracing: Tracing | None = None,
     ) -> None:
         self._probe = probe
+        self._tracing = tracing
         self._upkeep = upkeep
         self.metrics = metrics
         self._health_interval_s = health_interval_s
@@ -130,14 +136,20 @@ class AnalyticsServer:
             batch_bytes=max_message_bytes,
             samples_bytes=max_message_bytes,
         )
+        # Metrics outermost (after the span, when traced): a refused call is counted with the
+        # code it was refused with. Requests too large for their RPC or undecodable are refused
+        # before authentication. Without tracing there is no tracing interceptor at all.
+        tracers: list[grpc.aio.ServerInterceptor[Any, Any]] = (
+            [] if tracing is None else [TracingInterceptor(tracing.tracer())]
+        )
+        self.interceptors: tuple[grpc.aio.ServerInterceptor[Any, Any], ...] = (
+            *tracers,
+            MetricsInterceptor(self.metrics),
+            DecodingInterceptor(sizes),
+            AuthInterceptor(security.authenticator, self.metrics),
+        )
         self._server = grpc.aio.server(
-            # Metrics outermost: a refused call is counted with the code it was refused with.
-            # Requests too large for their RPC or undecodable are refused before authentication.
-            interceptors=[
-                MetricsInterceptor(self.metrics),
-                DecodingInterceptor(sizes),
-                AuthInterceptor(security.authenticator, self.metrics),
-            ],
+            interceptors=self.interceptors,
             options=[
                 ("grpc.max_receive_message_length", sizes.largest),
                 ("grpc.max_send_message_length", max_message_bytes),
@@ -182,7 +194,9 @@ class AnalyticsServer:
         # unlike on the gRPC port: a browser with only a token must reach the sign-in page.
         # The dashboard itself still refuses a request without a token or a certificate.
         tls = None if security.tls is None else security.tls.ssl_context(require_client_cert=False)
-        return HttpServer(dashboard, http_listen, tls=tls, post_paths=POST_PATHS)
+        tracing = self._tracing
+        app = dashboard if tracing is None else traced_pages(dashboard, tracing.tracer())
+        return HttpServer(app, http_listen, tls=tls, post_paths=POST_PATHS)
 
     @property
     def address(self) -> str:

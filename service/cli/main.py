@@ -13,12 +13,14 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import typer.main
 from google.protobuf import json_format
+from opentelemetry import trace
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from costsim_analytics.api.client import ClientSecurity, JsonDict
@@ -65,6 +67,10 @@ from costsim_analytics.engines.errors import DatabaseUnavailable, SchemaOutOfDat
 from costsim_analytics.engines.reports import CANARY_STATUSES
 from costsim_analytics.handlers.call import Call
 from costsim_analytics.handlers.registry import OP_PARTITION_UPKEEP
+from costsim_analytics.tracing import Tracing, TracingConfigError
+
+# The service name of the command line's spans unless OTEL_SERVICE_NAME says otherwise.
+CLI_SERVICE_NAME = "costsim-analytics-cli"
 
 app = typer.Typer(help="costsim-analytics: provenance, drift and canary reports over gRPC.")
 provenance_app = typer.Typer(help="Write and query provenance records.")
@@ -164,9 +170,12 @@ def serve(
     configure_logging(settings.log_level)
     try:
         security = build_security(settings)
-    except ValueError as exc:  # the security settings or files: refuse to start, say why
+        tracing = Tracing.from_env(os.environ)
+    except ValueError as exc:  # the security or tracing settings or files: refuse, say why
         err.print(f"[red]refusing to start[/red]: {exc}")
         raise typer.Exit(2) from None
+    if tracing is not None:
+        tracing.install_global()
     engine = build_engine(settings)
     try:
         schema.check_schema(engine)
@@ -177,7 +186,7 @@ def serve(
         err.print(f"[yellow]database unreachable ({exc.message}); starting NOT_SERVING[/yellow]")
 
     async def main() -> None:
-        server = build_server(engine, settings, security)
+        server = build_server(engine, settings, security, tracing)
 
         def ready(address: str) -> None:
             if server.http_url:
@@ -193,6 +202,8 @@ def serve(
         raise typer.Exit(2) from None
     finally:
         engine.dispose()
+        if tracing is not None:
+            tracing.shutdown()
 
 
 # --- client commands ---------------------------------------------------------------------------
@@ -543,6 +554,65 @@ def report(
         table(f"canary report {run_id}", ["field", "value"], [[k, v] for k, v in found.items()])
 
 
+def command_path(argv: Sequence[str]) -> tuple[str, ...]:
+    """The (sub)command names in ``argv``, as the command line resolves them.
+
+    Example:
+        >>> command_path(["--token", "t", "canary", "run", "--local"])
+        ('canary', 'run')
+
+    """
+    group: Any = typer.main.get_command(app)
+    path: list[str] = []
+    for word in argv:
+        commands = getattr(group, "commands", None)
+        if commands is None:
+            break
+        if word in commands:
+            path.append(word)
+            group = commands[word]
+    return tuple(path)
+
+
 def main() -> None:
-    """Entry point of the ``costsim-analytics`` script."""
-    app()
+    """Entry point of the ``costsim-analytics`` script.
+
+    With tracing configured (the ``OTEL_*`` variables, README "Tracing"), each command but
+    ``serve`` (which traces its RPCs instead) is the root span of its trace, and the calls it
+    makes carry its ``traceparent``.
+    """
+    path = command_path(sys.argv[1:])
+    if path[:1] == ("serve",):
+        app()
+        return
+    try:
+        tracing = Tracing.from_env(os.environ, CLI_SERVICE_NAME)
+    except TracingConfigError as exc:
+        err.print(f"[red]tracing[/red]: {exc}")
+        raise SystemExit(2) from None
+    if tracing is None:
+        app()
+        return
+    tracing.install_global()
+    span = tracing.tracer().start_span(
+        " ".join(("costsim-analytics", *path)),
+        attributes={"costsim.cli.command": " ".join(path)},
+    )
+    try:
+        with trace.use_span(
+            span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+        ):
+            app()
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+        span.set_attribute("process.exit.code", code)
+        if code:
+            span.set_status(trace.Status(trace.StatusCode.ERROR, f"exit status {code}"))
+        raise
+    except BaseException as exc:
+        span.record_exception(exc)
+        span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
+        raise
+    finally:
+        span.end()
+        tracing.shutdown()

@@ -27,6 +27,7 @@ import grpc
 
 from costsim_analytics.client.errors import ClientError
 from costsim_analytics.client.retry import SERVICE_CONFIG_JSON
+from costsim_analytics.client.tracing import trace_metadata
 
 StrPath = str | os.PathLike[str]
 C = TypeVar("C")
@@ -127,9 +128,14 @@ class Credentials:
         return self.tls or self.ca_file is not None or self.cert_file is not None
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
-        """The call metadata that carries the token (none without one)."""
+        """The call metadata: the token (none without one) and the caller's trace context.
+
+        The trace context (``traceparent``) only when opentelemetry-api is installed and a
+        span is current (``client/tracing.py``).
+        """
         token = self.token or (self._file.token() if self._file is not None else "")
-        return (("authorization", f"Bearer {token}"),) if token else ()
+        bearer = (("authorization", f"Bearer {token}"),) if token else ()
+        return bearer + trace_metadata()
 
     def channel_credentials(self) -> grpc.ChannelCredentials:
         """TLS credentials from the PEM files (read now)."""

@@ -8,14 +8,18 @@ timeout, so an unreachable server fails fast instead of hanging a call.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 READ_ONLY = "costsim_read_only"
+# The engine execution option holding the tracer of statements sent around SQLAlchemy (set by
+# ``Tracing.instrument`` in tracing.py only when tracing is on; absent, no span is made).
+TRACER_OPTION = "costsim_tracer"
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,3 +87,31 @@ def _sqlite_engine(url: str, opts: EngineOptions) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def statement_span(
+    conn: Connection, operation: str, statement: str, **attributes: Any
+) -> AbstractContextManager[object]:
+    """A client span for a statement sent on the raw driver connection (COPY), if traced.
+
+    SQLAlchemy's events, which the tracing instrumentation listens to, never see what a
+    driver sends on ``driver_connection``; this span stands in for them, with the same
+    attributes (the statement without its values). Without tracing it is a null context.
+    """
+    tracer = conn.get_execution_options().get(TRACER_OPTION)
+    if tracer is None:
+        return nullcontext()
+    from opentelemetry.trace import SpanKind
+
+    database = conn.engine.url.database or ""
+    return tracer.start_as_current_span(  # type: ignore[no-any-return]
+        f"{operation} {database}".strip(),
+        kind=SpanKind.CLIENT,
+        attributes={
+            "db.system": conn.dialect.name,
+            "db.name": database,
+            "db.operation": operation,
+            "db.statement": statement,
+            **attributes,
+        },
+    )

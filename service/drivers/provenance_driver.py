@@ -31,6 +31,7 @@ from sqlalchemy import (
 )
 
 from costsim_analytics.drivers import partitions
+from costsim_analytics.drivers.database import statement_span
 from costsim_analytics.drivers.errors import translated
 from costsim_analytics.drivers.models import provenance_table as t
 from costsim_analytics.drivers.streaming import stream_rows
@@ -109,7 +110,10 @@ class SqlProvenanceDriver:
     def _copy_batch(self, rows: Sequence[NewProvenance]) -> list[int]:
         raw = self._conn.connection.driver_connection
         assert raw is not None
-        with raw.cursor() as cur:
+        with (
+            statement_span(self._conn, "COPY", _COPY_SQL, **{"costsim.rows": len(rows)}),
+            raw.cursor() as cur,
+        ):
             cur.execute(_NEXTVAL_SQL, (len(rows),))
             ids = sorted(row_id for (row_id,) in cur.fetchall())
             with cur.copy(_COPY_SQL) as copy:

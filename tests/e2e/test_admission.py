@@ -148,8 +148,11 @@ def test_unary_calls_keep_their_latency_while_one_client_holds_every_stream(capp
             started = time.perf_counter()
             calls[i % len(calls)]()
             latencies.append(time.perf_counter() - started)
+        # Starved by the streams, a call would wait for them (seconds, up to its 10 s timeout);
+        # unstarved it takes milliseconds. The bound sits between the two with room for a
+        # loaded 2-core CI machine (116-129 ms p99 seen there under other load).
         p99 = statistics.quantiles(latencies, n=100)[98]
-        assert p99 < 0.100, f"unary p99 {p99 * 1000:.1f} ms while the streams are held"
+        assert p99 < 0.500, f"unary p99 {p99 * 1000:.1f} ms while the streams are held"
         # The probe has a connection of its own: the replica stays in rotation.
         assert server.health() == SERVING
         with urllib.request.urlopen(f"{server.http_url}/readyz", timeout=5) as ready:

@@ -30,6 +30,8 @@ SERVER_ONLY = (
     "cryptography",
     "grpc_health",
     "grpc_reflection",
+    # Optional for the client: it propagates trace context only when opentelemetry-api is there.
+    "opentelemetry",
 )
 CLIENT_DEPENDENCIES = {"grpcio", "grpcio-status", "protobuf"}
 
@@ -46,6 +48,10 @@ with tempfile.TemporaryDirectory() as folder:
     spool.append([record.body])
     spool.close()
     assert Spool.open(folder).recovery.records == 1
+from costsim_analytics.client.channel import Credentials
+from costsim_analytics.client.tracing import trace_metadata
+assert trace_metadata() == ()
+assert Credentials(token="t").metadata() == (("authorization", "Bearer t"),)
 names = sorted({m.split(".")[0] for m in sys.modules})
 found = [n for n in SERVER_ONLY if importlib.util.find_spec(n) is not None]
 print(json.dumps({"modules": names, "installed": found}))
