@@ -455,10 +455,30 @@ def command_fingerprint(batch: WriteBatch) -> str:
         dumps(
             [
                 *(getattr(r, name) for name in _FINGERPRINT_FIELDS),
-                r.payload_json if r.payload is None else dumps(r.payload),
+                r.payload_json if r.payload is None else dumps(_as_sent(r)),
                 [r.id_set, r.cost_delta_set, r.created_at_set],
             ]
         )
         for r in batch.records
     ]
     return sha256_hex("\n".join(lines))
+
+
+def _as_sent(rec: ProvenanceInput) -> Any:
+    """The payload as the caller's Struct spelt it (digests stored before must still match).
+
+    A converter that normalised a Struct (``payload_depth``) turned whole doubles into ints;
+    a Struct has no ints, so every int (not bool) goes back to the double it was, exactly
+    (the converter only does this within 2**53, and never for -0.0).
+    """
+    return _as_floats(rec.payload) if rec.payload_depth else rec.payload
+
+
+def _as_floats(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _as_floats(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_as_floats(item) for item in value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
