@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from typing import Any
 
 JsonValue = Any  # a str, number, bool, None, list of JsonValue or dict[str, JsonValue]
@@ -100,6 +101,35 @@ def dumps_by_key(obj: dict[str, JsonValue]) -> tuple[str, dict[str, str]]:
 _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False)
 _encode = _ENCODER.encode
 _encode_key = json.encoder.encode_basestring_ascii
+
+
+# Within 2**53, ``repr`` spells every whole float as digits then ".0" (it turns exponential only
+# from 1e16): a text without ".0" ending a number holds no float that normalising would change.
+_WHOLE_FLOAT = re.compile(r"\.0(?![0-9])")
+
+
+def dumps_by_key_if_normal(obj: dict[str, JsonValue]) -> tuple[str, dict[str, str]] | None:
+    """``dumps_by_key(normalize_numbers(obj))`` without the walk, or None when it is needed.
+
+    None also when ``obj`` cannot be serialised as it is (a non-string key at the top, NaN, a
+    value with no JSON form, a cycle, nesting the encoder refuses), so that the caller's own
+    path says what is wrong. A text that merely looks like it holds a whole float (``"v1.0"``
+    in a string) gives None too: the walk then decides, and nothing differs but the time.
+
+    Example:
+        >>> dumps_by_key_if_normal({"b": [0.5, "x"], "a": 1})[0]
+        '{"a":1,"b":[0.5,"x"]}'
+        >>> dumps_by_key_if_normal({"a": 1.0}) is None
+        True
+    """
+    try:
+        parts = {key: _encode(value) for key, value in obj.items()}
+        body = ",".join(f"{_encode_key(key)}:{parts[key]}" for key in sorted(parts))
+    except (TypeError, ValueError, RecursionError):
+        return None
+    if _WHOLE_FLOAT.search(body):
+        return None
+    return "{" + body + "}", parts
 
 
 def dumps(value: JsonValue) -> str:

@@ -27,6 +27,7 @@ from typing import Any
 from costsim_analytics.engines.canonical import (
     dumps,
     dumps_by_key,
+    dumps_by_key_if_normal,
     loads,
     loads_plain,
     sha256_hex,
@@ -96,6 +97,9 @@ class ProvenanceInput:
     payload: dict[str, Any] | None = None
     payload_json: str = ""
     runtime_ms: int = 0
+    # Set by a converter that normalised ``payload`` itself (whole numbers as ints, finite,
+    # plain dicts and lists): how deep it nests. 0: ``payload`` is as the caller gave it.
+    payload_depth: int = 0
     # Output-only fields a caller must leave unset.
     id_set: bool = False
     cost_delta_set: bool = False
@@ -216,9 +220,10 @@ def _summary(violations: Sequence[FieldViolation]) -> str:
     return f"{first.field}: {first.description}{more}"
 
 
-def _check_cost(value: float | None, path: str, out: list[FieldViolation]) -> None:
-    if value is None:
+def _check_cost(value: float | None, prefix: str, name: str, out: list[FieldViolation]) -> None:
+    if value is None or 0 <= value <= MAX_COST:  # the usual case builds no path
         return
+    path = prefix + name
     if not math.isfinite(value):
         out.append(FieldViolation(path, "must be a finite number"))
     elif value < 0:
@@ -244,15 +249,15 @@ def _prepare_one(
             out.append(
                 FieldViolation(prefix + name, f"must be at most {MAX_STRING_CHARS} characters")
             )
-        else:
+        elif "\x00" in value or not value.isascii():  # the text rule passes the rest
             check_text(value, prefix + name, out)
     if not rec.run_id:
         out.append(FieldViolation(prefix + "run_id", "must not be empty"))
     for name, allowed in _CHOICES:
         if getattr(rec, name) not in allowed:
             out.append(FieldViolation(prefix + name, f"must be one of {sorted(allowed)}"))
-    _check_cost(rec.v1_cost, prefix + "v1_cost", out)
-    _check_cost(rec.v2_cost, prefix + "v2_cost", out)
+    _check_cost(rec.v1_cost, prefix, "v1_cost", out)
+    _check_cost(rec.v2_cost, prefix, "v2_cost", out)
     if rec.runtime_ms < 0:
         out.append(FieldViolation(prefix + "runtime_ms", "must not be negative"))
     elif rec.runtime_ms > MAX_RUNTIME_MS:
@@ -277,7 +282,13 @@ def _prepare_one(
     if len(out) > start:
         return None
     return NewProvenance(
-        **{name: getattr(rec, name) for name in _STRING_FIELDS},
+        run_id=rec.run_id,
+        tenant_id=rec.tenant_id,
+        variant_slug=rec.variant_slug,
+        source=rec.source,
+        model_version=rec.model_version,
+        adapter_version=rec.adapter_version,
+        commit_sha=rec.commit_sha,
         input_hash=input_hash,
         output_hash=output_hash,
         v1_cost=rec.v1_cost,
@@ -326,6 +337,7 @@ def _payload(
     field = prefix + ("payload_json" if text else "payload")
     # Escapes may hide NUL or lone surrogates, which PostgreSQL refuses: re-serialise to see.
     canonical = canonical or "\\u" in text
+    serialised: tuple[str, dict[str, str]] | None = None
     try:
         if text:
             if len(text) > 4 * MAX_PAYLOAD_BYTES:  # don't even parse a huge one
@@ -339,12 +351,14 @@ def _payload(
             if not isinstance(value, dict):
                 raise ValueError("must be a JSON object")
         else:
-            value = normalize_json(rec.payload or {}, max_depth=max_depth, texts=False)
+            value, serialised = _normal_payload(rec, max_depth)
     except ValueError as exc:
         out.append(FieldViolation(field, str(exc)))
         return None
     parsed = _Payload(value, text, None)
-    if canonical or not text:
+    if not text and serialised is not None:
+        parsed.stored, parsed.parts = serialised
+    elif canonical or not text:
         parsed.stored, parsed.parts = dumps_by_key(value)
     stored = parsed.stored
     size = len(stored) if stored.isascii() else len(stored.encode())
@@ -355,6 +369,30 @@ def _payload(
     if ("\\ud" in stored or "\\uD" in stored) and _LONE_SURROGATE.search(stored):
         out.append(FieldViolation(field, SURROGATE))
     return parsed
+
+
+def _normal_payload(
+    rec: ProvenanceInput, max_depth: int
+) -> tuple[dict[str, Any], tuple[str, dict[str, str]] | None]:
+    """A payload given as a value, normalised, with its canonical serialisation when known.
+
+    A value its converter normalised (``payload_depth``) needs only its depth checked. A
+    value that needs no normalising (no whole float, a depth the text shows to be fine) is
+    serialised as it is, with no walk; any other goes through :func:`normalize_json`, whose
+    errors are the ones a caller sees.
+
+    Raises:
+        ValueError: the value nests too deep, or holds a non-finite number.
+    """
+    value = rec.payload or {}
+    if rec.payload_depth:
+        if rec.payload_depth > max_depth:
+            raise ValueError(depth_problem(max_depth))
+        return value, None
+    serialised = dumps_by_key_if_normal(value)
+    if serialised is not None and not json_text_too_deep(serialised[0], max_depth=max_depth):
+        return value, serialised
+    return normalize_json(value, max_depth=max_depth, texts=False), None
 
 
 def _hash_part(parts: dict[str, str] | None, key: str, path: str, out: list[FieldViolation]) -> str:
@@ -417,10 +455,30 @@ def command_fingerprint(batch: WriteBatch) -> str:
         dumps(
             [
                 *(getattr(r, name) for name in _FINGERPRINT_FIELDS),
-                r.payload_json if r.payload is None else dumps(r.payload),
+                r.payload_json if r.payload is None else dumps(_as_sent(r)),
                 [r.id_set, r.cost_delta_set, r.created_at_set],
             ]
         )
         for r in batch.records
     ]
     return sha256_hex("\n".join(lines))
+
+
+def _as_sent(rec: ProvenanceInput) -> Any:
+    """The payload as the caller's Struct spelt it (digests stored before must still match).
+
+    A converter that normalised a Struct (``payload_depth``) turned whole doubles into ints;
+    a Struct has no ints, so every int (not bool) goes back to the double it was, exactly
+    (the converter only does this within 2**53, and never for -0.0).
+    """
+    return _as_floats(rec.payload) if rec.payload_depth else rec.payload
+
+
+def _as_floats(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _as_floats(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_as_floats(item) for item in value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value

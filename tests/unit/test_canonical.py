@@ -1,6 +1,7 @@
 import hashlib
 import json
 import math
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -79,3 +80,53 @@ def test_loads_normalises_like_the_struct_path(value):
 
     text = json.dumps(as_struct_numbers(value))
     assert canonical_json(loads(text)) == canonical_json(value)
+
+
+# Anything a caller's dict may hold, whole floats, NaN and tuples included: the fast path must
+# either answer exactly as the walk does, or step aside (None).
+any_numbers = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.sampled_from([1.0, -0.0, 2.0**53, 2.0**53 + 2, 1e16, 1e-05])
+    | st.text()
+    | st.sampled_from(["v1.0", "1.0", "e+5"]),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.tuples(children)
+        | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@given(st.dictionaries(st.text(max_size=8), any_numbers, max_size=5))
+def test_serialising_without_the_walk_matches_the_walk(value):
+    from costsim_analytics.engines.canonical import dumps_by_key, dumps_by_key_if_normal
+
+    fast = dumps_by_key_if_normal(value)
+    try:
+        slow = dumps_by_key(normalize_numbers(value))
+    except ValueError:  # NaN or an infinity: only the walk may say so
+        assert fast is None
+        return
+    assert fast is None or fast == slow
+
+
+def test_serialising_without_the_walk_steps_aside():
+    from costsim_analytics.engines.canonical import dumps_by_key_if_normal
+
+    assert dumps_by_key_if_normal({"a": {"b": 0.5, "c": [1, "x"]}}) == (
+        '{"a":{"b":0.5,"c":[1,"x"]}}',
+        {"a": '{"b":0.5,"c":[1,"x"]}'},
+    )
+    needs_walk: list[dict[Any, Any]] = [
+        {"a": 1.0},
+        {"a": [-0.0]},
+        {"a": math.nan},
+        {1: 2},
+        {"a": object()},
+    ]
+    for value in needs_walk:
+        assert dumps_by_key_if_normal(value) is None
