@@ -6,6 +6,7 @@ Nothing is built at import time; tests call these functions with their own setti
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -270,8 +271,6 @@ def _artifact_store(settings: Settings) -> ArtifactStore:
         local = LocalArtifactStore(location.path)
         log.info("canary artifacts in %s", local.location)
         return local
-    import os
-
     import boto3
     from botocore.config import Config
 

@@ -191,8 +191,8 @@ class Tracing:
 
         The maintained SQLAlchemy instrumentation's per-engine tracer (its ``EngineTracer``,
         not the instrumentor, which is one per process and also patches ``create_engine`` and
-        ``Engine.connect`` everywhere). Statements are recorded as SQLAlchemy sends them, with
-        their placeholders and never their parameter values (the instrumentation's default;
+        ``Engine.connect`` everywhere). Statements are recorded as SQLAlchemy sends them: the SQL
+        text with its bind markers, never the bound values (the instrumentation's default;
         the SQL commenter stays off). Statements outside any traced call (the health probe,
         partition upkeep) make no spans, so they do not flood the exporter with roots.
         """

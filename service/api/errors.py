@@ -257,7 +257,7 @@ def streaming(
                 # One timeout scope for the whole stream, armed around each write only (not
                 # while the next message is produced). asyncio.wait_for per message made a
                 # task and a timer per message: the largest Python cost of a stream after
-                # gRPC's own (docs/read-path.md).
+                # gRPC's own (a py-spy profile of the read path).
                 limit = asyncio.timeout(None)
                 async with limit:
                     async for message in messages:
