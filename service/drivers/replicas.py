@@ -198,22 +198,22 @@ class ReplicaRouter:
         index = pick(states, self.max_lag_s, turn=next(self._turns))
         return None if index is None else self.replicas[index]
 
-    def connect(self, primary: Engine) -> tuple[Connection, bool]:
-        """A connection for a read, and whether it is on a replica.
+    def connect(self, primary: Engine, *, replica: bool = True) -> tuple[Connection, bool]:
+        """A connection for a read, and whether it is on a replica (never when not ``replica``).
 
         A replica that refuses the connection is unusable until its next probe answers; the
         read then goes to the primary (whose own failures propagate, as for any read).
         """
-        replica = self.choose()
-        if replica is not None:
+        chosen = self.choose() if replica else None
+        if chosen is not None:
             try:
-                conn = replica.engine.connect()
+                conn = chosen.engine.connect()
             except Exception as exc:
                 if not is_unreachable(exc):
                     raise
-                log.warning("replica %s: %s; reading from the primary", replica.name, exc)
+                log.warning("replica %s: %s; reading from the primary", chosen.name, exc)
                 if not isinstance(exc, sa_exc.TimeoutError):  # a busy pool is no dead replica
-                    self._set(replica, replace(self._states[replica.name], reachable=False))
+                    self._set(chosen, replace(self._states[chosen.name], reachable=False))
             else:
                 self._on_read(REPLICA)
                 return conn, True

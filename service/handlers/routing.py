@@ -57,8 +57,11 @@ READS = frozenset(
 class ReadReplicas(Protocol):
     """Where a routed read connects (``drivers/replicas.py``'s ReplicaRouter)."""
 
-    def connect(self, primary: Engine) -> tuple[Connection, bool]:
-        """A connection on a usable replica or else on ``primary``; True when on a replica."""
+    def connect(self, primary: Engine, *, replica: bool = True) -> tuple[Connection, bool]:
+        """A connection on a usable replica (unless not ``replica``) or else on ``primary``.
+
+        The flag returned is True when the connection is on a replica.
+        """
 
 
 @dataclass(slots=True)
@@ -71,13 +74,13 @@ _ROUTE: ContextVar[_Route | None] = ContextVar("costsim_read_route", default=Non
 
 
 def read_connection(replicas: ReadReplicas) -> Callable[[Engine], Connection] | None:
-    """How a read-only unit of work of the running operation connects; None: the primary."""
+    """How a read-only unit of work of the running operation connects; None: not routed."""
     route = _ROUTE.get()
-    if route is None or not route.replica_allowed:
+    if route is None:
         return None
 
     def connect(primary: Engine) -> Connection:
-        conn, on_replica = replicas.connect(primary)
+        conn, on_replica = replicas.connect(primary, replica=route.replica_allowed)
         route.served_by_replica |= on_replica
         return conn
 
