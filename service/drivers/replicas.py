@@ -211,7 +211,8 @@ class ReplicaRouter:
             except Exception as exc:
                 if not is_unreachable(exc):
                     raise
-                log.warning("replica %s: %s; reading from the primary", chosen.name, exc)
+                why = str(getattr(exc, "orig", exc)).strip().splitlines()[:1]
+                log.warning("replica %s: %s; reading from the primary", chosen.name, *why or [""])
                 if not isinstance(exc, sa_exc.TimeoutError):  # a busy pool is no dead replica
                     self._set(chosen, replace(self._states[chosen.name], reachable=False))
             else:
