@@ -89,9 +89,7 @@ class StreamingReplica:
     def __init__(self, primary_url: str) -> None:
         self.primary = make_url(primary_url)
         self.port = free_port()
-        self.root = Path(tempfile.mkdtemp(prefix="costsim-replica-"))
-        self.data = self.root / "data"
-        self.log = self.root / "server.log"
+        self._set_root(Path(tempfile.mkdtemp(prefix="costsim-replica-")))
         self._owner = "postgres" if os.geteuid() == 0 else ""
         self.bindir: Path | None = None
 
@@ -135,8 +133,7 @@ class StreamingReplica:
             copied = {name: _one(conn, f"SHOW {name}") for name in _COPIED}
         self.bindir = server_bindir(major)
         if self._owner:
-            owner = pwd.getpwnam(self._owner)
-            os.chown(self.root, owner.pw_uid, owner.pw_gid)
+            self._give_root_to_owner()
         self.root.chmod(0o700)
         u = self.primary
         self._run(
@@ -169,6 +166,23 @@ class StreamingReplica:
                 os.chown(path, owner.pw_uid, owner.pw_gid)
         self.start()
         return self
+
+    def _give_root_to_owner(self) -> None:
+        """Hand the directory to the server's OS user; in its home when TMPDIR is closed to it."""
+        owner = pwd.getpwnam(self._owner)
+        os.chown(self.root, owner.pw_uid, owner.pw_gid)
+        try:
+            self._run("test", "-w", str(self.root))
+        except RuntimeError:
+            shutil.rmtree(self.root, ignore_errors=True)
+            self._set_root(Path(tempfile.mkdtemp(prefix="costsim-replica-", dir=owner.pw_dir)))
+            os.chown(self.root, owner.pw_uid, owner.pw_gid)
+            self._run("test", "-w", str(self.root))
+
+    def _set_root(self, root: Path) -> None:
+        self.root = root
+        self.data = root / "data"
+        self.log = root / "server.log"
 
     def start(self) -> None:
         """Start the standby (again) and wait until it accepts connections."""
