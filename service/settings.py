@@ -51,6 +51,16 @@ class Settings(BaseSettings):
         split_read_urls(value)
         return value.strip()
 
+    @model_validator(mode="after")
+    def _replicas_of_postgresql(self) -> Settings:
+        """Read replicas are PostgreSQL standbys of a PostgreSQL primary."""
+        if self.database_read_urls and not self.database_url.startswith("postgresql"):
+            raise ValueError(
+                "COSTSIM_DATABASE_READ_URLS needs a PostgreSQL COSTSIM_DATABASE_URL (the "
+                "replicas are its streaming standbys)"
+            )
+        return self
+
     listen: str = Field("127.0.0.1:50051", description="gRPC listen address (port 0: any free)")
     http_listen: str = Field(
         "127.0.0.1:8080",

@@ -94,7 +94,7 @@ def test_read_urls_split_on_commas_and_keep_an_encoded_comma() -> None:
     assert urls == ["postgresql+psycopg://r@h1:5433/db", "postgresql+psycopg://u:p%2Cw@h2/db"]
     assert make_url(urls[1]).password == "p,w"
     assert split_read_urls("  ") == []
-    assert Settings(database_read_urls="").database_read_urls == ""
+    assert Settings(database_read_urls=" ").database_read_urls == ""
     assert Settings().replica_max_lag_s == 5.0
 
 
@@ -108,8 +108,14 @@ def test_read_urls_split_on_commas_and_keep_an_encoded_comma() -> None:
 )
 def test_bad_read_urls_are_refused_naming_the_setting(value: str, why: str) -> None:
     with pytest.raises(ValidationError) as info:
-        Settings(database_read_urls=value)
+        Settings(database_url="postgresql+psycopg://p/db", database_read_urls=value)
     assert f"COSTSIM_DATABASE_READ_URLS: {why}" in str(info.value)
+
+
+def test_replicas_need_a_postgresql_primary() -> None:
+    with pytest.raises(ValidationError) as info:
+        Settings(database_url="sqlite:///primary.db", database_read_urls="postgresql://r/db")
+    assert "COSTSIM_DATABASE_READ_URLS needs a PostgreSQL COSTSIM_DATABASE_URL" in str(info.value)
 
 
 @pytest.mark.parametrize("lag", ["0", "-1", "nan"])
