@@ -245,8 +245,13 @@ class StreamingReplica:
                 time.sleep(0.1)
 
     def wait_caught_up(self, timeout_s: float = 15.0) -> None:
-        """Wait until the standby has replayed everything the primary has written so far."""
+        """Commit a transaction on the primary and wait until the standby has replayed it.
+
+        The fresh commit is the standby's last replayed transaction afterwards, so the lag
+        it reports from then on is measured from now, whatever else the server is doing.
+        """
         with self._primary() as conn:
+            conn.execute("SELECT txid_current()")
             target = _one(conn, "SELECT pg_current_wal_lsn()")
         deadline = time.monotonic() + timeout_s
         with self.connect() as conn:

@@ -106,4 +106,5 @@ def test_reads_go_to_the_replica_and_survive_its_loss(
             wait_for_line(server, rf"replica {name}/\S+: lag unknown, skipped: unreachable")
         finally:
             replica.start()
+        replica.wait_caught_up()
         wait_for_line(server, rf"replica {name}/\S+: lag \d+\.\d+s, usable")

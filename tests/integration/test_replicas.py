@@ -222,6 +222,7 @@ def test_reads_keep_working_when_the_replica_stops_mid_run(
         stop.set()
         reader.join()
         routed.replica.start()
+        routed.replica.wait_caught_up()
     assert failures == []
     assert answers > 0
     assert routed.reads("primary") > 0
