@@ -64,8 +64,8 @@ from costsim_analytics.handlers.registry import (
 )
 from costsim_analytics.handlers.reports import GetCanaryReportHandler, QueryCanaryReportsHandler
 from costsim_analytics.handlers.retention import PartitionUpkeepHandler, RetentionHandler
-from costsim_analytics.handlers.routing import ReadReplicas, route_reads
-from costsim_analytics.handlers.uow import SqlAlchemyUnitOfWorkFactory
+from costsim_analytics.handlers.routing import route_reads
+from costsim_analytics.handlers.uow import ReadReplicas, SqlAlchemyUnitOfWorkFactory
 from costsim_analytics.settings import (
     Settings,
     artifacts_location,

@@ -7,21 +7,19 @@ provenance), promotion, comparison and explanation (which pair a report row with
 artifacts, and so must see the row the run just wrote), retention and upkeep.
 
 :func:`route_reads` wraps each of them: while it runs, its read-only units of work connect
-through the replicas (``SqlAlchemyUnitOfWorkFactory``), and when an answer from a replica
-was NOT_FOUND (a replica may not have replayed a row just written) or the replica dropped
-the connection, the operation runs once more on the primary. A stream is opened before its
-rows are read, so a replica lost in the middle of a stream ends that stream (UNAVAILABLE,
-resumable with the last page token, which is a keyset and so valid on any server).
+through the replicas (``SqlAlchemyUnitOfWorkFactory`` asks :func:`current_route`), and when
+an answer from a replica was NOT_FOUND (a replica may not have replayed a row just written)
+or the replica dropped the connection, the operation runs once more on the primary. A stream
+is opened before its rows are read, so a replica lost in the middle of a stream ends that
+stream (UNAVAILABLE, resumable with the last page token, which is a keyset and so valid on
+any server).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
-
-from sqlalchemy import Connection, Engine
+from typing import TypeVar
 
 from costsim_analytics.engines.errors import DatabaseUnavailable, NotFound
 from costsim_analytics.handlers.call import Call
@@ -54,40 +52,23 @@ READS = frozenset(
 )
 
 
-class ReadReplicas(Protocol):
-    """Where a routed read connects (``drivers/replicas.py``'s ReplicaRouter)."""
-
-    def connect(self, primary: Engine, *, replica: bool = True) -> tuple[Connection, bool]:
-        """A connection on a usable replica (unless not ``replica``) or else on ``primary``.
-
-        The flag returned is True when the connection is on a replica.
-        """
-
-
 @dataclass(slots=True)
-class _Route:
+class Route:
+    """Where the running operation's reads may go, and whether a replica answered one."""
+
     replica_allowed: bool
     served_by_replica: bool = False
 
 
-_ROUTE: ContextVar[_Route | None] = ContextVar("costsim_read_route", default=None)
+_ROUTE: ContextVar[Route | None] = ContextVar("costsim_read_route", default=None)
 
 
-def read_connection(replicas: ReadReplicas) -> Callable[[Engine], Connection] | None:
-    """How a read-only unit of work of the running operation connects; None: not routed."""
-    route = _ROUTE.get()
-    if route is None:
-        return None
-
-    def connect(primary: Engine) -> Connection:
-        conn, on_replica = replicas.connect(primary, replica=route.replica_allowed)
-        route.served_by_replica |= on_replica
-        return conn
-
-    return connect
+def current_route() -> Route | None:
+    """The route of the operation this thread runs; None: not a routed operation."""
+    return _ROUTE.get()
 
 
-def _run(handler: Handler[C, R], command: C, call: Call, route: _Route) -> R:
+def _run(handler: Handler[C, R], command: C, call: Call, route: Route) -> R:
     token = _ROUTE.set(route)
     try:
         return handler(command, call)
@@ -103,14 +84,14 @@ def route_reads(reads: frozenset[str] = READS) -> Middleware:
             return handler
 
         def routed(command: C, call: Call, /) -> R:
-            route = _Route(replica_allowed=True)
+            route = Route(replica_allowed=True)
             try:
                 return _run(handler, command, call, route)
             except (NotFound, DatabaseUnavailable):
                 if not route.served_by_replica:
                     raise
             # A replica had not replayed the row yet, or went away: ask the primary.
-            return _run(handler, command, call, _Route(replica_allowed=False))
+            return _run(handler, command, call, Route(replica_allowed=False))
 
         return routed
 

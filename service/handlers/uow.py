@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Self
+from typing import Protocol, Self
 
 from sqlalchemy import Connection, Engine, RootTransaction
 
@@ -26,7 +26,7 @@ from costsim_analytics.drivers.idempotency_driver import SqlIdempotencyDriver
 from costsim_analytics.drivers.partitions import SqlPartitionDriver
 from costsim_analytics.drivers.provenance_driver import SqlProvenanceDriver
 from costsim_analytics.handlers.call import current_deadline
-from costsim_analytics.handlers.routing import ReadReplicas, read_connection
+from costsim_analytics.handlers.routing import Route, current_route
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,28 @@ class SqlAlchemyUnitOfWorkFactory:
 
     def __call__(self, *, read_only: bool = False) -> SqlAlchemyUnitOfWork:
         """A new unit of work."""
-        if read_only and self.replicas is not None:
-            connect = read_connection(self.replicas)
+        route = current_route() if read_only and self.replicas is not None else None
+        if route is not None:
+            assert self.replicas is not None
+            connect = _routed(self.replicas, route)
             return SqlAlchemyUnitOfWork(self.engine, read_only=True, connect=connect)
         return SqlAlchemyUnitOfWork(self.engine, read_only=read_only)
+
+
+class ReadReplicas(Protocol):
+    """Where a routed read connects (``drivers/replicas.py``'s ReplicaRouter)."""
+
+    def connect(self, primary: Engine, *, replica: bool = True) -> tuple[Connection, bool]:
+        """A connection on a usable replica (unless not ``replica``) or else on ``primary``.
+
+        The flag returned is True when the connection is on a replica.
+        """
+
+
+def _routed(replicas: ReadReplicas, route: Route) -> Callable[[Engine], Connection]:
+    def connect(primary: Engine) -> Connection:
+        conn, on_replica = replicas.connect(primary, replica=route.replica_allowed)
+        route.served_by_replica |= on_replica
+        return conn
+
+    return connect
