@@ -180,9 +180,18 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
 
 
 @pytest.fixture(scope="session")
-def replica(postgres: PostgresServer) -> Iterator[StreamingReplica]:
+def replica_database(postgres: PostgresServer) -> str:
+    """A migrated database of the replica tests' own, made before the replica is copied."""
+    url = postgres.create_database()
+    schema.upgrade(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def replica(postgres: PostgresServer, replica_database: str) -> Iterator[StreamingReplica]:
     """A streaming replica of the test PostgreSQL server for the session (tests/replica.py).
 
+    It is copied after :func:`replica_database` exists, so it starts with that database.
     Skipped locally and failed under CI=true when it cannot be made.
     """
     standby = StreamingReplica(ADMIN_URL)
@@ -201,12 +210,9 @@ def replica(postgres: PostgresServer) -> Iterator[StreamingReplica]:
 
 
 @pytest.fixture(scope="session")
-def replicated_database(postgres: PostgresServer, replica: StreamingReplica) -> tuple[str, str]:
-    """A migrated database of its own on the primary, and its URL on the replica."""
-    url = postgres.create_database()
-    schema.upgrade(url)
-    database = make_url(url).database
+def replicated_database(replica_database: str, replica: StreamingReplica) -> tuple[str, str]:
+    """The replica tests' database: its URL on the primary and on the replica."""
+    database = make_url(replica_database).database
     assert database is not None
     replica.wait_ready(database)
-    replica.wait_caught_up()
-    return url, replica.url(database)
+    return replica_database, replica.url(database)

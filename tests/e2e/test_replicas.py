@@ -60,7 +60,8 @@ def routed_server(
         tmp_path / "server.log",
         COSTSIM_ARTIFACTS_DIR=str(tmp_path / "artifacts"),
         COSTSIM_DATABASE_READ_URLS=replica_url,
-        COSTSIM_REPLICA_MAX_LAG_S="5",
+        # Loose: the standby also replays whatever else the shared test server is doing.
+        COSTSIM_REPLICA_MAX_LAG_S="60",
     ).start()
     try:
         proc.wait_health(health_pb2.HealthCheckResponse.SERVING)

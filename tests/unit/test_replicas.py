@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import cast
 
 import pytest
 from hypothesis import given
@@ -25,20 +27,25 @@ from costsim_analytics.bootstrap import build_registry
 from costsim_analytics.drivers import schema
 from costsim_analytics.drivers.database import EngineOptions, make_engine
 from costsim_analytics.drivers.replicas import ReplicaRouter, replica_name
-from costsim_analytics.engines.errors import NotFound
+from costsim_analytics.engines.errors import DatabaseUnavailable, NotFound
+from costsim_analytics.engines.pagination import Cursor
 from costsim_analytics.engines.provenance import WriteBatch
 from costsim_analytics.engines.replicas import ReplicaState, pick, usable
 from costsim_analytics.engines.reports import CanaryReport, GetReport, ReportQuery
 from costsim_analytics.engines.retention import RetentionPolicy
 from costsim_analytics.handlers.call import Call
+from costsim_analytics.handlers.ports import UnitOfWork
 from costsim_analytics.handlers.registry import (
     OP_CANARY_REPORT,
     OP_CANARY_REPORTS,
     OP_PROVENANCE_BATCH,
     OP_RETENTION,
+    Handler,
+    Operation,
     OperationRegistry,
 )
-from costsim_analytics.handlers.routing import READS
+from costsim_analytics.handlers.routing import READS, current_route, route_reads
+from costsim_analytics.handlers.streams import ResultStream
 from costsim_analytics.handlers.uow import SqlAlchemyUnitOfWorkFactory
 from costsim_analytics.settings import Settings, split_read_urls
 from tests.factories import canary_report, provenance_input
@@ -241,3 +248,80 @@ def test_readyz_lists_the_replicas_and_stays_ready_without_them() -> None:
         response = asyncio.run(app(parse_head(b"GET /readyz HTTP/1.1\r\n\r\n")))
     assert response.status == 200
     assert response.body.decode() == f"ready\n{lines[0]}\n"
+
+
+# --- a stream whose replica fails ------------------------------------------------------------
+
+
+class ExitCounter:
+    """A unit of work that only counts how often it is ended."""
+
+    def __init__(self) -> None:
+        self.exits = 0
+
+    def __exit__(self, *exc: object) -> None:
+        self.exits += 1
+
+
+def chunks(reports: list[CanaryReport], fail_after: int | None) -> Iterator[list[CanaryReport]]:
+    for i, report in enumerate(reports):
+        if i == fail_after:
+            raise DatabaseUnavailable("database unavailable: OperationalError")
+        yield [report]
+    if fail_after == len(reports):
+        raise DatabaseUnavailable("database unavailable: OperationalError")
+
+
+def stream_over(uow: ExitCounter, reports: list[CanaryReport], fail_after: int | None) -> object:
+    return ResultStream(
+        cast("UnitOfWork", uow),
+        chunks(reports, fail_after),
+        kind="canary_reports",
+        fingerprint="f",
+        cursor_of=lambda r: Cursor(r.timestamp, r.id),
+    )
+
+
+def routed_stream(fail_after: int) -> tuple[Handler[None, object], list[ExitCounter]]:
+    """A routed stream operation whose replica stream fails before chunk ``fail_after``."""
+    reports = [canary_report(i) for i in range(3)]
+    uows: list[ExitCounter] = []
+
+    def handler(_command: None, _call: Call, /) -> object:
+        route = current_route()
+        assert route is not None
+        uows.append(ExitCounter())
+        if route.replica_allowed:
+            route.served_by_replica = True  # what a connection through a replica records
+            return stream_over(uows[-1], reports, fail_after)
+        return stream_over(uows[-1], reports, None)
+
+    op: Operation[None, object] = Operation("test.stream")
+    return route_reads(frozenset({op.name}))(op, handler), uows
+
+
+def test_a_stream_whose_replica_fails_before_its_first_chunk_reopens_on_the_primary() -> None:
+    handler, uows = routed_stream(fail_after=0)
+    stream = cast("ResultStream[CanaryReport]", handler(None, Call()))
+    assert [r.run_id for r, _ in stream] == ["canary-00000", "canary-00001", "canary-00002"]
+    assert [u.exits for u in uows] == [1, 1]  # the replica's transaction ended, then the primary's
+
+
+def test_a_stream_whose_replica_fails_later_ends_unavailable_without_repeating_items() -> None:
+    handler, uows = routed_stream(fail_after=1)
+    stream = cast("ResultStream[CanaryReport]", handler(None, Call()))
+    first = stream.next_chunk()
+    assert [r.run_id for r, _ in first] == ["canary-00000"]
+    with pytest.raises(DatabaseUnavailable):
+        stream.next_chunk()
+    stream.close()
+    assert [u.exits for u in uows] == [1]  # never reopened: the caller resumes with its token
+
+
+def test_a_stream_closed_before_its_first_chunk_is_not_reopened() -> None:
+    handler, uows = routed_stream(fail_after=0)
+    stream = cast("ResultStream[CanaryReport]", handler(None, Call()))
+    stream.close()
+    stream.close()
+    assert stream.next_chunk() == []
+    assert [u.exits for u in uows] == [1]
