@@ -167,7 +167,7 @@ class ReplicaRouter:
         before = self._states.get(replica.name, UNKNOWN)
         self._states[replica.name] = state
         was, now = usable(before, self.max_lag_s), usable(state, self.max_lag_s)
-        if was != now:
+        if was != now or before is UNKNOWN:  # a change, or the first probe's finding
             if now:
                 log.info("replica %s: usable (lag %.3fs)", replica.name, state.lag_s)
             else:
