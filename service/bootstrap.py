@@ -64,12 +64,14 @@ from costsim_analytics.handlers.registry import (
 )
 from costsim_analytics.handlers.reports import GetCanaryReportHandler, QueryCanaryReportsHandler
 from costsim_analytics.handlers.retention import PartitionUpkeepHandler, RetentionHandler
-from costsim_analytics.handlers.uow import SqlAlchemyUnitOfWorkFactory
+from costsim_analytics.handlers.routing import route_reads
+from costsim_analytics.handlers.uow import ReadReplicas, SqlAlchemyUnitOfWorkFactory
 from costsim_analytics.settings import (
     Settings,
     artifacts_location,
     check_listen,
     security_mode,
+    split_read_urls,
 )
 from costsim_analytics.tracing import Tracing
 
@@ -79,6 +81,7 @@ if TYPE_CHECKING:
     from costsim_analytics.api.auth import Security
     from costsim_analytics.api.metrics import ServiceMetrics
     from costsim_analytics.api.server import AnalyticsServer
+    from costsim_analytics.drivers.replicas import ReplicaRouter
 
 # The idempotent operations: a request_id makes a retry replay the first answer.
 IDEMPOTENT = (
@@ -104,15 +107,49 @@ def build_engine(
     settings: Settings, *, pool_size: int | None = None, max_overflow: int | None = None
 ) -> Engine:
     """The database engine for ``settings`` (its pool sized by the settings unless given)."""
-    return make_engine(
-        settings.database_url,
-        EngineOptions(
-            pool_size=settings.db_pool_size if pool_size is None else pool_size,
-            max_overflow=settings.db_max_overflow if max_overflow is None else max_overflow,
-            pool_timeout_s=settings.db_pool_timeout_s,
-            connect_timeout_s=settings.db_connect_timeout_s,
-        ),
+    return make_engine(settings.database_url, engine_options(settings, pool_size, max_overflow))
+
+
+def engine_options(
+    settings: Settings, pool_size: int | None = None, max_overflow: int | None = None
+) -> EngineOptions:
+    """The pool and timeouts of the settings' engines."""
+    return EngineOptions(
+        pool_size=settings.db_pool_size if pool_size is None else pool_size,
+        max_overflow=settings.db_max_overflow if max_overflow is None else max_overflow,
+        pool_timeout_s=settings.db_pool_timeout_s,
+        connect_timeout_s=settings.db_connect_timeout_s,
     )
+
+
+def build_replicas(
+    settings: Settings, metrics: ServiceMetrics | None = None
+) -> ReplicaRouter | None:
+    """The read replicas of COSTSIM_DATABASE_READ_URLS (None: none), not yet probing.
+
+    Each has the primary's pool settings, enlarged by the streams a replica may serve
+    (COSTSIM_MAX_STREAMS), and a short connect timeout.
+    """
+    urls = split_read_urls(settings.database_read_urls)
+    if not urls:
+        return None
+    from costsim_analytics.drivers.replicas import ReplicaRouter
+
+    options = engine_options(settings, max_overflow=settings.db_max_overflow + settings.max_streams)
+    router = ReplicaRouter(
+        urls,
+        options,
+        settings.replica_max_lag_s,
+        on_read=None if metrics is None else metrics.count_read,
+    )
+    if metrics is not None:
+        metrics.watch_replicas(router.statuses, [r.name for r in router.replicas])
+    log.info(
+        "read replicas: %s (max replay lag %ss)",
+        ", ".join(r.name for r in router.replicas),
+        settings.replica_max_lag_s,
+    )
+    return router
 
 
 # Connections of the stream pool beyond COSTSIM_MAX_STREAMS: the dashboard's report lists.
@@ -156,6 +193,7 @@ def build_registry(
     *,
     stream_engine: Engine | None = None,
     tracing: Tracing | None = None,
+    replicas: ReadReplicas | None = None,
 ) -> OperationRegistry:
     """Every operation's handler on one unit-of-work factory, with the cross-cutting concerns.
 
@@ -168,14 +206,16 @@ def build_registry(
        queues for a worker thread, which is before any middleware runs; the call's deadline
        reaches handlers as ``Call.deadline``);
     4. request ids: the one length rule for every idempotent operation;
-    5. idempotency: replay a finished request, or let the handler take the key.
+    5. idempotency: replay a finished request, or let the handler take the key;
+    6. read routing: with ``replicas``, the reads of ``handlers/routing.py``'s operations go
+       to a replica, falling back to the primary.
 
     The streaming queries read through ``stream_engine`` (the stream pool, see
     :class:`ServerEngines`) when given. With ``tracing``, artifact I/O makes spans and a canary
     run's stages are events of its span (the engines are instrumented by :func:`build_server`).
     """
-    uow = SqlAlchemyUnitOfWorkFactory(engine)
-    streams = uow if stream_engine is None else SqlAlchemyUnitOfWorkFactory(stream_engine)
+    uow = SqlAlchemyUnitOfWorkFactory(engine, replicas)
+    streams = uow if stream_engine is None else SqlAlchemyUnitOfWorkFactory(stream_engine, replicas)
     artifacts = artifact_store(settings, tracing)
     page = settings.max_page_size
     registry = OperationRegistry()
@@ -210,6 +250,8 @@ def build_registry(
     )
     middleware: list[Middleware] = [] if metrics is None else [metrics.middleware()]
     middleware += [request_ids(IDEMPOTENT), idempotency(uow, IDEMPOTENT)]
+    if replicas is not None:
+        middleware.append(route_reads())
     registry.wrap(*middleware)
     return registry
 
@@ -421,11 +463,18 @@ def build_server(
     security = security or build_security(settings)
     metrics = ServiceMetrics()
     engines = ServerEngines.build(engine, settings)
+    replicas = build_replicas(settings, metrics)
+    read_engines = [] if replicas is None else [r.engine for r in replicas.replicas]
     if tracing is not None:
-        for traced in {id(e): e for e in (engines.main, engines.streams)}.values():
+        for traced in {id(e): e for e in (engines.main, engines.streams, *read_engines)}.values():
             tracing.instrument(traced)
     registry = build_registry(
-        engine, settings, metrics, stream_engine=engines.streams, tracing=tracing
+        engine,
+        settings,
+        metrics,
+        stream_engine=engines.streams,
+        tracing=tracing,
+        replicas=replicas,
     )
     upkeep = registry.get(OP_PARTITION_UPKEEP)
     s = settings
@@ -447,7 +496,7 @@ def build_server(
         principal_worker_share=settings.principal_worker_share,
         limits=limits,
         send_timeout_s=settings.stream_send_timeout_s,
-        on_stopped=engines.dispose,
+        on_stopped=engines.dispose if replicas is None else _both_done(engines.dispose, replicas),
         max_message_bytes=settings.max_message_mb * 1024 * 1024,
         message_limits=MessageLimits.from_settings(settings),
         health_interval_s=settings.health_interval_s,
@@ -455,4 +504,13 @@ def build_server(
         http_listen=settings.http_listen,
         connection_options=connection_options(settings),
         tracing=tracing,
+        replicas=replicas,
     )
+
+
+def _both_done(dispose: Callable[[], None], replicas: ReplicaRouter) -> Callable[[], None]:
+    def stopped() -> None:
+        replicas.stop()
+        dispose()
+
+    return stopped

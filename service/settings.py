@@ -36,6 +36,31 @@ class Settings(BaseSettings):
         "sqlite:///var/costsim.db",
         description="SQLAlchemy URL: sqlite:///path or postgresql+psycopg://user@host/db",
     )
+    database_read_urls: str = Field(
+        "",
+        description="Read replicas: comma-separated PostgreSQL URLs (a comma inside one: %2C)",
+    )
+    replica_max_lag_s: float = Field(
+        5.0, gt=0, le=86_400, description="Replay lag above which a replica is skipped"
+    )
+
+    @field_validator("database_read_urls")
+    @classmethod
+    def _database_read_urls(cls, value: str) -> str:
+        """Empty, or PostgreSQL URLs that SQLAlchemy can parse (see :func:`read_urls`)."""
+        split_read_urls(value)
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _replicas_of_postgresql(self) -> Settings:
+        """Read replicas are PostgreSQL standbys of a PostgreSQL primary."""
+        if self.database_read_urls and not self.database_url.startswith("postgresql"):
+            raise ValueError(
+                "COSTSIM_DATABASE_READ_URLS needs a PostgreSQL COSTSIM_DATABASE_URL (the "
+                "replicas are its streaming standbys)"
+            )
+        return self
+
     listen: str = Field("127.0.0.1:50051", description="gRPC listen address (port 0: any free)")
     http_listen: str = Field(
         "127.0.0.1:8080",
@@ -287,6 +312,44 @@ class Settings(BaseSettings):
             lowered = value.strip().lower()
             return _METRICS_AUTH_ALIASES.get(lowered, lowered)
         return value
+
+
+# --- read replicas ----------------------------------------------------------------------------
+
+
+def split_read_urls(value: str) -> list[str]:
+    """The replica URLs of a COSTSIM_DATABASE_READ_URLS value, in order.
+
+    Entries are separated by commas; a comma inside a URL (a password, a query value) is
+    written ``%2C``, which SQLAlchemy decodes itself. Blank entries are ignored.
+
+    Example:
+        >>> split_read_urls("postgresql+psycopg://r1/db, postgresql+psycopg://u:a%2Cb@r2/db")
+        ['postgresql+psycopg://r1/db', 'postgresql+psycopg://u:a%2Cb@r2/db']
+        >>> split_read_urls("")
+        []
+
+    Raises:
+        ValueError: an entry is not a SQLAlchemy URL, or names SQLite (a file has no
+            streaming replicas).
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    urls = [part.strip() for part in value.split(",") if part.strip()]
+    for index, url in enumerate(urls):
+        try:
+            backend = make_url(url).get_backend_name()
+        except (ArgumentError, ValueError):
+            raise ValueError(
+                f"COSTSIM_DATABASE_READ_URLS: entry {index + 1} is not a SQLAlchemy URL"
+            ) from None
+        if backend != "postgresql":
+            raise ValueError(
+                f"COSTSIM_DATABASE_READ_URLS: entry {index + 1} is a {backend} URL; read "
+                "replicas are PostgreSQL streaming replicas"
+            )
+    return urls
 
 
 # --- the artifact store ---------------------------------------------------------------------

@@ -8,6 +8,7 @@ server is unreachable the PostgreSQL tests are skipped locally, and fail under C
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from sqlalchemy.engine import make_url
 from costsim_analytics.drivers import schema
 from costsim_analytics.drivers.database import make_engine
 from costsim_analytics.drivers.models import Base
+from tests.replica import StreamingReplica
 from tests.s3 import MotoServer, aws_env, isolate_aws_environment
 
 ADMIN_URL = os.environ.get(
@@ -175,3 +177,42 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
             patch.setenv(name, value)
         yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def replica_database(postgres: PostgresServer) -> str:
+    """A migrated database of the replica tests' own, made before the replica is copied."""
+    url = postgres.create_database()
+    schema.upgrade(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def replica(postgres: PostgresServer, replica_database: str) -> Iterator[StreamingReplica]:
+    """A streaming replica of the test PostgreSQL server for the session (tests/replica.py).
+
+    It is copied after :func:`replica_database` exists, so it starts with that database.
+    Skipped locally and failed under CI=true when it cannot be made.
+    """
+    standby = StreamingReplica(ADMIN_URL)
+    try:
+        standby.create()
+    except (RuntimeError, OSError, subprocess.TimeoutExpired, psycopg.Error) as exc:
+        standby.destroy()
+        message = f"no streaming replica of {ADMIN_URL}: {exc}"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        yield standby
+    finally:
+        standby.destroy()
+
+
+@pytest.fixture(scope="session")
+def replicated_database(replica_database: str, replica: StreamingReplica) -> tuple[str, str]:
+    """The replica tests' database: its URL on the primary and on the replica."""
+    database = make_url(replica_database).database
+    assert database is not None
+    replica.wait_ready(database)
+    return replica_database, replica.url(database)

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import math
 import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import grpc
 from prometheus_client import (
@@ -84,6 +85,20 @@ if TYPE_CHECKING:  # generic in grpc-stubs only
 else:
     _Interceptor = grpc.aio.ServerInterceptor
     _Handler = grpc.RpcMethodHandler
+
+
+class _ReplicaState(Protocol):
+    @property
+    def lag_s(self) -> float | None: ...
+
+
+class _ReplicaStatus(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def state(self) -> _ReplicaState: ...
+    @property
+    def usable(self) -> bool: ...
 
 
 class ServiceMetrics:
@@ -164,6 +179,54 @@ class ServiceMetrics:
             ("route", "code"),
             registry=self.registry,
         )
+
+        self.database_reads = Counter(
+            "costsim_database_reads",
+            "Read transactions of the operations that may use a read replica, by where they"
+            " ran (primary or replica).",
+            ("target",),
+            registry=self.registry,
+        )
+        self.replica_lag = Gauge(
+            "costsim_replica_lag_seconds",
+            "Replay lag of each read replica at its last probe (NaN: unknown or unreachable).",
+            ("replica",),
+            registry=self.registry,
+        )
+        self.replica_usable = Gauge(
+            "costsim_replica_usable",
+            "1 while a read replica answers reads (reachable, a standby, lag within bounds).",
+            ("replica",),
+            registry=self.registry,
+        )
+
+    def count_read(self, target: str) -> None:
+        """Count one read transaction on ``target`` (``primary`` or ``replica``)."""
+        self.database_reads.labels(target=target).inc()
+
+    def watch_replicas(
+        self, statuses: Callable[[], Sequence[_ReplicaStatus]], names: Sequence[str]
+    ) -> None:
+        """Export the replicas' lag and usability, read from ``statuses`` at each scrape."""
+        for target in ("primary", "replica"):
+            self.database_reads.labels(target=target)
+
+        def field(name: str, of: Callable[[_ReplicaStatus], float]) -> Callable[[], float]:
+            def value() -> float:
+                for status in statuses():
+                    if status.name == name:
+                        return of(status)
+                return math.nan
+
+            return value
+
+        for name in names:
+            self.replica_lag.labels(replica=name).set_function(
+                field(name, lambda s: math.nan if s.state.lag_s is None else s.state.lag_s)
+            )
+            self.replica_usable.labels(replica=name).set_function(
+                field(name, lambda s: 1.0 if s.usable else 0.0)
+            )
 
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric."""

@@ -13,7 +13,7 @@ import logging
 import signal
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -47,6 +47,18 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 Probe = Callable[[], None]
+
+
+class Replicas(Protocol):
+    """The read replicas' prober (``drivers/replicas.py``), as the server sees it."""
+
+    def start(self) -> None:
+        """Begin probing the replicas in the background."""
+
+    def readiness_lines(self) -> list[str]:
+        """One line per replica for ``/readyz``."""
+
+
 # Partition upkeep runs at start and this often; after a failure it tries again sooner.
 UPKEEP_INTERVAL_S = 3600.0
 UPKEEP_RETRY_S = 60.0
@@ -76,6 +88,8 @@ class AnalyticsServer:
     ``max_message_bytes`` bounds the messages it sends; ``message_limits`` those it receives,
     per RPC (``api/decoding.py``; None: ``max_message_bytes`` for every RPC).
     ``tracing`` (None: off) adds the server span of every RPC and page (``api/tracing.py``).
+    ``replicas`` (None: none) are probed while the server runs; ``/readyz`` lists them, and
+    never fails because of them (their reads fall back to the primary).
     """
 
     def __init__(
@@ -100,8 +114,10 @@ class AnalyticsServer:
         http_listen: str = "",
         connection_options: Sequence[tuple[str, int]] = (),
         tracing: Tracing | None = None,
+        replicas: Replicas | None = None,
     ) -> None:
         self._probe = probe
+        self._replicas = replicas
         self._tracing = tracing
         self._upkeep = upkeep
         self.metrics = metrics
@@ -187,8 +203,15 @@ class AnalyticsServer:
             metrics_auth=security.metrics_auth,
             tls=security.tls is not None,
         )
+        replicas = self._replicas
         dashboard = Dashboard(
-            registry, self._pools.unary, self.metrics, lambda: self.serving, access, self.admission
+            registry,
+            self._pools.unary,
+            self.metrics,
+            lambda: self.serving,
+            access,
+            self.admission,
+            detail=None if replicas is None else replicas.readiness_lines,
         )
         # A client certificate is optional at the TLS layer here (verified when presented),
         # unlike on the gRPC port: a browser with only a token must reach the sign-in page.
@@ -288,6 +311,8 @@ class AnalyticsServer:
                 raise
             log.info("dashboard on %s", self.http_url)
         await self._server.start()
+        if self._replicas is not None:
+            self._replicas.start()
         watcher = asyncio.create_task(self._watch_database())
         upkeep = asyncio.create_task(self._keep_partitions()) if self._upkeep else None
         log.info("listening on %s", self.address)

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from types import TracebackType
-from typing import Self
+from typing import Protocol, Self
 
 from sqlalchemy import Connection, Engine, RootTransaction
 
@@ -25,6 +26,7 @@ from costsim_analytics.drivers.idempotency_driver import SqlIdempotencyDriver
 from costsim_analytics.drivers.partitions import SqlPartitionDriver
 from costsim_analytics.drivers.provenance_driver import SqlProvenanceDriver
 from costsim_analytics.handlers.call import current_deadline
+from costsim_analytics.handlers.routing import Route, current_route
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +44,23 @@ class SqlAlchemyUnitOfWork:
     golden: SqlGoldenDriver
     partitions: SqlPartitionDriver
 
-    def __init__(self, engine: Engine, *, read_only: bool = False) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        read_only: bool = False,
+        connect: Callable[[Engine], Connection] | None = None,
+    ) -> None:
         self._engine = engine
         self._read_only = read_only
+        self._connect = connect or Engine.connect
         self._conn: Connection | None = None
         self._tx: RootTransaction | None = None
         self._committed = False
 
     def __enter__(self) -> Self:
         with translated():
-            conn = self._engine.connect()
+            conn = self._connect(self._engine)
             try:
                 if self._read_only:
                     conn = conn.execution_options(**{READ_ONLY: True, "postgresql_readonly": True})
@@ -115,11 +124,40 @@ def _bound_by_deadline(conn: Connection) -> None:
 
 
 class SqlAlchemyUnitOfWorkFactory:
-    """Makes :class:`SqlAlchemyUnitOfWork` on one engine."""
+    """Makes :class:`SqlAlchemyUnitOfWork` on one engine.
 
-    def __init__(self, engine: Engine) -> None:
+    With ``replicas``, the read-only units of work of the operations routed to replicas
+    (``handlers/routing.py``) connect through them, falling back to ``engine``.
+    """
+
+    def __init__(self, engine: Engine, replicas: ReadReplicas | None = None) -> None:
         self.engine = engine
+        self.replicas = replicas
 
     def __call__(self, *, read_only: bool = False) -> SqlAlchemyUnitOfWork:
         """A new unit of work."""
+        route = current_route() if read_only and self.replicas is not None else None
+        if route is not None:
+            assert self.replicas is not None
+            connect = _routed(self.replicas, route)
+            return SqlAlchemyUnitOfWork(self.engine, read_only=True, connect=connect)
         return SqlAlchemyUnitOfWork(self.engine, read_only=read_only)
+
+
+class ReadReplicas(Protocol):
+    """Where a routed read connects (``drivers/replicas.py``'s ReplicaRouter)."""
+
+    def connect(self, primary: Engine, *, replica: bool = True) -> tuple[Connection, bool]:
+        """A connection on a usable replica (unless not ``replica``) or else on ``primary``.
+
+        The flag returned is True when the connection is on a replica.
+        """
+
+
+def _routed(replicas: ReadReplicas, route: Route) -> Callable[[Engine], Connection]:
+    def connect(primary: Engine) -> Connection:
+        conn, on_replica = replicas.connect(primary, replica=route.replica_allowed)
+        route.served_by_replica |= on_replica
+        return conn
+
+    return connect

@@ -14,7 +14,8 @@ Routes:
     ``/golden``            golden dataset versions
     ``/metrics``           Prometheus text format
     ``/healthz``           liveness: 200 while the process answers
-    ``/readyz``            readiness: 200 while the gRPC health status is SERVING, else 503
+    ``/readyz``            readiness: 200 while the gRPC health status is SERVING, else 503;
+                           then one line per read replica (its lag, whether it is used)
     ``/login``             GET: the sign-in form; POST ``token=<JWT>``: the session cookie
     ``/logout``            GET or POST: clears the session cookie
 """
@@ -120,8 +121,11 @@ class Dashboard:
         ready: Callable[[], bool],
         access: Access | None = None,
         admission: Admission | None = None,
+        *,
+        detail: Callable[[], list[str]] | None = None,
     ) -> None:
         self._operations = operations
+        self._detail = detail
         self._executor = executor
         # Pages are calls of the "unary" class (api/admission.py), all of them one principal's.
         self._admission = admission or Admission(AdmissionLimits(), lambda _c, _r: None)
@@ -146,9 +150,10 @@ class Dashboard:
         if route == "/healthz":
             return route, plain(200, "ok\n")
         if route == "/readyz":
+            lines = "".join(f"{line}\n" for line in self._detail()) if self._detail else ""
             if self._ready():
-                return route, plain(200, "ready\n")
-            return route, plain(503, "not ready: the database probe is failing\n")
+                return route, plain(200, f"ready\n{lines}")
+            return route, plain(503, f"not ready: the database probe is failing\n{lines}")
         if route == "/metrics":
             return route, Response(200, self._metrics.exposition(), CONTENT_TYPE)
         if route == "/":
