@@ -35,7 +35,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 
@@ -160,7 +160,8 @@ class Supervisor:
 
     ``env`` is the children's environment (the parent's, with the command line's settings as
     ``COSTSIM_*`` variables); the reserved addresses and the metrics directory are added to it.
-    ``drain_timeout_s`` is how long a stopping child gets before it is killed.
+    ``drain_timeout_s`` is how long a stopping child gets before it is killed. ``command`` is
+    what a child runs (``--worker-of PID`` is added); by default this package's ``serve``.
     """
 
     def __init__(
@@ -172,6 +173,7 @@ class Supervisor:
         env: Mapping[str, str],
         drain_timeout_s: float,
         policy: RestartPolicy | None = None,
+        command: Sequence[str] | None = None,
     ) -> None:
         self.processes = processes
         self._listen = listen
@@ -179,7 +181,7 @@ class Supervisor:
         self._env = dict(env)
         self._drain_timeout_s = drain_timeout_s
         self._policy = policy or RestartPolicy()
-        self._command = [sys.executable, "-m", "costsim_analytics", "serve"]
+        self._command = list(command or (sys.executable, "-m", "costsim_analytics", "serve"))
         self._children: list[_Child] = []
         self._wake = threading.Event()
         self._stop_signal: int | None = None
@@ -331,16 +333,17 @@ class Supervisor:
         """Watch a child's standard output for its readiness; pass anything else on."""
         assert proc.stdout is not None
         ready = child.ready
-        for line in proc.stdout:
-            if line.startswith(READY_PREFIX):
-                child.ever_ready = True
-                ready.set()
-                self._wake.set()
-            elif line.startswith(DASHBOARD_PREFIX):
-                self._http_url = line.removeprefix(DASHBOARD_PREFIX).strip()
-            else:
-                sys.stdout.write(line)
-                sys.stdout.flush()
+        with proc.stdout:
+            for line in proc.stdout:
+                if line.startswith(READY_PREFIX):
+                    child.ever_ready = True
+                    ready.set()
+                    self._wake.set()
+                elif line.startswith(DASHBOARD_PREFIX):
+                    self._http_url = line.removeprefix(DASHBOARD_PREFIX).strip()
+                else:
+                    sys.stdout.write(line)
+                    sys.stdout.flush()
 
     def _announce(self) -> None:
         pids = ", ".join(str(c.proc.pid) for c in self._children if c.proc is not None)
