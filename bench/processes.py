@@ -12,22 +12,27 @@ Requests are serialised before the clock starts and responses are not decoded, s
 (this process, one asyncio loop) spends as little of the machine as it can; it still shares
 the machine's cores with the server processes and PostgreSQL. With SO_REUSEPORT the kernel
 spreads the connections over the processes. The JSON last line has the raw rates and
-``ingest_ratio_2_over_1`` and ``query_ratio_2_over_1``.
+``ingest_ratio_2_over_1`` and ``query_ratio_2_over_1``, and for each phase how many cores
+were busy on average: the server processes, this client, and the rest of the machine
+(PostgreSQL, and anything else running), which says what the cores allow.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import psycopg
-from _common import base_parser, bench_database, libpq_url, service_server
+from _common import base_parser, bench_database, client_cpu_s, libpq_url, service_server
 from ingest import make_record, request_bytes, reset
 
 from costsim.analytics.v1 import analytics_pb2 as pb
@@ -63,8 +68,75 @@ async def run_phase(address: str, in_flight: int, send: Send, count: int) -> flo
             await channel.close()
 
 
-def measure(address: str, bodies: list[bytes], args: argparse.Namespace) -> tuple[float, float]:
-    """(ingest rows/s, query pages/s) against the server at ``address``."""
+def process_tree_cpu_s(pid: int) -> float:
+    """CPU seconds of ``pid`` and its children (the parent and its server processes, Linux)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry.name) == pid or int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def machine_busy_s() -> float:
+    """CPU seconds all cores spent on anything but idle and iowait so far (Linux)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]
+    return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Usage:
+    """CPU seconds used over a phase: by the server processes, this client, the machine."""
+
+    server: float = 0.0
+    client: float = 0.0
+    machine: float = 0.0
+    seconds: float = 0.0
+
+    def share(self) -> dict[str, float]:
+        """Cores busy on average: server, client, the rest (PostgreSQL, other work)."""
+        s = self.seconds
+        rest = self.machine - self.server - self.client
+        return {
+            "server_cores": round(self.server / s, 2),
+            "client_cores": round(self.client / s, 2),
+            "other_cores": round(rest / s, 2),
+        }
+
+
+class Meter:
+    """Measures the CPU of one phase (``with meter.phase(usage):``)."""
+
+    def __init__(self, server_pid: int) -> None:
+        self.server_pid = server_pid
+
+    @contextlib.contextmanager
+    def phase(self, usage: Usage) -> Iterator[None]:
+        """Fill ``usage`` with what the block used."""
+        marks = (
+            process_tree_cpu_s(self.server_pid),
+            client_cpu_s(),
+            machine_busy_s(),
+            time.perf_counter(),
+        )
+        yield
+        usage.server = process_tree_cpu_s(self.server_pid) - marks[0]
+        usage.client = client_cpu_s() - marks[1]
+        usage.machine = machine_busy_s() - marks[2]
+        usage.seconds = time.perf_counter() - marks[3]
+
+
+def measure(
+    address: str, bodies: list[bytes], args: argparse.Namespace, meter: Meter
+) -> tuple[float, float, Usage, Usage]:
+    """(ingest rows/s, query pages/s, their CPU usage) against the server at ``address``."""
     in_flight: int = args.in_flight
     pages: int = args.pages
     page_size: int = args.page_size
@@ -92,17 +164,21 @@ def measure(address: str, bodies: list[bytes], args: argparse.Namespace) -> tupl
         if got != page_size:
             raise RuntimeError(f"a page of {got} messages, expected {page_size}")
 
-    async def both() -> tuple[float, float]:
+    ingest_usage, query_usage = Usage(), Usage()
+
+    async def both() -> tuple[float, float, Usage, Usage]:
         async def write_timed(channel: grpc.aio.Channel, n: int) -> None:
             await write(channel, warmup + n)
 
         await run_phase(address, in_flight, write, warmup)
         timed = len(bodies) - warmup
-        seconds = await run_phase(address, in_flight, write_timed, timed)
+        with meter.phase(ingest_usage):
+            seconds = await run_phase(address, in_flight, write_timed, timed)
         ingest = timed * args.batch_size / seconds
         await run_phase(address, in_flight, read, warmup * 4)
-        seconds = await run_phase(address, in_flight, read, pages)
-        return ingest, pages / seconds
+        with meter.phase(query_usage):
+            seconds = await run_phase(address, in_flight, read, pages)
+        return ingest, pages / seconds, ingest_usage, query_usage
 
     return asyncio.run(both())
 
@@ -118,7 +194,7 @@ def main() -> None:
     args = parser.parse_args()
     rng = random.Random(7)
     total = args.warmup + args.batches
-    results: dict[int, tuple[float, float]] = {}
+    results: dict[int, tuple[float, float, Usage, Usage]] = {}
     with (
         bench_database(args.database_url, "costsim_bench_processes") as url,
         psycopg.connect(libpq_url(url), autocommit=True) as conn,
@@ -135,15 +211,18 @@ def main() -> None:
             ]
             env = {"COSTSIM_PROCESSES": str(processes)}
             with service_server(url, env=env) as server:
-                results[processes] = measure(server.address, bodies, args)
+                results[processes] = measure(server.address, bodies, args, Meter(server.pid))
             reset(conn, expect=total * args.batch_size)
-            ingest, query = results[processes]
+            ingest, query, ingest_usage, query_usage = results[processes]
             print(
-                f"--processes {processes}: ingest {ingest:,.0f} rows/s, "
-                f"query {query:,.1f} pages/s of {args.page_size}",
+                f"--processes {processes}: ingest {ingest:,.0f} rows/s "
+                f"(cores busy: {ingest_usage.share()}), "
+                f"query {query:,.1f} pages/s of {args.page_size} "
+                f"(cores busy: {query_usage.share()})",
                 flush=True,
             )
-    (ingest_1, query_1), (ingest_2, query_2) = results[1], results[2]
+    ingest_1, query_1, ingest_cpu_1, query_cpu_1 = results[1]
+    ingest_2, query_2, ingest_cpu_2, query_cpu_2 = results[2]
     result = {
         "bench": "processes",
         "cpus": len(os.sched_getaffinity(0)),
@@ -158,6 +237,10 @@ def main() -> None:
         "query_pages_per_s_2": round(query_2, 2),
         "ingest_ratio_2_over_1": round(ingest_2 / ingest_1, 3),
         "query_ratio_2_over_1": round(query_2 / query_1, 3),
+        "ingest_cores_1": ingest_cpu_1.share(),
+        "ingest_cores_2": ingest_cpu_2.share(),
+        "query_cores_1": query_cpu_1.share(),
+        "query_cores_2": query_cpu_2.share(),
     }
     print(json.dumps(result))
 
