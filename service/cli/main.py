@@ -148,7 +148,7 @@ def serve(
     """Serve the gRPC API (and the dashboard on the HTTP side port) until SIGTERM or SIGINT.
 
     SIGHUP re-reads the policy file and the TLS certificates. With more than one process
-    (``--processes``), a parent supervises that many servers on the same ports.
+    (--processes), a parent supervises that many servers on the same ports.
     """
     overrides: dict[str, object] = {
         "database_url": database_url,

@@ -217,10 +217,16 @@ def test_a_killed_process_is_restarted_and_calls_keep_succeeding(server: ServerP
     assert f"server process {victim} (slot" in log and "signal SIGKILL" in log
 
 
-def test_sigterm_drains_every_process_and_exits_0(server: ServerProcess, tmp_path: Path) -> None:
+def test_sighup_reaches_every_process_and_sigterm_drains_them(
+    server: ServerProcess, tmp_path: Path
+) -> None:
     assert server.proc is not None
     workers = children(server.proc.pid)
     assert len(workers) == 2
+    server.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: server.log().count("SIGHUP: reloading the policy") == 2)
+    assert children(server.proc.pid) == workers  # reloaded, not restarted
+    server.wait_health(SERVING)
     metrics_dirs = list((tmp_path / "temp").glob("costsim-metrics-*"))
     assert len(metrics_dirs) == 1 and any(metrics_dirs[0].iterdir())
     assert server.stop(signal.SIGTERM) == 0
