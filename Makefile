@@ -80,6 +80,7 @@ bench: install ## Benchmarks against PostgreSQL (COSTSIM_BENCH_DATABASE_URL).
 	$(PY) bench/auth.py
 	$(PY) bench/explain.py
 	$(PY) bench/tracing.py
+	$(PY) bench/processes.py
 
 SOAK_SECONDS ?= 300
 soak: install ## Mixed load with a database cut and a SIGKILL on a schedule (SOAK_SECONDS, 300).

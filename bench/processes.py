@@ -1,7 +1,9 @@
 """Throughput of ``serve --processes 1`` against ``--processes 2``, in the same run.
 
-What is measured, for each process count, on a real ``costsim-analytics serve`` subprocess
-over PostgreSQL (its own database, emptied between the two servers):
+Both servers run at once (real ``costsim-analytics serve`` subprocesses over PostgreSQL, each
+on a database of its own) and the benchmark alternates short rounds between them, who goes
+first swapped each round, so that the machine's other load falls on both alike; each round
+gives one paired ratio, and the JSON reports their median and range. What is measured:
 
 * ingest: provenance rows/s of WriteProvenanceBatch requests (payload as ``payload_json``,
   each with its request id), ``--in-flight`` at a time over as many connections of their own;
@@ -25,15 +27,17 @@ import contextlib
 import json
 import os
 import random
+import statistics
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 import psycopg
 from _common import base_parser, bench_database, client_cpu_s, libpq_url, service_server
-from ingest import make_record, request_bytes, reset
+from ingest import make_record, request_bytes
+from sqlalchemy.engine import make_url
 
 from costsim.analytics.v1 import analytics_pb2 as pb
 
@@ -133,14 +137,35 @@ class Meter:
         usage.seconds = time.perf_counter() - marks[3]
 
 
-def measure(
-    address: str, bodies: list[bytes], args: argparse.Namespace, meter: Meter
-) -> tuple[float, float, Usage, Usage]:
-    """(ingest rows/s, query pages/s, their CPU usage) against the server at ``address``."""
-    in_flight: int = args.in_flight
-    pages: int = args.pages
-    page_size: int = args.page_size
-    warmup: int = args.warmup
+@dataclass
+class Target:
+    """One server under test: its process count, address, requests and measurements."""
+
+    processes: int
+    address: str
+    meter: Meter
+    bodies: list[bytes]
+    sent: int = 0
+    ingest: list[float] = field(default_factory=list)
+    query: list[float] = field(default_factory=list)
+    ingest_usage: list[Usage] = field(default_factory=list)
+    query_usage: list[Usage] = field(default_factory=list)
+
+
+def summed(usages: list[Usage]) -> Usage:
+    """The usage of several phases together."""
+    return Usage(
+        server=sum(u.server for u in usages),
+        client=sum(u.client for u in usages),
+        machine=sum(u.machine for u in usages),
+        seconds=sum(u.seconds for u in usages),
+    )
+
+
+async def ingest_round(target: Target, batches: int, args: argparse.Namespace) -> float:
+    """Send the target's next ``batches`` requests; rows/s."""
+    first = target.sent
+    target.sent += batches
 
     async def write(channel: grpc.aio.Channel, n: int) -> None:
         call = channel.unary_unary(
@@ -148,9 +173,18 @@ def measure(
             request_serializer=identity,
             response_deserializer=identity,
         )
-        await call(bodies[n], timeout=120)
+        await call(target.bodies[first + n], timeout=120)
 
-    query = pb.QueryProvenanceRequest(page_size=page_size).SerializeToString()
+    usage = Usage()
+    with target.meter.phase(usage):
+        seconds = await run_phase(target.address, args.in_flight, write, batches)
+    target.ingest_usage.append(usage)
+    return batches * args.batch_size / seconds
+
+
+async def query_round(target: Target, pages: int, args: argparse.Namespace) -> float:
+    """Read ``pages`` QueryProvenance pages of ``--page-size`` messages; pages/s."""
+    query = pb.QueryProvenanceRequest(page_size=args.page_size).SerializeToString()
 
     async def read(channel: grpc.aio.Channel, _n: int) -> None:
         call = channel.unary_stream(
@@ -161,86 +195,120 @@ def measure(
         got = 0
         async for _ in call(query, timeout=120):
             got += 1
-        if got != page_size:
-            raise RuntimeError(f"a page of {got} messages, expected {page_size}")
+        if got != args.page_size:
+            raise RuntimeError(f"a page of {got} messages, expected {args.page_size}")
 
-    ingest_usage, query_usage = Usage(), Usage()
+    usage = Usage()
+    with target.meter.phase(usage):
+        seconds = await run_phase(target.address, args.in_flight, read, pages)
+    target.query_usage.append(usage)
+    return pages / seconds
 
-    async def both() -> tuple[float, float, Usage, Usage]:
-        async def write_timed(channel: grpc.aio.Channel, n: int) -> None:
-            await write(channel, warmup + n)
 
-        await run_phase(address, in_flight, write, warmup)
-        timed = len(bodies) - warmup
-        with meter.phase(ingest_usage):
-            seconds = await run_phase(address, in_flight, write_timed, timed)
-        ingest = timed * args.batch_size / seconds
-        await run_phase(address, in_flight, read, warmup * 4)
-        with meter.phase(query_usage):
-            seconds = await run_phase(address, in_flight, read, pages)
-        return ingest, pages / seconds, ingest_usage, query_usage
+async def run_rounds(targets: list[Target], args: argparse.Namespace) -> None:
+    """Warm both up, then alternate rounds between them: ingest first, then queries.
 
-    return asyncio.run(both())
+    Alternating (and swapping who goes first each round) spreads the machine's other load
+    over both servers alike; each round gives one paired ratio.
+    """
+    for target in targets:
+        await ingest_round(target, args.warmup, args)
+    for target in targets:
+        target.ingest_usage.clear()
+    per_round = args.batches // args.rounds
+    for r in range(args.rounds):
+        for target in targets if r % 2 == 0 else targets[::-1]:
+            target.ingest.append(await ingest_round(target, per_round, args))
+    for target in targets:
+        await query_round(target, args.warmup * 4, args)
+        target.query_usage.clear()
+    for r in range(args.rounds):
+        for target in targets if r % 2 == 0 else targets[::-1]:
+            target.query.append(await query_round(target, args.pages // args.rounds, args))
+
+
+def ratios(two: list[float], one: list[float]) -> list[float]:
+    """The paired per-round ratios, sorted."""
+    return sorted(b / a for a, b in zip(one, two, strict=True))
 
 
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--batches", type=int, default=80, help="timed batches per server")
+    parser.add_argument("--rounds", type=int, default=6, help="alternating rounds per phase")
+    parser.add_argument("--batches", type=int, default=120, help="timed batches per server")
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--warmup", type=int, default=8, help="untimed batches first")
-    parser.add_argument("--pages", type=int, default=600, help="timed query pages per server")
+    parser.add_argument("--pages", type=int, default=1200, help="timed query pages per server")
     parser.add_argument("--page-size", type=int, default=50)
     parser.add_argument("--in-flight", type=int, default=8, help="concurrent calls/connections")
     args = parser.parse_args()
     rng = random.Random(7)
-    total = args.warmup + args.batches
-    results: dict[int, tuple[float, float, Usage, Usage]] = {}
-    with (
-        bench_database(args.database_url, "costsim_bench_processes") as url,
-        psycopg.connect(libpq_url(url), autocommit=True) as conn,
-    ):
-        for processes in (1, 2):
-            reset(conn)
-            bodies = [
-                request_bytes(
-                    [make_record(rng, n) for n in range(args.batch_size)],
-                    f"bench-processes-{processes}-{b}",
-                    "json",
-                )
-                for b in range(total)
-            ]
-            env = {"COSTSIM_PROCESSES": str(processes)}
-            with service_server(url, env=env) as server:
-                results[processes] = measure(server.address, bodies, args, Meter(server.pid))
-            reset(conn, expect=total * args.batch_size)
-            ingest, query, ingest_usage, query_usage = results[processes]
-            print(
-                f"--processes {processes}: ingest {ingest:,.0f} rows/s "
-                f"(cores busy: {ingest_usage.share()}), "
-                f"query {query:,.1f} pages/s of {args.page_size} "
-                f"(cores busy: {query_usage.share()})",
-                flush=True,
+    total = args.warmup + args.batches // args.rounds * args.rounds
+    bodies = {
+        n: [
+            request_bytes(
+                [make_record(rng, i) for i in range(args.batch_size)],
+                f"bench-processes-{n}-{b}",
+                "json",
             )
-    ingest_1, query_1, ingest_cpu_1, query_cpu_1 = results[1]
-    ingest_2, query_2, ingest_cpu_2, query_cpu_2 = results[2]
+            for b in range(total)
+        ]
+        for n in (1, 2)
+    }
+    with contextlib.ExitStack() as stack:
+        targets = []
+        for n in (1, 2):
+            url = stack.enter_context(
+                bench_database(args.database_url, f"costsim_bench_processes_{n}")
+            )
+            server = stack.enter_context(service_server(url, env={"COSTSIM_PROCESSES": str(n)}))
+            targets.append(Target(n, server.address, Meter(server.pid), bodies[n]))
+        asyncio.run(run_rounds(targets, args))
+        for n in (1, 2):
+            url = make_url(args.database_url).set(database=f"costsim_bench_processes_{n}")
+            with psycopg.connect(libpq_url(url.render_as_string(hide_password=False))) as conn:
+                (count,) = conn.execute("SELECT count(*) FROM costsim_provenance").fetchone() or (
+                    0,
+                )
+            if count != total * args.batch_size:
+                raise RuntimeError(f"{count} rows stored, expected {total * args.batch_size}")
+    one, two = targets
+    ingest_ratios = ratios(two.ingest, one.ingest)
+    query_ratios = ratios(two.query, one.query)
+    for target in targets:
+        print(
+            f"--processes {target.processes}: ingest {statistics.median(target.ingest):,.0f} "
+            f"rows/s (cores busy: {summed(target.ingest_usage).share()}), query "
+            f"{statistics.median(target.query):,.1f} pages/s of {args.page_size} "
+            f"(cores busy: {summed(target.query_usage).share()})",
+            flush=True,
+        )
+    print(
+        f"per-round ratios 2/1: ingest {[round(r, 2) for r in ingest_ratios]}, "
+        f"query {[round(r, 2) for r in query_ratios]}"
+    )
     result = {
         "bench": "processes",
         "cpus": len(os.sched_getaffinity(0)),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        "rounds": args.rounds,
         "batch_size": args.batch_size,
         "batches": args.batches,
         "page_size": args.page_size,
         "pages": args.pages,
         "in_flight": args.in_flight,
-        "ingest_rows_per_s_1": round(ingest_1, 1),
-        "ingest_rows_per_s_2": round(ingest_2, 1),
-        "query_pages_per_s_1": round(query_1, 2),
-        "query_pages_per_s_2": round(query_2, 2),
-        "ingest_ratio_2_over_1": round(ingest_2 / ingest_1, 3),
-        "query_ratio_2_over_1": round(query_2 / query_1, 3),
-        "ingest_cores_1": ingest_cpu_1.share(),
-        "ingest_cores_2": ingest_cpu_2.share(),
-        "query_cores_1": query_cpu_1.share(),
-        "query_cores_2": query_cpu_2.share(),
+        "ingest_rows_per_s_1": round(statistics.median(one.ingest), 1),
+        "ingest_rows_per_s_2": round(statistics.median(two.ingest), 1),
+        "query_pages_per_s_1": round(statistics.median(one.query), 2),
+        "query_pages_per_s_2": round(statistics.median(two.query), 2),
+        "ingest_ratio_2_over_1": round(statistics.median(ingest_ratios), 3),
+        "query_ratio_2_over_1": round(statistics.median(query_ratios), 3),
+        "ingest_ratio_range": [round(ingest_ratios[0], 3), round(ingest_ratios[-1], 3)],
+        "query_ratio_range": [round(query_ratios[0], 3), round(query_ratios[-1], 3)],
+        "ingest_cores_1": summed(one.ingest_usage).share(),
+        "ingest_cores_2": summed(two.ingest_usage).share(),
+        "query_cores_1": summed(one.query_usage).share(),
+        "query_cores_2": summed(two.query_usage).share(),
     }
     print(json.dumps(result))
 
