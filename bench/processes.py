@@ -15,8 +15,8 @@ Requests are serialised before the clock starts and responses are not decoded, s
 the machine's cores with the server processes and PostgreSQL. With SO_REUSEPORT the kernel
 spreads the connections over the processes. The JSON last line has the raw rates and
 ``ingest_ratio_2_over_1`` and ``query_ratio_2_over_1``, and for each phase how many cores
-were busy on average: the server processes, this client, and the rest of the machine
-(PostgreSQL, and anything else running), which says what the cores allow.
+were busy on average: the server processes, their PostgreSQL backends, this client, and the
+rest of the machine (anything else running), which says what the cores allowed.
 """
 
 from __future__ import annotations
@@ -72,20 +72,37 @@ async def run_phase(address: str, in_flight: int, send: Send, count: int) -> flo
             await channel.close()
 
 
-def process_tree_cpu_s(pid: int) -> float:
-    """CPU seconds of ``pid`` and its children (the parent and its server processes, Linux)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
+def _cpu_s(fields: list[str]) -> float:
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_by_pid(server_pid: int, database: str) -> tuple[dict[int, float], dict[int, float]]:
+    """CPU seconds so far, by pid, of the server's processes and of its database's backends.
+
+    The server's: the parent and its children. The backends: PostgreSQL's processes serving
+    ``database`` (their process title names it).
+    """
+    server: dict[int, float] = {}
+    backends: dict[int, float] = {}
+    marker = f" {database} ".encode()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            pid = int(entry.name)
+            if pid == server_pid or int(fields[1]) == server_pid:
+                server[pid] = _cpu_s(fields)
+            elif marker in (entry / "cmdline").read_bytes():
+                backends[pid] = _cpu_s(fields)
         except OSError:
             continue
-        if int(entry.name) == pid or int(fields[1]) == pid:
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total
+    return server, backends
+
+
+def used(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds used between two snapshots (a process started since counts from 0)."""
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
 
 
 def machine_busy_s() -> float:
@@ -97,19 +114,21 @@ def machine_busy_s() -> float:
 
 @dataclass
 class Usage:
-    """CPU seconds used over a phase: by the server processes, this client, the machine."""
+    """CPU seconds used over a phase: server, database backends, client, the whole machine."""
 
     server: float = 0.0
+    database: float = 0.0
     client: float = 0.0
     machine: float = 0.0
     seconds: float = 0.0
 
     def share(self) -> dict[str, float]:
-        """Cores busy on average: server, client, the rest (PostgreSQL, other work)."""
+        """Cores busy on average: server, database, client, and the rest (other work)."""
         s = self.seconds
-        rest = self.machine - self.server - self.client
+        rest = self.machine - self.server - self.database - self.client
         return {
             "server_cores": round(self.server / s, 2),
+            "database_cores": round(self.database / s, 2),
             "client_cores": round(self.client / s, 2),
             "other_cores": round(rest / s, 2),
         }
@@ -118,23 +137,22 @@ class Usage:
 class Meter:
     """Measures the CPU of one phase (``with meter.phase(usage):``)."""
 
-    def __init__(self, server_pid: int) -> None:
+    def __init__(self, server_pid: int, database: str) -> None:
         self.server_pid = server_pid
+        self.database = database
 
     @contextlib.contextmanager
     def phase(self, usage: Usage) -> Iterator[None]:
         """Fill ``usage`` with what the block used."""
-        marks = (
-            process_tree_cpu_s(self.server_pid),
-            client_cpu_s(),
-            machine_busy_s(),
-            time.perf_counter(),
-        )
+        server, backends = cpu_by_pid(self.server_pid, self.database)
+        marks = (client_cpu_s(), machine_busy_s(), time.perf_counter())
         yield
-        usage.server = process_tree_cpu_s(self.server_pid) - marks[0]
-        usage.client = client_cpu_s() - marks[1]
-        usage.machine = machine_busy_s() - marks[2]
-        usage.seconds = time.perf_counter() - marks[3]
+        server_after, backends_after = cpu_by_pid(self.server_pid, self.database)
+        usage.server = used(server, server_after)
+        usage.database = used(backends, backends_after)
+        usage.client = client_cpu_s() - marks[0]
+        usage.machine = machine_busy_s() - marks[1]
+        usage.seconds = time.perf_counter() - marks[2]
 
 
 @dataclass
@@ -156,6 +174,7 @@ def summed(usages: list[Usage]) -> Usage:
     """The usage of several phases together."""
     return Usage(
         server=sum(u.server for u in usages),
+        database=sum(u.database for u in usages),
         client=sum(u.client for u in usages),
         machine=sum(u.machine for u in usages),
         seconds=sum(u.seconds for u in usages),
@@ -262,7 +281,8 @@ def main() -> None:
                 bench_database(args.database_url, f"costsim_bench_processes_{n}")
             )
             server = stack.enter_context(service_server(url, env={"COSTSIM_PROCESSES": str(n)}))
-            targets.append(Target(n, server.address, Meter(server.pid), bodies[n]))
+            meter = Meter(server.pid, f"costsim_bench_processes_{n}")
+            targets.append(Target(n, server.address, meter, bodies[n]))
         asyncio.run(run_rounds(targets, args))
         for n in (1, 2):
             url = make_url(args.database_url).set(database=f"costsim_bench_processes_{n}")
