@@ -10,7 +10,7 @@ PROTO   := protos/costsim/analytics/v1/analytics.proto
 GEN     := service/_generated
 STAMP   := $(VENV)/.installed
 
-.PHONY: help install proto proto-check lint typecheck test test-fast run migrate bench soak clean
+.PHONY: help install proto proto-check lint typecheck manifests test test-fast run migrate bench soak clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -39,7 +39,16 @@ proto-check: proto ## Fail when the checked-in generated code is stale.
 	@git diff --exit-code --stat -- $(GEN) && test -z "$$(git status --porcelain -- $(GEN))" \
 	  || { echo "generated code is stale: run 'make proto' and commit"; exit 1; }
 
-lint: install typecheck ## buf lint, ruff, mypy.
+# The Kubernetes manifests against the API schemas of the oldest and newest versions they
+# target (kubernetes-validate ships the schemas; the kustomization is not an API object).
+KUBE_VERSIONS ?= 1.30.0 1.37.0
+MANIFESTS := $(filter-out deploy/kubernetes/kustomization.yaml,$(wildcard deploy/kubernetes/*.yaml)) \
+  deploy/canary-cronjob.yaml
+
+manifests: install ## Validate the Kubernetes manifests in deploy/ (strict schemas).
+	for v in $(KUBE_VERSIONS); do $(BIN)/kubernetes-validate --strict --quiet -k $$v $(MANIFESTS) || exit 1; done
+
+lint: install typecheck manifests ## buf lint, ruff, mypy, the Kubernetes manifests.
 	$(BUF) lint
 	$(BIN)/ruff check service migrations tests bench
 	$(BIN)/ruff format --check service migrations tests bench
@@ -71,6 +80,7 @@ bench: install ## Benchmarks against PostgreSQL (COSTSIM_BENCH_DATABASE_URL).
 	$(PY) bench/auth.py
 	$(PY) bench/explain.py
 	$(PY) bench/tracing.py
+	$(PY) bench/processes.py
 
 SOAK_SECONDS ?= 300
 soak: install ## Mixed load with a database cut and a SIGKILL on a schedule (SOAK_SECONDS, 300).

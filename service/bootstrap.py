@@ -447,8 +447,12 @@ def build_server(
     settings: Settings,
     security: Security | None = None,
     tracing: Tracing | None = None,
+    *,
+    reuse_port: bool = False,
 ) -> AnalyticsServer:
     """The gRPC server for ``settings`` on ``engine`` (``security`` built from them if None).
+
+    ``reuse_port``: one of the processes of ``serve --processes`` (``api/supervisor.py``).
 
     ``tracing`` (``Tracing.from_env``; None: off) adds the server spans, and database child
     spans on every engine the server reads and writes through (``engine`` and the stream
@@ -505,6 +509,7 @@ def build_server(
         connection_options=connection_options(settings),
         tracing=tracing,
         replicas=replicas,
+        reuse_port=reuse_port,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,18 @@ _METRICS_AUTH_ALIASES = {
     **dict.fromkeys(("", "false", "0", "no", "off"), "open"),
     **dict.fromkeys(("true", "1", "yes", "on"), "metrics"),
 }
+
+
+# COSTSIM_PROCESSES: the most server processes one parent supervises.
+MAX_PROCESSES = 64
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 class Settings(BaseSettings):
@@ -132,6 +145,27 @@ class Settings(BaseSettings):
         description="Nesting levels of a payload or plan input (deeper ones may not decode)",
     )
     max_page_size: int = Field(10_000, ge=1, le=100_000, description="Messages per stream")
+    processes: int = Field(
+        1,
+        ge=1,
+        le=MAX_PROCESSES,
+        description="Server processes sharing the gRPC port (auto: one per CPU); above 1 needs "
+        "PostgreSQL",
+    )
+
+    @field_validator("processes", mode="before")
+    @classmethod
+    def _processes(cls, value: object) -> object:
+        """A whole number from 1 to 64, or ``auto``: the CPUs this process may run on."""
+        if isinstance(value, str):
+            text = value.strip().lower()
+            if text == "auto":
+                return min(available_cpus(), MAX_PROCESSES)
+            if not (text.isascii() and text.isdigit()):
+                raise ValueError(f"must be a whole number from 1 to {MAX_PROCESSES}, or auto")
+            return int(text)
+        return value
+
     workers: int = Field(8, ge=1, le=256, description="Threads running handlers")
     db_pool_size: int = Field(8, ge=1, le=256, description="Database connections kept open")
     db_max_overflow: int = Field(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import math
+import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -34,6 +35,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.gc_collector import GCCollector
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
@@ -102,12 +104,38 @@ class _ReplicaStatus(Protocol):
 
 
 class ServiceMetrics:
-    """The metrics of one server, in their own registry (nothing global, nothing at import)."""
+    """The metrics of one server, in their own registry (nothing global, nothing at import).
 
-    def __init__(self) -> None:
+    Under ``serve --processes N`` (``api/supervisor.py``) each process writes its values to the
+    ``multiprocess_dir`` its parent made (``PROMETHEUS_MULTIPROC_DIR``, read by
+    prometheus-client when it is imported), and :meth:`exposition` in any of them is the sum
+    of all: counters and histograms add up (a dead process's counts stay), gauges combine by
+    their ``multiprocess_mode`` (live processes only), and ``costsim_worker_start_time_seconds``
+    has one series per live process, by ``pid``. The per-process collectors (``process_*``,
+    ``python_gc_*``) are left out there: one process's figures are not the server's.
+    """
+
+    def __init__(self, multiprocess_dir: str | None = None) -> None:
         self.registry = CollectorRegistry()
-        for collector in (ProcessCollector, PlatformCollector, GCCollector):
-            collector(registry=self.registry)
+        if multiprocess_dir is None:
+            multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+        self._tracked: list[tuple[Gauge, Callable[[], float]]] = []
+        self._exposed = self.registry
+        if multiprocess_dir is None:
+            for collector in (ProcessCollector, PlatformCollector, GCCollector):
+                collector(registry=self.registry)
+        else:
+            self._exposed = CollectorRegistry()
+            MultiProcessCollector(self._exposed, path=multiprocess_dir)  # type: ignore[no-untyped-call]
+        self.multiprocess = multiprocess_dir is not None
+        self.worker_start_time = Gauge(
+            "costsim_worker_start_time_seconds",
+            "Start of this server process, Unix time (one series per process, by pid, under"
+            " serve --processes: a restart shows as a new pid).",
+            registry=self.registry,
+            multiprocess_mode="liveall",
+        )
+        self.worker_start_time.set(time.time())
         self.rpc_started = Counter(
             "grpc_server_started",
             "RPCs started on the server.",
@@ -142,8 +170,10 @@ class ServiceMetrics:
             self.canary_runs.labels(status=status)
         self.serving = Gauge(
             "costsim_serving",
-            "1 while the database probe passes (the gRPC health status is SERVING), else 0.",
+            "1 while the database probe passes (the gRPC health status is SERVING), else 0"
+            " (under serve --processes: 1 while it passes in every process).",
             registry=self.registry,
+            multiprocess_mode="livemin",
         )
         self.auth_failures = Counter(
             "costsim_auth_failures",
@@ -172,6 +202,7 @@ class ServiceMetrics:
             "Calls admitted and not yet ended, by class of call.",
             ("call_class",),
             registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.http_requests = Counter(
             "costsim_http_requests",
@@ -192,12 +223,14 @@ class ServiceMetrics:
             "Replay lag of each read replica at its last probe (NaN: unknown or unreachable).",
             ("replica",),
             registry=self.registry,
+            multiprocess_mode="livemax",
         )
         self.replica_usable = Gauge(
             "costsim_replica_usable",
             "1 while a read replica answers reads (reachable, a standby, lag within bounds).",
             ("replica",),
             registry=self.registry,
+            multiprocess_mode="livemin",
         )
 
     def count_read(self, target: str) -> None:
@@ -221,16 +254,36 @@ class ServiceMetrics:
             return value
 
         for name in names:
-            self.replica_lag.labels(replica=name).set_function(
-                field(name, lambda s: math.nan if s.state.lag_s is None else s.state.lag_s)
+            self.track(
+                self.replica_lag.labels(replica=name),
+                field(name, lambda s: math.nan if s.state.lag_s is None else s.state.lag_s),
             )
-            self.replica_usable.labels(replica=name).set_function(
-                field(name, lambda s: 1.0 if s.usable else 0.0)
+            self.track(
+                self.replica_usable.labels(replica=name),
+                field(name, lambda s: 1.0 if s.usable else 0.0),
             )
 
     def exposition(self) -> bytes:
-        """The Prometheus text format of every metric."""
-        return generate_latest(self.registry)
+        """The Prometheus text format of every metric (of every process, under --processes)."""
+        self.publish()
+        return generate_latest(self._exposed)
+
+    def track(self, gauge: Gauge, value: Callable[[], float]) -> None:
+        """Make ``gauge`` report ``value()``.
+
+        In one process it is read at each scrape; under --processes the other processes
+        cannot call it, so :meth:`publish` (which the server calls every health interval)
+        writes it down.
+        """
+        if self.multiprocess:
+            self._tracked.append((gauge, value))
+        else:
+            gauge.set_function(value)
+
+    def publish(self) -> None:
+        """Write the tracked gauges' values down (under --processes; else nothing to do)."""
+        for gauge, value in self._tracked:
+            gauge.set(value())
 
     def middleware(self) -> Middleware:
         """Middleware that counts the results of the operations whose outcomes are metrics.

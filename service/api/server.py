@@ -90,6 +90,7 @@ class AnalyticsServer:
     ``tracing`` (None: off) adds the server span of every RPC and page (``api/tracing.py``).
     ``replicas`` (None: none) are probed while the server runs; ``/readyz`` lists them, and
     never fails because of them (their reads fall back to the primary).
+    ``reuse_port``: both ports are shared with the other processes of one supervisor.
     """
 
     def __init__(
@@ -115,6 +116,7 @@ class AnalyticsServer:
         connection_options: Sequence[tuple[str, int]] = (),
         tracing: Tracing | None = None,
         replicas: Replicas | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self._probe = probe
         self._replicas = replicas
@@ -145,7 +147,7 @@ class AnalyticsServer:
         )
         for cls in CLASSES:
             gauge = metrics.calls_in_flight.labels(cls)
-            gauge.set_function(lambda cls=cls: self.admission.in_flight(cls))  # type: ignore[misc]
+            metrics.track(gauge, lambda cls=cls: self.admission.in_flight(cls))  # type: ignore[misc]
         self._security = security
         sizes = message_limits or MessageLimits.of_service(
             query_bytes=max_message_bytes,
@@ -169,8 +171,9 @@ class AnalyticsServer:
             options=[
                 ("grpc.max_receive_message_length", sizes.largest),
                 ("grpc.max_send_message_length", max_message_bytes),
-                # A leftover server on the same port must not steal this one's connections.
-                ("grpc.so_reuseport", 0),
+                # A leftover server on the same port must not steal this one's connections;
+                # the processes of one supervisor share theirs (api/supervisor.py).
+                ("grpc.so_reuseport", 1 if reuse_port else 0),
                 *connection_options,
             ],
         )
@@ -192,9 +195,11 @@ class AnalyticsServer:
         self._listen_host = listen.rsplit(":", 1)[0]
         self._serving: bool | None = None
         self._stopping = asyncio.Event()
-        self._http = self._side_port(registry, http_listen) if http_listen else None
+        self._http = self._side_port(registry, http_listen, reuse_port) if http_listen else None
 
-    def _side_port(self, registry: OperationRegistry, http_listen: str) -> HttpServer:
+    def _side_port(
+        self, registry: OperationRegistry, http_listen: str, reuse_port: bool
+    ) -> HttpServer:
         """The HTTP side port: the same TLS certificate and the same authenticator."""
         security = self._security
         access = Access(
@@ -219,7 +224,7 @@ class AnalyticsServer:
         tls = None if security.tls is None else security.tls.ssl_context(require_client_cert=False)
         tracing = self._tracing
         app = dashboard if tracing is None else traced_pages(dashboard, tracing.tracer())
-        return HttpServer(app, http_listen, tls=tls, post_paths=POST_PATHS)
+        return HttpServer(app, http_listen, tls=tls, post_paths=POST_PATHS, reuse_port=reuse_port)
 
     @property
     def address(self) -> str:
@@ -262,6 +267,7 @@ class AnalyticsServer:
                 await self._set_serving(False, f"{type(exc).__name__}: {exc}")
             else:
                 await self._set_serving(True)
+            self.metrics.publish()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self._health_interval_s)
 

@@ -12,13 +12,15 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 import typer.main
 from opentelemetry import trace
+from sqlalchemy.engine import make_url
 
 from costsim_analytics.api.client import ClientSecurity
+from costsim_analytics.api.supervisor import die_with_parent, supervise
 from costsim_analytics.bootstrap import (
     build_engine,
     build_registry,
@@ -51,6 +53,7 @@ from costsim_analytics.engines.errors import DatabaseUnavailable, SchemaOutOfDat
 from costsim_analytics.engines.reports import CANARY_STATUSES
 from costsim_analytics.handlers.call import Call
 from costsim_analytics.handlers.registry import OP_PARTITION_UPKEEP
+from costsim_analytics.settings import Settings
 from costsim_analytics.tracing import Tracing, TracingConfigError
 
 # The service name of the command line's spans unless OTEL_SERVICE_NAME says otherwise.
@@ -137,27 +140,43 @@ def serve(
             "sets COSTSIM_INSECURE.",
         ),
     ] = False,
+    processes: Annotated[
+        str | None, typer.Option(help="Overrides COSTSIM_PROCESSES (1 to 64, or auto).")
+    ] = None,
+    worker_of: Annotated[int | None, typer.Option("--worker-of", hidden=True)] = None,
 ) -> None:
     """Serve the gRPC API (and the dashboard on the HTTP side port) until SIGTERM or SIGINT.
 
-    SIGHUP re-reads the policy file and the TLS certificates.
+    SIGHUP re-reads the policy file and the TLS certificates. With more than one process
+    (--processes), a parent supervises that many servers on the same ports.
     """
-    settings = settings_with(
-        database_url=database_url,
-        listen=listen,
-        artifacts_dir=artifacts_dir,
-        max_batch=max_batch,
-        http_listen=http_listen,
-        insecure=True if insecure else None,
-    )
+    overrides: dict[str, object] = {
+        "database_url": database_url,
+        "listen": listen,
+        "artifacts_dir": artifacts_dir,
+        "max_batch": max_batch,
+        "http_listen": http_listen,
+        "insecure": True if insecure else None,
+    }
+    settings = settings_with(**overrides, processes=processes)
     configure_logging(settings.log_level)
+    if worker_of is not None:  # one of the processes a parent supervises (api/supervisor.py)
+        die_with_parent(worker_of)
+    supervising = worker_of is None and settings.processes > 1
+    if supervising and make_url(settings.database_url).get_backend_name() == "sqlite":
+        err.print(
+            f"[red]refusing to start[/red]: COSTSIM_PROCESSES={settings.processes} needs "
+            "PostgreSQL: a SQLite database is one file with one writer at a time, so more "
+            "processes would only queue on its lock; set COSTSIM_PROCESSES=1"
+        )
+        raise typer.Exit(2)
     try:
         security = build_security(settings)
         tracing = Tracing.from_env(os.environ)
     except ValueError as exc:  # the security or tracing settings or files: refuse, say why
         err.print(f"[red]refusing to start[/red]: {exc}")
         raise typer.Exit(2) from None
-    if tracing is not None:
+    if tracing is not None and not supervising:
         tracing.install_global()
     engine = build_engine(settings)
     try:
@@ -167,9 +186,14 @@ def serve(
         raise typer.Exit(2) from None
     except DatabaseUnavailable as exc:
         err.print(f"[yellow]database unreachable ({exc.message}); starting NOT_SERVING[/yellow]")
+    if supervising:
+        engine.dispose()
+        if tracing is not None:  # each process traces its own calls
+            tracing.shutdown()
+        serve_processes(settings, overrides)
 
     async def main() -> None:
-        server = build_server(engine, settings, security, tracing)
+        server = build_server(engine, settings, security, tracing, reuse_port=worker_of is not None)
 
         def ready(address: str) -> None:
             if server.http_url:
@@ -187,6 +211,25 @@ def serve(
         engine.dispose()
         if tracing is not None:
             tracing.shutdown()
+
+
+def serve_processes(settings: Settings, overrides: dict[str, object]) -> NoReturn:
+    """Supervise ``settings.processes`` servers on the configured ports; exit with its status."""
+    from costsim_analytics.api.server import SETTLE_S
+
+    try:
+        code = supervise(
+            settings.processes,
+            listen=settings.listen,
+            http_listen=settings.http_listen,
+            overrides=overrides,
+            # A child's drain (the grace, then the settling of cancelled calls), with room.
+            drain_timeout_s=settings.grace_period_s + SETTLE_S + 10.0,
+        )
+    except OSError as exc:  # an address in use or not available
+        err.print(f"[red]cannot start[/red]: {exc}")
+        raise typer.Exit(2) from None
+    raise typer.Exit(code)
 
 
 # --- client commands ---------------------------------------------------------------------------

@@ -34,7 +34,12 @@ SERVICE = "costsim.analytics.v1.AnalyticsService"
 # gRPC's retry policy for every method (all are safe to repeat: the client gives every write a
 # request id), the pushback trailer honoured. RESOURCE_EXHAUSTED is left to the code, which
 # can tell admission control (retry after RetryInfo) from a message too large (never).
+#
+# Calls are spread over every address the target resolves to (round_robin; gRPC's default,
+# pick_first, sends them all to the first): with a Kubernetes headless Service
+# (deploy/kubernetes/service.yaml) a dns:/// target resolves to every ready pod.
 SERVICE_CONFIG: dict[str, object] = {
+    "loadBalancingConfig": [{"round_robin": {}}],
     "methodConfig": [
         {
             "name": [{"service": SERVICE}],

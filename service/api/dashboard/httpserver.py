@@ -181,8 +181,10 @@ class HttpServer:
         *,
         tls: ssl.SSLContext | None = None,
         post_paths: frozenset[str] = frozenset(),
+        reuse_port: bool = False,
     ) -> None:
         host, _, port = listen.rpartition(":")
+        self._reuse_port = reuse_port
         self._host = host.strip("[]")
         self._port = int(port)
         self._app = app
@@ -208,6 +210,7 @@ class HttpServer:
                 limit=MAX_HEAD_BYTES,
                 ssl=self._tls,
                 ssl_handshake_timeout=READ_TIMEOUT_S if self._tls is not None else None,
+                reuse_port=self._reuse_port or None,
             )
         except OSError as exc:
             raise OSError(f"cannot listen on {self._listen} (HTTP): {exc.strerror or exc}") from exc
