@@ -13,7 +13,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from costsim_analytics.api import convert_canary
 from costsim_analytics.api.client import JsonDict
-from costsim_analytics.bootstrap import build_engine, build_registry
+from costsim_analytics.bootstrap import build_registry
 from costsim_analytics.cli.common import (
     AsJson,
     DatabaseUrl,
@@ -30,6 +30,7 @@ from costsim_analytics.engines.errors import CostsimError
 from costsim_analytics.engines.maintenance import Reconcile
 from costsim_analytics.handlers.call import Call
 from costsim_analytics.handlers.registry import OP_CANARY_RECONCILE, OP_CANARY_RUN
+from costsim_analytics.pools import build_engine
 
 app = typer.Typer(help="Run canary comparisons, explain them, reconcile their artifacts.")
 app.command("explain")(explain)

@@ -12,7 +12,7 @@ from google.protobuf import json_format
 
 from costsim_analytics.api import convert_explain
 from costsim_analytics.api.client import JsonDict
-from costsim_analytics.bootstrap import build_engine, build_registry
+from costsim_analytics.bootstrap import build_registry
 from costsim_analytics.cli.common import (
     AsJson,
     DatabaseUrl,
@@ -29,6 +29,7 @@ from costsim_analytics.engines.canary.explain import DEFAULT_TOP, MAX_TOP, Expla
 from costsim_analytics.engines.errors import CostsimError
 from costsim_analytics.handlers.call import Call
 from costsim_analytics.handlers.registry import OP_CANARY_EXPLAIN
+from costsim_analytics.pools import build_engine
 
 
 def _cents(value: Any) -> str:

@@ -22,7 +22,6 @@ from sqlalchemy.engine import make_url
 from costsim_analytics.api.client import ClientSecurity
 from costsim_analytics.api.supervisor import die_with_parent, supervise
 from costsim_analytics.bootstrap import (
-    build_engine,
     build_registry,
     build_security,
     build_server,
@@ -53,6 +52,7 @@ from costsim_analytics.engines.errors import DatabaseUnavailable, SchemaOutOfDat
 from costsim_analytics.engines.reports import CANARY_STATUSES
 from costsim_analytics.handlers.call import Call
 from costsim_analytics.handlers.registry import OP_PARTITION_UPKEEP
+from costsim_analytics.pools import build_engine
 from costsim_analytics.settings import Settings
 from costsim_analytics.tracing import Tracing, TracingConfigError
 

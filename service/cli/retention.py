@@ -9,12 +9,13 @@ from typing import Annotated
 
 import typer
 
-from costsim_analytics.bootstrap import build_engine, build_registry
+from costsim_analytics.bootstrap import build_registry
 from costsim_analytics.cli.common import AsJson, DatabaseUrl, err, out, settings_with, table
 from costsim_analytics.engines.errors import CostsimError
 from costsim_analytics.engines.retention import RetentionPolicy
 from costsim_analytics.handlers.call import Call
 from costsim_analytics.handlers.registry import OP_RETENTION
+from costsim_analytics.pools import build_engine
 
 
 def retention(

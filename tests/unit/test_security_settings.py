@@ -5,13 +5,8 @@ from typer.testing import CliRunner
 
 from costsim_analytics.auth.tokens import StaticSecret, TokenVerifier
 from costsim_analytics.cli.main import app
-from costsim_analytics.settings import (
-    SecurityConfigError,
-    Settings,
-    check_listen,
-    is_loopback,
-    security_mode,
-)
+from costsim_analytics.exposure import SecurityConfigError, check_listen, is_loopback, security_mode
+from costsim_analytics.settings import Settings
 from tests.security import AUDIENCE, HS_SECRET
 
 
