@@ -20,6 +20,26 @@ import math
 import re
 from typing import Any
 
+try:  # optional (the ``fast`` extra, and the server): the same bytes, several times faster
+    import orjson
+except ImportError:  # a client installed without the extra: the json module does it all
+    orjson = None  # type: ignore[assignment]
+
+__all__ = [
+    "JsonValue",
+    "canonical_json",
+    "content_hash",
+    "dumps",
+    "dumps_by_key",
+    "dumps_by_key_if_normal",
+    "loads",
+    "loads_plain",
+    "normalize_numbers",
+    "orjson",
+    "sha256_hex",
+    "whole_or_float",
+]
+
 JsonValue = Any  # a str, number, bool, None, list of JsonValue or dict[str, JsonValue]
 
 # Beyond 2**53 not every integer is a double, so a "whole" double there is not an exact integer
@@ -86,21 +106,73 @@ def loads_plain(text: str) -> JsonValue:
     return _PLAIN_DECODER.decode(text)
 
 
-def dumps_by_key(obj: dict[str, JsonValue]) -> tuple[str, dict[str, str]]:
+def dumps_by_key(obj: dict[str, JsonValue], *, plain: bool = False) -> tuple[str, dict[str, str]]:
     """Serialise an object canonically, and each of its values on its own, in one pass.
 
     The first result equals ``dumps(obj)``; the second maps each key to ``dumps(obj[key])``,
-    so hashing a part needs no second serialisation.
+    so hashing a part needs no second serialisation. ``plain``: ``obj`` holds only what a
+    JSON parser or the Struct converter makes (dicts, lists, str, int, float, bool, None).
     """
-    parts = {key: _encode(value) for key, value in obj.items()}
+    encode = _encode_plain if plain else _encode
+    parts = {key: encode(value) for key, value in obj.items()}
     body = ",".join(f"{_encode_key(key)}:{parts[key]}" for key in sorted(parts))
     return "{" + body + "}", parts
 
 
 # Built once: json.dumps with non-default options constructs a new encoder on every call.
 _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False)
-_encode = _ENCODER.encode
 _encode_key = json.encoder.encode_basestring_ascii
+
+# orjson, where it writes exactly what the encoder above writes. Every type it serialises that
+# json refuses either goes to the fallback (subclasses, datetimes, dataclasses: passed through
+# to no ``default``, so TypeError) or is caught by the round trip (UUID, Enum: they come back
+# as something unequal). Its output differs from ``json`` in three ways only: non-ASCII is
+# written raw (json escapes it), DEL (0x7f) raw (json escapes it), and floats of decimal
+# exponent -5 to -9 ("0.0000650..." and "6.3e-8" where json writes "6.5e-05" and "6.3e-08");
+# NaN and infinities become ``null`` (json raises), which the round trip catches. Any output
+# showing one of these goes to the fallback (a string that merely looks like one, "claude-5",
+# costs only the time). tests/unit/test_canonical.py checks the equality with hypothesis.
+_ORJSON_OPTIONS = (
+    0
+    if orjson is None
+    else orjson.OPT_SORT_KEYS
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+)
+_DIFFERS = (b"\x7f", b"0.0000", b"e-5", b"e-6", b"e-7", b"e-8", b"e-9")
+
+
+def _fast(value: JsonValue, *, plain: bool) -> str | None:
+    """``_ENCODER.encode(value)`` through orjson, or None when the fallback must decide.
+
+    ``plain``: ``value`` is known to hold only dicts with str keys, lists, str, int, float,
+    bool and None (a parser's or a converter's output), so no round trip is needed.
+    """
+    if orjson is None:
+        return None
+    try:
+        out: bytes = orjson.dumps(value, option=_ORJSON_OPTIONS)
+    except (TypeError, ValueError):  # orjson.JSONEncodeError is a TypeError
+        return None
+    if not out.isascii() or any(marker in out for marker in _DIFFERS):
+        return None
+    # NaN and infinities come out as null: a plain value holding a null is checked too.
+    if (not plain or b"null" in out) and orjson.loads(out) != value:
+        return None
+    return out.decode("ascii")
+
+
+def _encode(value: JsonValue) -> str:
+    """The canonical encoder's text of any value (what it refuses raises as it does)."""
+    fast = _fast(value, plain=False)
+    return fast if fast is not None else _ENCODER.encode(value)
+
+
+def _encode_plain(value: JsonValue) -> str:
+    """:func:`_encode` of a value made of plain JSON types only (no round trip needed)."""
+    fast = _fast(value, plain=True)
+    return fast if fast is not None else _ENCODER.encode(value)
 
 
 # Within 2**53, ``repr`` spells every whole float as digits then ".0" (it turns exponential only

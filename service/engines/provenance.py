@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections.abc import Sequence
@@ -77,6 +78,7 @@ TEXT_FIELDS = (*_STRING_FIELDS, *_HASH_FIELDS)
 FILTER_TEXT_FIELDS = ("tenant_id", "variant_slug", "source", "input_hash", "run_id")
 # What command_fingerprint digests before the payload, in this order (digests are stored).
 _FINGERPRINT_FIELDS = (*_STRING_FIELDS, *_HASH_FIELDS, "v1_cost", "v2_cost", "runtime_ms")
+_FINGERPRINT_TEXTS = (*_STRING_FIELDS, *_HASH_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,7 +361,8 @@ def _payload(
     if not text and serialised is not None:
         parsed.stored, parsed.parts = serialised
     elif canonical or not text:
-        parsed.stored, parsed.parts = dumps_by_key(value)
+        # Parsed text, or a Struct the converter normalised: plain JSON types only.
+        parsed.stored, parsed.parts = dumps_by_key(value, plain=bool(text or rec.payload_depth))
     stored = parsed.stored
     size = len(stored) if stored.isascii() else len(stored.encode())
     if size > MAX_PAYLOAD_BYTES:
@@ -441,16 +444,40 @@ def prepare_batch(
     return [row for row in rows if row is not None]
 
 
+# The current digest formula's tag: stored digests without it are of the first formula.
+FINGERPRINT_VERSION = "v2"
+
+
 def command_fingerprint(batch: WriteBatch) -> str:
     """Digest of a batch's content (not its request id), to recognise a retried request.
 
     Over the records as sent, so that it can be taken before the batch is prepared; a Struct
-    payload counts by its canonical JSON, so the same record sent again digests the same.
+    payload counts by its JSON as sent (a Struct payload and that text are the same content).
+    ``v2`` and 62 hex digits of a SHA-256 (the column holds 64 characters) over the fields
+    of :func:`command_fingerprint_v1`, each text with its length before it and each number
+    ended by a comma, so that the records' concatenation reads back one way only: no JSON
+    encoding of the payload text, which was most of the first formula's cost.
 
     Raises:
         ValueError: a payload that has no JSON form (the batch's validation refuses it too).
 
     """
+    digest = hashlib.sha256()
+    for r in batch.records:
+        payload = r.payload_json if r.payload is None else dumps(_as_sent(r))
+        texts = (*(getattr(r, name) for name in _FINGERPRINT_TEXTS), payload)
+        line = "".join(f"{len(text)}:{text}" for text in texts)
+        flags = f"{r.id_set:d}{r.cost_delta_set:d}{r.created_at_set:d}"
+        digest.update(
+            f"{line}{r.v1_cost!r},{r.v2_cost!r},{r.runtime_ms},{flags}".encode(
+                "utf-8", "surrogatepass"
+            )
+        )
+    return FINGERPRINT_VERSION + digest.hexdigest()[: 64 - len(FINGERPRINT_VERSION)]
+
+
+def command_fingerprint_v1(batch: WriteBatch) -> str:
+    """The first digest formula (64 hex digits): what keys stored before ``v2`` hold."""
     lines = [
         dumps(
             [
