@@ -113,8 +113,10 @@ def dumps_by_key(obj: dict[str, JsonValue], *, plain: bool = False) -> tuple[str
     so hashing a part needs no second serialisation. ``plain``: ``obj`` holds only what a
     JSON parser or the Struct converter makes (dicts, lists, str, int, float, bool, None).
     """
-    encode = _encode_plain if plain else _encode
-    parts = {key: encode(value) for key, value in obj.items()}
+    fast = _fast_by_key(obj, plain=plain)
+    if fast is not None:
+        return fast
+    parts = {key: _ENCODER.encode(value) for key, value in obj.items()}
     body = ",".join(f"{_encode_key(key)}:{parts[key]}" for key in sorted(parts))
     return "{" + body + "}", parts
 
@@ -140,7 +142,14 @@ _ORJSON_OPTIONS = (
     | orjson.OPT_PASSTHROUGH_DATETIME
     | orjson.OPT_PASSTHROUGH_DATACLASS
 )
-_DIFFERS = (b"\x7f", b"0.0000", b"e-5", b"e-6", b"e-7", b"e-8", b"e-9")
+_NEGATIVE_EXPONENTS = ("e-5", "e-6", "e-7", "e-8", "e-9")
+
+
+def _same_as_json(text: str) -> bool:
+    """Whether orjson's ``text`` shows none of the ways it differs from the json module."""
+    if not text.isascii() or "\x7f" in text or "0.0000" in text:
+        return False
+    return "e-" not in text or not any(e in text for e in _NEGATIVE_EXPONENTS)
 
 
 def _fast(value: JsonValue, *, plain: bool) -> str | None:
@@ -152,26 +161,40 @@ def _fast(value: JsonValue, *, plain: bool) -> str | None:
     if orjson is None:
         return None
     try:
-        out: bytes = orjson.dumps(value, option=_ORJSON_OPTIONS)
+        text = orjson.dumps(value, option=_ORJSON_OPTIONS).decode()
     except (TypeError, ValueError):  # orjson.JSONEncodeError is a TypeError
         return None
-    if not out.isascii() or any(marker in out for marker in _DIFFERS):
+    if not _same_as_json(text) or not _round_trips(text, value, plain=plain):
         return None
+    return text
+
+
+def _round_trips(text: str, value: JsonValue, *, plain: bool) -> bool:
     # NaN and infinities come out as null: a plain value holding a null is checked too.
-    if (not plain or b"null" in out) and orjson.loads(out) != value:
+    if not plain or "null" in text:
+        return bool(orjson.loads(text) == value)
+    return True
+
+
+def _fast_by_key(obj: dict[str, JsonValue], *, plain: bool) -> tuple[str, dict[str, str]] | None:
+    """:func:`dumps_by_key` through orjson (each part dumped, the whole checked once), or None."""
+    if orjson is None or not all(type(key) is str for key in obj):
         return None
-    return out.decode("ascii")
+    try:
+        parts = {
+            key: orjson.dumps(value, option=_ORJSON_OPTIONS).decode() for key, value in obj.items()
+        }
+    except (TypeError, ValueError):
+        return None
+    body = "{" + ",".join(f"{_encode_key(key)}:{parts[key]}" for key in sorted(parts)) + "}"
+    if not _same_as_json(body) or not _round_trips(body, obj, plain=plain):
+        return None
+    return body, parts
 
 
 def _encode(value: JsonValue) -> str:
     """The canonical encoder's text of any value (what it refuses raises as it does)."""
     fast = _fast(value, plain=False)
-    return fast if fast is not None else _ENCODER.encode(value)
-
-
-def _encode_plain(value: JsonValue) -> str:
-    """:func:`_encode` of a value made of plain JSON types only (no round trip needed)."""
-    fast = _fast(value, plain=True)
     return fast if fast is not None else _ENCODER.encode(value)
 
 
@@ -194,14 +217,18 @@ def dumps_by_key_if_normal(obj: dict[str, JsonValue]) -> tuple[str, dict[str, st
         >>> dumps_by_key_if_normal({"a": 1.0}) is None
         True
     """
-    try:
-        parts = {key: _encode(value) for key, value in obj.items()}
-        body = ",".join(f"{_encode_key(key)}:{parts[key]}" for key in sorted(parts))
-    except (TypeError, ValueError, RecursionError):
-        return None
+    fast = _fast_by_key(obj, plain=False)
+    if fast is not None:
+        body, parts = fast
+    else:
+        try:
+            parts = {key: _ENCODER.encode(value) for key, value in obj.items()}
+            body = "{" + ",".join(f"{_encode_key(key)}:{parts[key]}" for key in sorted(parts)) + "}"
+        except (TypeError, ValueError, RecursionError):
+            return None
     if _WHOLE_FLOAT.search(body):
         return None
-    return "{" + body + "}", parts
+    return body, parts
 
 
 def dumps(value: JsonValue) -> str:

@@ -234,11 +234,46 @@ def _check_cost(value: float | None, prefix: str, name: str, out: list[FieldViol
         out.append(FieldViolation(path, f"must be at most {MAX_COST:g}"))
 
 
-def _prepare_one(
-    index: int, rec: ProvenanceInput, now: datetime, out: list[FieldViolation], max_depth: int
-) -> NewProvenance | None:
-    prefix = f"records[{index}]."
-    start = len(out)
+def _fields_fine(rec: ProvenanceInput) -> bool:
+    """Whether :func:`_check_fields` would find nothing: the usual record, at a glance.
+
+    Every condition here is one the detailed checks test (ASCII text without NUL passes the
+    text rule); a record failing any of them is checked field by field for the violations.
+    """
+    texts = (
+        rec.run_id,
+        rec.tenant_id,
+        rec.variant_slug,
+        rec.source,
+        rec.model_version,
+        rec.adapter_version,
+        rec.commit_sha,
+    )
+    joined = "".join(texts)
+    v1, v2, runtime = rec.v1_cost, rec.v2_cost, rec.runtime_ms
+    return (
+        not (rec.id_set or rec.cost_delta_set or rec.created_at_set)
+        and rec.run_id != ""
+        and joined.isascii()
+        and "\x00" not in joined
+        and max(map(len, texts)) <= MAX_STRING_CHARS
+        and rec.variant_slug in VARIANT_SLUGS
+        and rec.source in SOURCES
+        and (v1 is None or 0 <= v1 <= MAX_COST)
+        and (v2 is None or 0 <= v2 <= MAX_COST)
+        and 0 <= runtime <= MAX_RUNTIME_MS
+        and _hash_fine(rec.input_hash)
+        and _hash_fine(rec.output_hash)
+    )
+
+
+def _hash_fine(value: str) -> bool:
+    """``value`` is empty or 64 lowercase hex digits (what ``_HASH`` matches)."""
+    return not value or (len(value) == 64 and not value.strip("0123456789abcdef"))
+
+
+def _check_fields(rec: ProvenanceInput, prefix: str, out: list[FieldViolation]) -> None:
+    """Every violation of the record's fields other than its payload, each by its path."""
     if rec.id_set:
         out.append(FieldViolation(prefix + "id", "is output only; leave it unset"))
     if rec.cost_delta_set:
@@ -268,6 +303,15 @@ def _prepare_one(
         value = getattr(rec, name)
         if value and not _HASH.fullmatch(value):
             out.append(FieldViolation(prefix + name, "must be 64 lowercase hex digits"))
+
+
+def _prepare_one(
+    index: int, rec: ProvenanceInput, now: datetime, out: list[FieldViolation], max_depth: int
+) -> NewProvenance | None:
+    prefix = f"records[{index}]."
+    start = len(out)
+    if not _fields_fine(rec):
+        _check_fields(rec, prefix, out)
 
     canonical = not (rec.input_hash and rec.output_hash)
     parsed = _payload(rec, prefix, out, canonical=canonical, max_depth=max_depth)

@@ -260,3 +260,42 @@ def test_without_orjson_the_json_encoder_answers(monkeypatch):
     assert canonical_json({"b": "é", "a": [1.5, 2.0, 1e-05]}) == (
         '{"a":[1.5,2,1e-05],"b":"\\u00e9"}'
     )
+
+
+def _reference_by_key(obj: dict[Any, Any]) -> tuple[str, dict[Any, str]] | type[Exception]:
+    encoder = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False)
+    try:
+        parts = {key: encoder.encode(value) for key, value in obj.items()}
+        body = ",".join(
+            f"{json.encoder.encode_basestring_ascii(k)}:{parts[k]}" for k in sorted(parts)
+        )
+    except (TypeError, ValueError) as exc:
+        return type(exc)
+    return "{" + body + "}", parts
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    st.dictionaries(st.text(max_size=8), awkward_values, max_size=4)
+    | st.dictionaries(st.integers(0, 3), awkward_values, max_size=2)
+)
+def test_the_fast_encoder_by_key_writes_what_json_writes(obj):
+    pytest.importorskip("orjson")
+    expected = _reference_by_key(obj)
+    got = canonical._fast_by_key(obj, plain=False)
+    if isinstance(expected, tuple):
+        assert got is None or got == expected
+    else:
+        assert got is None
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.dictionaries(st.text(max_size=8), plain_values, max_size=4))
+def test_the_fast_encoder_by_key_of_plain_values_writes_what_json_writes(obj):
+    pytest.importorskip("orjson")
+    expected = _reference_by_key(obj)
+    got = canonical._fast_by_key(obj, plain=True)
+    if isinstance(expected, tuple):
+        assert got is None or got == expected
+    else:
+        assert got is None
