@@ -59,6 +59,7 @@ MAGIC = b"CS"
 _FRAME = struct.Struct("<2sBII")
 _U64 = struct.Struct("<Q")
 _RANGE = struct.Struct("<QI")
+_RECORD_LENGTH = struct.Struct("<BI")  # what a frame's CRC covers before its payload
 HEADER, RECORD, SEAL, ACK, REJECT, ABANDON = 1, 2, 3, 4, 5, 6
 _TYPES = frozenset({HEADER, RECORD, SEAL, ACK, REJECT, ABANDON})
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
@@ -113,6 +114,14 @@ def _crc(kind: int, payload: bytes | memoryview) -> int:
 def frame(kind: int, payload: bytes) -> bytes:
     """One frame of the log."""
     return _FRAME.pack(MAGIC, kind, len(payload), _crc(kind, payload)) + payload
+
+
+def _record_frame(seq: int, body: bytes) -> bytes:
+    """``frame(RECORD, _U64.pack(seq) + body)``, without building the payload first."""
+    number = _U64.pack(seq)
+    size = _U64.size + len(body)
+    crc = zlib.crc32(body, zlib.crc32(number, zlib.crc32(_RECORD_LENGTH.pack(RECORD, size))))
+    return b"".join((_FRAME.pack(MAGIC, RECORD, size, crc), number, body))
 
 
 def _ranges(seqs: Sequence[int]) -> bytes:
@@ -406,9 +415,7 @@ class Spool:
         """Add encoded records (one write for all); their record numbers."""
         with self._lock:
             first = self.next_seq
-            data = b"".join(
-                frame(RECORD, _U64.pack(first + i) + body) for i, body in enumerate(bodies)
-            )
+            data = b"".join(_record_frame(first + i, body) for i, body in enumerate(bodies))
             self._roll(len(data))
             active = self._segments[-1]
             self._write_now(data)

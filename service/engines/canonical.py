@@ -97,12 +97,29 @@ def loads(text: str) -> JsonValue:
 _PLAIN_DECODER = json.JSONDecoder(parse_constant=_no_constants)
 
 
+# Digits to "9", the rest as they are: a run of 19 nines in the result is a run of 19 digits.
+_NINES = bytes.maketrans(b"012345678", b"999999999")
+_LONG_RUN = b"9" * 19
+
+
 def loads_plain(text: str) -> JsonValue:
     """Parse JSON text as is (floats stay floats), refusing NaN and infinities.
+
+    orjson parses it when it can give exactly what json gives: it refuses all that json
+    refuses here and more (lone surrogate escapes, numbers beyond a double), and then json
+    answers, with its own error; it reads an integer beyond 64 bits as a float, so a text
+    with 19 digits in a row is json's too.
 
     Raises:
         ValueError: the text is not JSON, or holds NaN or Infinity.
     """
+    if orjson is not None and _LONG_RUN not in text.encode(errors="surrogatepass").translate(
+        _NINES
+    ):
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass  # json's own answer and message, below
     return _PLAIN_DECODER.decode(text)
 
 

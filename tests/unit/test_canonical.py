@@ -5,6 +5,7 @@ import hashlib
 import json
 import math
 import random
+import re
 import uuid
 from typing import Any
 
@@ -194,7 +195,7 @@ def _reference(value: Any) -> str | type[Exception]:
         return type(exc)
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(awkward_values)
 def test_the_fast_encoder_writes_what_json_writes(value):
     pytest.importorskip("orjson")
@@ -224,7 +225,7 @@ plain_values = st.recursive(
 )
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(plain_values)
 def test_the_fast_encoder_of_plain_values_writes_what_json_writes(value):
     pytest.importorskip("orjson")
@@ -274,7 +275,7 @@ def _reference_by_key(obj: dict[Any, Any]) -> tuple[str, dict[Any, str]] | type[
     return "{" + body + "}", parts
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(
     st.dictionaries(st.text(max_size=8), awkward_values, max_size=4)
     | st.dictionaries(st.integers(0, 3), awkward_values, max_size=2)
@@ -289,7 +290,7 @@ def test_the_fast_encoder_by_key_writes_what_json_writes(obj):
         assert got is None
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(st.dictionaries(st.text(max_size=8), plain_values, max_size=4))
 def test_the_fast_encoder_by_key_of_plain_values_writes_what_json_writes(obj):
     pytest.importorskip("orjson")
@@ -299,3 +300,58 @@ def test_the_fast_encoder_by_key_of_plain_values_writes_what_json_writes(obj):
         assert got is None or got == expected
     else:
         assert got is None
+
+
+json_texts = (
+    st.builds(json.dumps, plain_values.filter(lambda v: _reference(v) is not ValueError))
+    | st.builds(lambda v: json.dumps(v, indent=1), awkward_values.map(str))
+    | st.from_regex(r"\A-?(0|[1-9][0-9]{0,40})(\.[0-9]{1,40})?([eE][-+]?[0-9]{1,4})?\Z")
+    | st.sampled_from(
+        [
+            '{"a":1,"b":2,"a":3}',
+            '"\\ud800"',
+            '"\\udc00\\ud800"',
+            "1e400",
+            "-1e400",
+            "NaN",
+            "[Infinity]",
+            "18446744073709551616",
+            "-9223372036854775809",
+            '{"a": 123456789012345678901}',
+            "\ufeff{}",
+            "{}\x0c",
+            ' \t\n\r{"a" : [ ] } ',
+            "[1,]",
+            '"\x01"',
+            '"\x7f"',
+        ]
+    )
+    | st.text(max_size=12)
+)
+
+
+@settings(max_examples=800, deadline=None)
+@given(json_texts)
+def test_loads_plain_gives_what_json_gives(text):
+    decoder = json.JSONDecoder(parse_constant=canonical._no_constants)
+    try:
+        expected = decoder.decode(text)
+    except ValueError as exc:
+        with pytest.raises(ValueError, match=re.escape(str(exc))) as refused:
+            canonical.loads_plain(text)
+        assert str(refused.value) == str(exc)
+        return
+    got = canonical.loads_plain(text)
+    assert json.dumps(got) == json.dumps(expected)
+    assert list(_types(got)) == list(_types(expected))
+
+
+def _types(value: Any) -> Any:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield key
+            yield from _types(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _types(item)
+    yield type(value)
