@@ -78,7 +78,6 @@ TEXT_FIELDS = (*_STRING_FIELDS, *_HASH_FIELDS)
 FILTER_TEXT_FIELDS = ("tenant_id", "variant_slug", "source", "input_hash", "run_id")
 # What command_fingerprint digests before the payload, in this order (digests are stored).
 _FINGERPRINT_FIELDS = (*_STRING_FIELDS, *_HASH_FIELDS, "v1_cost", "v2_cost", "runtime_ms")
-_FINGERPRINT_TEXTS = (*_STRING_FIELDS, *_HASH_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -506,18 +505,26 @@ def command_fingerprint(batch: WriteBatch) -> str:
         ValueError: a payload that has no JSON form (the batch's validation refuses it too).
 
     """
-    digest = hashlib.sha256()
+    lines = []
     for r in batch.records:
-        payload = r.payload_json if r.payload is None else dumps(_as_sent(r))
-        texts = (*(getattr(r, name) for name in _FINGERPRINT_TEXTS), payload)
-        line = "".join(f"{len(text)}:{text}" for text in texts)
-        flags = f"{r.id_set:d}{r.cost_delta_set:d}{r.created_at_set:d}"
-        digest.update(
-            f"{line}{r.v1_cost!r},{r.v2_cost!r},{r.runtime_ms},{flags}".encode(
-                "utf-8", "surrogatepass"
-            )
+        a, b, c, d = r.run_id, r.tenant_id, r.variant_slug, r.source
+        e, f, g, h, i = (
+            r.model_version,
+            r.adapter_version,
+            r.commit_sha,
+            r.input_hash,
+            r.output_hash,
         )
-    return FINGERPRINT_VERSION + digest.hexdigest()[: 64 - len(FINGERPRINT_VERSION)]
+        p = r.payload_json if r.payload is None else dumps(_as_sent(r))
+        # Spelt out (the order of _FINGERPRINT_FIELDS, then the payload): one string a record.
+        lines.append(
+            f"{len(a)}:{a}{len(b)}:{b}{len(c)}:{c}{len(d)}:{d}{len(e)}:{e}{len(f)}:{f}"
+            f"{len(g)}:{g}{len(h)}:{h}{len(i)}:{i}{len(p)}:{p}"
+            f"{r.v1_cost!r},{r.v2_cost!r},{r.runtime_ms},"
+            f"{r.id_set:d}{r.cost_delta_set:d}{r.created_at_set:d}"
+        )
+    digest = hashlib.sha256("".join(lines).encode("utf-8", "surrogatepass")).hexdigest()
+    return FINGERPRINT_VERSION + digest[: 64 - len(FINGERPRINT_VERSION)]
 
 
 def command_fingerprint_v1(batch: WriteBatch) -> str:
