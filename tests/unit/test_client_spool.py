@@ -234,7 +234,7 @@ def test_records_added_at_once_share_a_flush_and_each_waits_for_one_after_it(tmp
     for thread in threads:
         thread.join()
     assert late == []  # every flush_through returned after a flush that covered its record
-    assert len(flushes.done) <= 20  # 40 records: most flushes served several
+    assert len(flushes.done) < 40  # one flush a record would be 40: flushes were shared
     spool.close()
     assert Spool.open(tmp_path / "s").recovery.records == 40
 
