@@ -10,6 +10,7 @@ SQLAlchemy's ``sort_by_parameter_order`` so ids still come back in request order
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
@@ -67,6 +68,7 @@ _COPY_TYPE_OF = {
     "created_at": "timestamptz",
 }
 _COPY_TYPES = tuple(_COPY_TYPE_OF.get(name, "text") for name in _COLUMNS)
+_copy_values = operator.attrgetter(*_COPY_FIELDS)  # a row's values but its id, in one call
 
 
 def _where(flt: ProvenanceFilter) -> list[ColumnElement[bool]]:
@@ -130,7 +132,7 @@ class SqlProvenanceDriver:
             with cur.copy(_COPY_SQL) as copy:
                 copy.set_types(_COPY_TYPES)
                 for row_id, r in zip(ids, rows, strict=True):
-                    copy.write_row((row_id, *(getattr(r, name) for name in _COPY_FIELDS)))
+                    copy.write_row((row_id, *_copy_values(r)))
         return ids
 
     def stream(
