@@ -94,7 +94,8 @@ def normalized_struct(s: struct_pb2.Struct) -> tuple[dict[str, Any], int] | None
     try:
         while stack:
             src, dst, depth = stack.pop()
-            deepest = max(deepest, depth)
+            if depth > deepest:
+                deepest = depth
             if type(dst) is dict:
                 fields = src.fields
                 for key in fields:
@@ -102,6 +103,15 @@ def normalized_struct(s: struct_pb2.Struct) -> tuple[dict[str, Any], int] | None
                     kind = v.WhichOneof("kind")
                     if kind == "string_value":
                         dst[key] = v.string_value
+                    elif kind == "number_value":
+                        x = v.number_value
+                        # A whole non-zero number within 2**53, or any finite fraction, inline;
+                        # zero (-0.0 is whole too), NaN, infinities and the rest in _leaf.
+                        if x.is_integer() and -_MAX_EXACT_INT <= x <= _MAX_EXACT_INT and x:
+                            x = int(x)
+                        elif x - x != 0.0 or x.is_integer():
+                            x = _leaf(v, kind)
+                        dst[key] = x
                     elif kind == "struct_value":
                         dst[key] = new = {}
                         stack.append((v.struct_value, new, depth + 1))
@@ -116,6 +126,13 @@ def normalized_struct(s: struct_pb2.Struct) -> tuple[dict[str, Any], int] | None
                     kind = v.WhichOneof("kind")
                     if kind == "string_value":
                         append(v.string_value)
+                    elif kind == "number_value":
+                        x = v.number_value
+                        if x.is_integer() and -_MAX_EXACT_INT <= x <= _MAX_EXACT_INT and x:
+                            x = int(x)
+                        elif x - x != 0.0 or x.is_integer():
+                            x = _leaf(v, kind)
+                        append(x)
                     elif kind == "struct_value":
                         append(new := {})
                         stack.append((v.struct_value, new, depth + 1))

@@ -63,7 +63,7 @@ def audit_line(
 ) -> str:
     """The JSON line of one call (see the module docstring)."""
     when = (now or datetime.now(UTC)).astimezone(UTC)
-    distinct = sorted({sanitise(t) for t in tenants})
+    distinct = sorted({sanitise(t) for t in set(tenants)})  # a batch names one a record
     listed = distinct[:MAX_TENANTS]
     record: dict[str, object] = {
         "time": when.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),

@@ -278,14 +278,15 @@ class Buffer:
             and self._bytes + nbytes <= self.options.max_buffer_bytes
         )
 
-    def append(self, bodies: Sequence[bytes]) -> bool:
+    def append(self, bodies: Sequence[bytes], *, sync: bool = True) -> bool:
         """Keep encoded records: in the spool first (when there is one), then here.
 
         Returns whether a sender must be woken: the first pending record starts the batch's
         delay, and a full batch is due at once; otherwise the senders' timed waits suffice.
+        ``sync=False``: the spool's flush is left to the caller (``Spool.flush_through``).
         """
         if self.spool is not None:
-            seqs = self.spool.append(bodies)
+            seqs = self.spool.append(bodies, sync=sync)
         else:
             seqs = list(range(self._next_seq, self._next_seq + len(bodies)))
             self._next_seq += len(bodies)

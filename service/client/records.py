@@ -148,6 +148,10 @@ def _invalid(violations: Sequence[FieldViolation]) -> InvalidRecordError:
 
 
 def _varint(value: int) -> bytes:
+    if value < 0x80:  # the usual lengths, one or two bytes, without the loop
+        return bytes((value,))
+    if value < 0x4000:
+        return bytes(((value & 0x7F) | 0x80, value >> 7))
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
@@ -167,5 +171,7 @@ def encode_batch(bodies: Sequence[bytes], request_id: str) -> bytes:
 
 
 def batch_bytes(body: bytes) -> int:
-    """What one record adds to a serialised batch."""
-    return 1 + len(_varint(len(body))) + len(body)
+    """What one record adds to a serialised batch (its tag, its length's varint, itself)."""
+    size = len(body)
+    # A varint carries 7 bits a byte: no bytes built to count them.
+    return 1 + max(1, (size.bit_length() + 6) // 7) + size

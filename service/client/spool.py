@@ -29,6 +29,10 @@ are counted from the gaps in the record numbers.
 ``add()`` writes its frame with one ``write()``: that survives the process being killed at
 any point. With ``fsync=True`` each write is also flushed to the disk before it returns, which
 survives a power loss too, at the disk's flush latency (docs/client.md has the figures).
+Records added from several threads at once share their flushes (group commit): a record is
+written at once, and :meth:`Spool.flush_through` then waits for one ``fdatasync`` that began
+after the write, the first waiter flushing for everyone written by then (the writer's
+``add()`` returns only after it).
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ MAGIC = b"CS"
 _FRAME = struct.Struct("<2sBII")
 _U64 = struct.Struct("<Q")
 _RANGE = struct.Struct("<QI")
+_RECORD_LENGTH = struct.Struct("<BI")  # what a frame's CRC covers before its payload
 HEADER, RECORD, SEAL, ACK, REJECT, ABANDON = 1, 2, 3, 4, 5, 6
 _TYPES = frozenset({HEADER, RECORD, SEAL, ACK, REJECT, ABANDON})
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
@@ -113,6 +118,14 @@ def _crc(kind: int, payload: bytes | memoryview) -> int:
 def frame(kind: int, payload: bytes) -> bytes:
     """One frame of the log."""
     return _FRAME.pack(MAGIC, kind, len(payload), _crc(kind, payload)) + payload
+
+
+def _record_frame(seq: int, body: bytes) -> bytes:
+    """``frame(RECORD, _U64.pack(seq) + body)``, without building the payload first."""
+    number = _U64.pack(seq)
+    size = _U64.size + len(body)
+    crc = zlib.crc32(body, zlib.crc32(number, zlib.crc32(_RECORD_LENGTH.pack(RECORD, size))))
+    return b"".join((_FRAME.pack(MAGIC, RECORD, size, crc), number, body))
 
 
 def _ranges(seqs: Sequence[int]) -> bytes:
@@ -222,6 +235,10 @@ class Spool:
         self._fd = -1
         self.next_seq = 0
         self.next_batch = 0
+        # Bytes written by this open (all segments), and how many of them are on the disk.
+        self._written = 0
+        self._durable = 0
+        self._flush_lock = threading.Lock()  # one fdatasync of records at a time
 
     # --- opening -------------------------------------------------------------------------
 
@@ -360,6 +377,9 @@ class Spool:
         except OSError as exc:
             raise SpoolError(f"cannot create {seg_path}: {exc}") from exc
         if self._fd >= 0:
+            if self.fsync and self._durable < self._written:  # records waiting on this file
+                os.fdatasync(self._fd)
+                self._durable = self._written
             os.close(self._fd)
         self._fd = fd
         self._segments.append(_Segment(number, seg_path))
@@ -386,14 +406,16 @@ class Spool:
             self._begin_segment()
             self._trim()
 
-    def _write_now(self, data: bytes) -> None:
+    def _write_now(self, data: bytes, *, sync: bool = True) -> None:
         active = self._segments[-1]
         view = memoryview(data)
         try:
             while view:
                 view = view[os.write(self._fd, view) :]
-            if self.fsync:
+            self._written += len(data)
+            if self.fsync and sync:
                 os.fdatasync(self._fd)
+                self._durable = self._written
         except OSError as exc:
             try:  # take back a frame written in part, so the log stays whole
                 os.ftruncate(self._fd, active.size)
@@ -402,22 +424,58 @@ class Spool:
             raise SpoolError(f"cannot write the spool {self.path}: {exc}") from exc
         active.size += len(data)
 
-    def append(self, bodies: Sequence[bytes]) -> list[int]:
-        """Add encoded records (one write for all); their record numbers."""
+    def append(self, bodies: Sequence[bytes], *, sync: bool = True) -> list[int]:
+        """Add encoded records (one write for all); their record numbers.
+
+        With ``fsync`` and ``sync=False`` the records are written but not yet flushed: the
+        caller then waits in :meth:`flush_through` for :attr:`written` as it was on return.
+        """
         with self._lock:
             first = self.next_seq
-            data = b"".join(
-                frame(RECORD, _U64.pack(first + i) + body) for i, body in enumerate(bodies)
-            )
+            data = b"".join(_record_frame(first + i, body) for i, body in enumerate(bodies))
             self._roll(len(data))
             active = self._segments[-1]
-            self._write_now(data)
+            self._write_now(data, sync=sync)
             self.next_seq = first + len(bodies)
             seqs = list(range(first, self.next_seq))
             for seq in seqs:
                 self._seq_segment[seq] = active
             active.open_records += len(seqs)
             return seqs
+
+    @property
+    def written(self) -> int:
+        """Bytes written by this open so far (a mark for :meth:`flush_through`)."""
+        with self._lock:
+            return self._written
+
+    def flush_through(self, mark: int) -> None:
+        """Return once every byte up to ``mark`` is on the disk (at once without ``fsync``).
+
+        Group commit: one caller at a time flushes, and whoever waited meanwhile finds its
+        bytes flushed already, or flushes once for all that were written by then.
+
+        Raises:
+            SpoolError: the flush failed (what was written may not be on the disk).
+        """
+        if not self.fsync:
+            return
+        with self._flush_lock:
+            with self._lock:
+                if self._durable >= mark:
+                    return
+                target = self._written
+                # A file of its own: a segment begun meanwhile closes the active one, having
+                # flushed it first.
+                fd = os.dup(self._fd)
+            try:
+                os.fdatasync(fd)
+            except OSError as exc:
+                raise SpoolError(f"cannot flush the spool {self.path}: {exc}") from exc
+            finally:
+                os.close(fd)
+            with self._lock:
+                self._durable = max(self._durable, target)
 
     def seal(self, seqs: Sequence[int]) -> int:
         """Seal a batch of records before it is sent; its number (in its request id)."""

@@ -44,6 +44,7 @@ from costsim_analytics.client.channel import StrPath
 from costsim_analytics.client.errors import (
     ClientError,
     FlushTimeoutError,
+    SpoolError,
     WriterClosedError,
     WriterFullError,
     from_grpc,
@@ -180,6 +181,9 @@ class ProvenanceWriter:
     def _add(self, bodies: Sequence[bytes], block: bool, timeout_s: float | None) -> None:
         nbytes = sum(map(len, bodies))
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        # With fsync the records are flushed after the lock is let go, so that the add()
+        # calls of several threads share one flush (Spool.flush_through).
+        spool = self._spool if self._spool is not None and self._spool.fsync else None
         with self._lock:
             self._check_open()
             while not self._buffer.has_room(len(bodies), nbytes):
@@ -190,8 +194,21 @@ class ProvenanceWriter:
                     )
                 self._progress.wait(remaining)
                 self._check_open()
-            if self._buffer.append(bodies):
+            if self._buffer.append(bodies, sync=spool is None):
                 self._work.notify()
+            mark = spool.written if spool is not None else 0
+        if spool is not None:
+            try:
+                spool.flush_through(mark)
+            except SpoolError as exc:
+                # Written but perhaps not on the disk, and perhaps sent already: nothing more
+                # can be promised of this spool, so the writer stops (add() raises).
+                with self._lock:
+                    self._failure = exc
+                    self._stopped.set()
+                    self._progress.notify_all()
+                    self._work.notify_all()
+                raise
 
     def _check_open(self) -> None:
         if self._failure is not None:

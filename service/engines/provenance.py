@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections.abc import Sequence
@@ -232,11 +233,46 @@ def _check_cost(value: float | None, prefix: str, name: str, out: list[FieldViol
         out.append(FieldViolation(path, f"must be at most {MAX_COST:g}"))
 
 
-def _prepare_one(
-    index: int, rec: ProvenanceInput, now: datetime, out: list[FieldViolation], max_depth: int
-) -> NewProvenance | None:
-    prefix = f"records[{index}]."
-    start = len(out)
+def _fields_fine(rec: ProvenanceInput) -> bool:
+    """Whether :func:`_check_fields` would find nothing: the usual record, at a glance.
+
+    Every condition here is one the detailed checks test (ASCII text without NUL passes the
+    text rule); a record failing any of them is checked field by field for the violations.
+    """
+    texts = (
+        rec.run_id,
+        rec.tenant_id,
+        rec.variant_slug,
+        rec.source,
+        rec.model_version,
+        rec.adapter_version,
+        rec.commit_sha,
+    )
+    joined = "".join(texts)
+    v1, v2, runtime = rec.v1_cost, rec.v2_cost, rec.runtime_ms
+    return (
+        not (rec.id_set or rec.cost_delta_set or rec.created_at_set)
+        and rec.run_id != ""
+        and joined.isascii()
+        and "\x00" not in joined
+        and max(map(len, texts)) <= MAX_STRING_CHARS
+        and rec.variant_slug in VARIANT_SLUGS
+        and rec.source in SOURCES
+        and (v1 is None or 0 <= v1 <= MAX_COST)
+        and (v2 is None or 0 <= v2 <= MAX_COST)
+        and 0 <= runtime <= MAX_RUNTIME_MS
+        and _hash_fine(rec.input_hash)
+        and _hash_fine(rec.output_hash)
+    )
+
+
+def _hash_fine(value: str) -> bool:
+    """``value`` is empty or 64 lowercase hex digits (what ``_HASH`` matches)."""
+    return not value or (len(value) == 64 and not value.strip("0123456789abcdef"))
+
+
+def _check_fields(rec: ProvenanceInput, prefix: str, out: list[FieldViolation]) -> None:
+    """Every violation of the record's fields other than its payload, each by its path."""
     if rec.id_set:
         out.append(FieldViolation(prefix + "id", "is output only; leave it unset"))
     if rec.cost_delta_set:
@@ -266,6 +302,15 @@ def _prepare_one(
         value = getattr(rec, name)
         if value and not _HASH.fullmatch(value):
             out.append(FieldViolation(prefix + name, "must be 64 lowercase hex digits"))
+
+
+def _prepare_one(
+    index: int, rec: ProvenanceInput, now: datetime, out: list[FieldViolation], max_depth: int
+) -> NewProvenance | None:
+    prefix = f"records[{index}]."
+    start = len(out)
+    if not _fields_fine(rec):
+        _check_fields(rec, prefix, out)
 
     canonical = not (rec.input_hash and rec.output_hash)
     parsed = _payload(rec, prefix, out, canonical=canonical, max_depth=max_depth)
@@ -359,7 +404,8 @@ def _payload(
     if not text and serialised is not None:
         parsed.stored, parsed.parts = serialised
     elif canonical or not text:
-        parsed.stored, parsed.parts = dumps_by_key(value)
+        # Parsed text, or a Struct the converter normalised: plain JSON types only.
+        parsed.stored, parsed.parts = dumps_by_key(value, plain=bool(text or rec.payload_depth))
     stored = parsed.stored
     size = len(stored) if stored.isascii() else len(stored.encode())
     if size > MAX_PAYLOAD_BYTES:
@@ -441,16 +487,48 @@ def prepare_batch(
     return [row for row in rows if row is not None]
 
 
+# The current digest formula's tag: stored digests without it are of the first formula.
+FINGERPRINT_VERSION = "v2"
+
+
 def command_fingerprint(batch: WriteBatch) -> str:
     """Digest of a batch's content (not its request id), to recognise a retried request.
 
     Over the records as sent, so that it can be taken before the batch is prepared; a Struct
-    payload counts by its canonical JSON, so the same record sent again digests the same.
+    payload counts by its JSON as sent (a Struct payload and that text are the same content).
+    ``v2`` and 62 hex digits of a SHA-256 (the column holds 64 characters) over the fields
+    of :func:`command_fingerprint_v1`, each text with its length before it and each number
+    ended by a comma, so that the records' concatenation reads back one way only: no JSON
+    encoding of the payload text, which was most of the first formula's cost.
 
     Raises:
         ValueError: a payload that has no JSON form (the batch's validation refuses it too).
 
     """
+    lines = []
+    for r in batch.records:
+        a, b, c, d = r.run_id, r.tenant_id, r.variant_slug, r.source
+        e, f, g, h, i = (
+            r.model_version,
+            r.adapter_version,
+            r.commit_sha,
+            r.input_hash,
+            r.output_hash,
+        )
+        p = r.payload_json if r.payload is None else dumps(_as_sent(r))
+        # Spelt out (the order of _FINGERPRINT_FIELDS, then the payload): one string a record.
+        lines.append(
+            f"{len(a)}:{a}{len(b)}:{b}{len(c)}:{c}{len(d)}:{d}{len(e)}:{e}{len(f)}:{f}"
+            f"{len(g)}:{g}{len(h)}:{h}{len(i)}:{i}{len(p)}:{p}"
+            f"{r.v1_cost!r},{r.v2_cost!r},{r.runtime_ms},"
+            f"{r.id_set:d}{r.cost_delta_set:d}{r.created_at_set:d}"
+        )
+    digest = hashlib.sha256("".join(lines).encode("utf-8", "surrogatepass")).hexdigest()
+    return FINGERPRINT_VERSION + digest[: 64 - len(FINGERPRINT_VERSION)]
+
+
+def command_fingerprint_v1(batch: WriteBatch) -> str:
+    """The first digest formula (64 hex digits): what keys stored before ``v2`` hold."""
     lines = [
         dumps(
             [

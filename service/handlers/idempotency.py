@@ -12,7 +12,9 @@ For a command with a ``request_id``:
    then raise :class:`ClaimTaken`; the middleware answers as in 1.
 
 The digest is computed only when needed (a key seen before, or the handler taking it after
-its own validation), so a first attempt pays for it once.
+its own validation), so a first attempt pays for it once. A digest formula can change: the
+new one's digests start with a version tag (``v2...``), and a stored digest without it is
+compared with the operation's ``legacy_digest``, so keys stored before still replay.
 """
 
 from __future__ import annotations
@@ -44,6 +46,16 @@ class Claim:
     operation: str
     request_id: str
     digest: Callable[[], str]
+    legacy_digest: Callable[[], str] | None = None
+
+    def matches(self, stored_hash: str) -> bool:
+        """Whether a stored digest is this request's (of the current or the legacy formula)."""
+        current = self.digest()
+        if stored_hash == current:
+            return True
+        # Untagged: a digest of the formula before the current one (64 hex digits).
+        legacy = self.legacy_digest
+        return legacy is not None and not _is_tagged(stored_hash) and stored_hash == legacy()
 
     def take(self, uow: UnitOfWork, now: datetime) -> None:
         """Claim the key in ``uow``'s transaction, or raise :class:`ClaimTaken`."""
@@ -67,6 +79,13 @@ class Replay(Generic[C, R]):
     request_id: Callable[[C], str]
     digest: Callable[[C], str]
     replay: Callable[[UnitOfWork, Mapping[str, Any]], R]
+    # The formula whose digests carry no version tag, when ``digest`` is a newer one.
+    legacy_digest: Callable[[C], str] | None = None
+
+
+def _is_tagged(digest: str) -> bool:
+    """A versioned digest (``v2...``); the first formula's are 64 lowercase hex digits."""
+    return digest[:1] == "v"
 
 
 class ReplayTable:
@@ -127,8 +146,12 @@ class _Idempotent(Generic[C, R]):
         request_id = self.spec.request_id(command)
         if not request_id:
             return self.handler(command, call)
+        legacy = self.spec.legacy_digest
         claim = Claim(
-            self.operation, request_id, functools.cache(lambda: self.spec.digest(command))
+            self.operation,
+            request_id,
+            functools.cache(lambda: self.spec.digest(command)),
+            None if legacy is None else functools.cache(lambda: legacy(command)),
         )
         try:
             earlier = self._earlier(claim)
@@ -152,7 +175,7 @@ class _Idempotent(Generic[C, R]):
             stored = uow.idempotency.get(claim.operation, claim.request_id)
             if stored is None:
                 return None
-            if stored.request_hash != claim.digest() or stored.response is None:
+            if not claim.matches(stored.request_hash) or stored.response is None:
                 raise RequestIdReused(
                     f"request_id {claim.request_id!r} was used for a different request"
                 )

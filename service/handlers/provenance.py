@@ -15,6 +15,7 @@ from costsim_analytics.engines.provenance import (
     WriteBatch,
     WriteBatchResult,
     command_fingerprint,
+    command_fingerprint_v1,
     prepare_batch,
     validate_filter,
 )
@@ -35,6 +36,7 @@ BATCH_REPLAY: Replay[WriteBatch, WriteBatchResult] = Replay(
     request_id=lambda command: command.request_id,
     digest=command_fingerprint,
     replay=_replayed_batch,
+    legacy_digest=command_fingerprint_v1,
 )
 
 

@@ -44,11 +44,11 @@ def arm(mode: str, n: int, rng: random.Random) -> WriterHooks:
     if mode == "torn":
         write_now = Spool._write_now
 
-        def torn(self: Spool, data: bytes) -> None:
+        def torn(self: Spool, data: bytes, *, sync: bool = True) -> None:
             if countdown.hit():
                 os.write(self._fd, data[: max(1, len(data) // 2)])
                 die()
-            write_now(self, data)
+            write_now(self, data, sync=sync)
 
         Spool._write_now = torn  # type: ignore[method-assign]
     elif mode == "mid_batch":

@@ -64,6 +64,31 @@ def test_rows_round_trip_exactly(tx):
     assert (record.input_hash, record.output_hash) == (new.input_hash, new.output_hash)
 
 
+def test_text_that_copy_must_escape_round_trips(tx):
+    awkward = "tab\there\nnew line\r\\back\\slash \\N é 日本"
+    payload = {"input": {"s": awkward, "n": None, "x": 1e-05}, "output": {"k": [awkward]}}
+    [new] = prepare_batch(
+        [
+            provenance_input(
+                0, run_id=awkward, tenant_id="\\N", commit_sha="", v1_cost=None, payload=payload
+            )
+        ],
+        max_batch=1,
+        now=T0,
+    )
+    provenance = SqlProvenanceDriver(tx)
+    [row_id] = provenance.insert_batch([new])
+    [[record]] = list(provenance.stream(ProvenanceFilter(), None, 10))
+    assert (record.id, record.run_id, record.tenant_id, record.commit_sha) == (
+        row_id,
+        awkward,
+        "\\N",
+        "",
+    )
+    assert record.payload == new.payload == payload
+    assert (record.v1_cost, record.cost_delta, record.runtime_ms) == (None, None, new.runtime_ms)
+
+
 def test_leaving_without_commit_rolls_back(engine):
     uow = SqlAlchemyUnitOfWorkFactory(engine)
     with pytest.raises(RuntimeError), uow() as w:

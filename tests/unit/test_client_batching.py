@@ -24,7 +24,7 @@ from costsim_analytics.client.errors import (
     UnavailableError,
     from_grpc,
 )
-from costsim_analytics.client.records import encode_batch, prepare_record
+from costsim_analytics.client.records import batch_bytes, encode_batch, prepare_record
 from costsim_analytics.client.retry import RetryBudget, RetryPolicy, should_retry
 from costsim_analytics.client.spool import Spool
 from costsim_analytics.engines.provenance import ProvenanceInput, prepare_batch
@@ -358,6 +358,16 @@ def test_an_encoded_batch_is_the_request_the_server_parses():
     )
     assert request.request_id == "key-1"
     assert [r.run_id for r in request.records] == ["run-0", "run-1", "run-2"]
+
+
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 16383, 16384, 70_000, 2_100_000])
+def test_batch_bytes_is_what_a_record_adds_to_the_encoded_request(size):
+    body = pb.ProvenanceRecord(run_id="r" * size).SerializeToString()
+    alone = encode_batch([], "k")
+    assert len(encode_batch([body], "k")) - len(alone) == batch_bytes(body)
+    assert pb.WriteProvenanceBatchRequest.FromString(encode_batch([body, body], "k")).records[
+        1
+    ] == pb.ProvenanceRecord.FromString(body)
 
 
 # --- pages -----------------------------------------------------------------------------------

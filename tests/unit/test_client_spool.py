@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import threading
+import time
+from typing import Any
 
 import pytest
 
-from costsim_analytics.client.errors import SpoolLockedError
+from costsim_analytics.client.errors import SpoolError, SpoolLockedError
 from costsim_analytics.client.spool import RECORD, Spool, frame, read_frames
 
 
@@ -191,3 +193,73 @@ def test_fsync_mode_writes_the_same_log(tmp_path):
         assert again.recovery.records == 0 and again.next_batch == 1
     finally:
         again.close()
+
+
+class SlowFlushes:
+    """os.fdatasync that takes a while and notes how large the file was when each began."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.lock = threading.Lock()
+        self.done: list[int] = []  # file sizes at the start of each finished flush
+
+    def __call__(self, fd: int) -> None:
+        size = os.fstat(fd).st_size
+        time.sleep(0.01)
+        self.real(fd)
+        with self.lock:
+            self.done.append(size)
+
+
+def test_records_added_at_once_share_a_flush_and_each_waits_for_one_after_it(tmp_path, monkeypatch):
+    spool = Spool.open(tmp_path / "s", fsync=True)
+    flushes = SlowFlushes(os.fdatasync)
+    monkeypatch.setattr(os, "fdatasync", flushes)
+    start = threading.Barrier(8)
+    late: list[int] = []
+
+    def add(n: int) -> None:
+        start.wait()
+        for body in bodies(5, f"t{n}-"):
+            spool.append([body], sync=False)
+            mark = spool.written  # a fresh spool's one segment: its size
+            spool.flush_through(mark)
+            with flushes.lock:
+                if not any(size >= mark for size in flushes.done):
+                    late.append(mark)
+
+    threads = [threading.Thread(target=add, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert late == []  # every flush_through returned after a flush that covered its record
+    assert len(flushes.done) < 40  # one flush a record would be 40: flushes were shared
+    spool.close()
+    assert Spool.open(tmp_path / "s").recovery.records == 40
+
+
+def test_a_flush_that_fails_raises_and_nothing_later_claims_it(tmp_path, monkeypatch):
+    spool = Spool.open(tmp_path / "s", fsync=True)
+
+    def broken(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    spool.append(bodies(1), sync=False)
+    mark = spool.written
+    monkeypatch.setattr(os, "fdatasync", broken)
+    with pytest.raises(SpoolError, match="cannot flush"):
+        spool.flush_through(mark)
+    with pytest.raises(SpoolError, match="cannot flush"):  # still not on the disk
+        spool.flush_through(mark)
+    monkeypatch.undo()
+    spool.flush_through(mark)
+    spool.close()
+
+
+def test_without_fsync_flush_through_returns_at_once(tmp_path, monkeypatch):
+    spool = Spool.open(tmp_path / "s")
+    monkeypatch.setattr(os, "fdatasync", lambda fd: pytest.fail("flushed without fsync"))
+    spool.append(bodies(2), sync=False)
+    spool.flush_through(spool.written)
+    spool.close()

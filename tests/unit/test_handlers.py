@@ -3,8 +3,15 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from costsim_analytics.engines.errors import InvalidArgument, NotFound, RequestIdReused
+from costsim_analytics.engines.idempotency import StoredRequest
 from costsim_analytics.engines.pagination import decode_token, filter_fingerprint
-from costsim_analytics.engines.provenance import ProvenanceFilter, ProvenanceQuery, WriteBatch
+from costsim_analytics.engines.provenance import (
+    ProvenanceFilter,
+    ProvenanceQuery,
+    WriteBatch,
+    command_fingerprint,
+    command_fingerprint_v1,
+)
 from costsim_analytics.engines.reports import GetReport
 from costsim_analytics.handlers.call import Call
 from costsim_analytics.handlers.idempotency import ReplayTable, idempotency, request_ids
@@ -73,6 +80,28 @@ def test_same_request_id_other_records_is_rejected_and_writes_nothing():
     assert exc.value.reason == "REQUEST_ID_REUSED"
     assert len(store.provenance.inserted) == 1
     assert not store.opened[-1].committed
+
+
+def test_a_key_stored_with_the_first_digest_formula_still_replays():
+    store = FakeStore()
+    handler = write_handler(store)
+    batch = WriteBatch([provenance_input(i) for i in range(2)], request_id="req-1")
+    first = handler(batch)
+    key = (OP_PROVENANCE_BATCH.name, "req-1")
+    assert store.idempotency.keys[key].request_hash == command_fingerprint(batch)
+    # As a server before the v2 formula stored it.
+    keys = store.idempotency.keys
+    keys[key] = StoredRequest(command_fingerprint_v1(batch), keys[key].response)
+    again = handler(batch)
+    assert again.replayed and again.ids == first.ids
+    other = WriteBatch([provenance_input(5)], request_id="req-1")
+    with pytest.raises(RequestIdReused):
+        handler(other)
+    # An untagged digest is compared with the first formula only, never with the current one.
+    keys[key] = StoredRequest(command_fingerprint(batch)[2:] + "00", keys[key].response)
+    with pytest.raises(RequestIdReused):
+        handler(batch)
+    assert len(store.provenance.inserted) == 2
 
 
 def test_query_opens_read_only_unit_of_work_and_closes_it():

@@ -10,8 +10,10 @@ from costsim_analytics.engines.idempotency import validate_request_id
 from costsim_analytics.engines.provenance import (
     MAX_PAYLOAD_BYTES,
     ProvenanceFilter,
+    ProvenanceInput,
     WriteBatch,
     command_fingerprint,
+    command_fingerprint_v1,
     compute_cost_delta,
     prepare_batch,
     validate_filter,
@@ -132,6 +134,63 @@ def test_fingerprint_is_the_content_not_the_request_id():
     assert command_fingerprint(a) != command_fingerprint(c)
     # A Struct payload and its canonical JSON text are the same content.
     assert command_fingerprint(struct) == command_fingerprint(text)
+
+
+def _pinned_batch() -> WriteBatch:
+    return WriteBatch(
+        [
+            ProvenanceInput(
+                run_id="run-1",
+                tenant_id="acme",
+                variant_slug="v2",
+                source="sandbox",
+                model_version="2.0.0",
+                commit_sha="abc123",
+                v1_cost=10.0,
+                v2_cost=12.5,
+                payload={"input": {"budget_cents": 100.0, "plan": ["é"]}, "output": {}},
+                runtime_ms=7,
+            ),
+            ProvenanceInput(
+                run_id="run-2",
+                variant_slug="v1",
+                source="manual",
+                payload_json='{"input": {"a": 1}, "output": {"b": "x"}}',
+                input_hash="a" * 64,
+                output_hash="b" * 64,
+            ),
+        ],
+        "k",
+    )
+
+
+def test_the_first_digest_formula_is_unchanged():
+    # Stored under keys written before the v2 formula: it must never change.
+    expected = "dedb5644bbc068ff03393fe4d502e2c2d18b7b2436e074629dcd89bb6306df44"
+    assert command_fingerprint_v1(_pinned_batch()) == expected
+
+
+def test_the_current_digest_is_tagged_and_fits_the_column():
+    digest = command_fingerprint(_pinned_batch())
+    assert digest.startswith("v2") and len(digest) == 64
+    assert all(c in "0123456789abcdef" for c in digest[2:])
+    assert digest == "v2452fed9d2e005c341cb15a159d071e9a329a60a8bb4aff85412ac0749beb33"
+
+
+def test_the_current_digest_tells_apart_what_a_plain_join_would_not():
+    def digest(**overrides: object) -> str:
+        return command_fingerprint(WriteBatch([provenance_input(0, **overrides)]))
+
+    # Text moved from one field to its neighbour, a cost given or not, a flag set.
+    assert digest(run_id="ab", tenant_id="c") != digest(run_id="a", tenant_id="bc")
+    assert digest(run_id="1:x", tenant_id="") != digest(run_id="1", tenant_id="x")
+    assert digest(v1_cost=None) != digest(v1_cost=0.0)
+    assert digest(v1_cost=-0.0) != digest(v1_cost=0.0)
+    assert digest(v1_cost=1.0, v2_cost=2.0) != digest(v1_cost=2.0, v2_cost=1.0)
+    assert digest(id_set=True) != digest(cost_delta_set=True)
+    one = WriteBatch([provenance_input(0), provenance_input(1)])
+    other = WriteBatch([provenance_input(1), provenance_input(0)])
+    assert command_fingerprint(one) != command_fingerprint(other)
 
 
 def test_filter_validation():
