@@ -259,9 +259,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
             convert_canary.report_query,
             request,
             context,
-            lambda report, token: pb.QueryCanaryReportsResponse(
-                report=convert_canary.canary_report(report), page_token=token
-            ),
+            convert_canary.report_response,
         )
 
     @unary
