@@ -234,7 +234,8 @@ class FairPool(Executor):
             self._running[key] -= 1
             if self._running[key] <= 0:
                 del self._running[key]
-            self._ready.notify()
+            if self._queues:  # work held back by ``per_key`` may be eligible now
+                self._ready.notify()
 
     def _serve(self) -> None:
         while (item := self._next()) is not None:

@@ -118,37 +118,52 @@ def _statistics(s: ReportStatistics | None) -> pb.CanaryStatistics | None:
 
 def canary_report(r: CanaryReport) -> pb.CanaryReport:
     """A stored report as a message, its golden comparison included."""
-    return pb.CanaryReport(
-        id=r.id,
-        run_id=r.run_id,
-        timestamp=convert.to_timestamp(r.timestamp),
-        status=STATUS_TO_PROTO.get(r.status, pb.CANARY_STATUS_UNSPECIFIED),
-        total_samples=r.total_samples,
-        matching_samples=r.matching_samples,
-        minor_drift_samples=r.minor_drift_samples,
-        major_drift_samples=r.major_drift_samples,
-        median_cost_diff=r.median_cost_diff,
-        p90_cost_diff=r.p90_cost_diff,
-        kl_divergence=r.kl_divergence,
-        outlier_count=r.outlier_count,
-        passed=r.passed,
-        failure_reasons=r.failure_reasons,
-        artifact_paths=r.artifact_paths,
-        created_at=convert.to_timestamp(r.created_at) if r.created_at else None,
-        reasons=[convert.failure_reason(x) for x in r.reasons],
-        statistics=_statistics(r.statistics),
-        artifacts=[
+    return pb.CanaryReport(**canary_report_fields(r))
+
+
+def report_response(r: CanaryReport, page_token: str) -> pb.QueryCanaryReportsResponse:
+    """One message of a QueryCanaryReports stream.
+
+    The report is built in place from its fields: a ``CanaryReport`` message handed to the
+    response's constructor would be copied into it, once per streamed report.
+    """
+    fields = canary_report_fields(r)  # a message field takes a mapping (the stubs say otherwise)
+    return pb.QueryCanaryReportsResponse(report=fields, page_token=page_token)  # type: ignore[arg-type]
+
+
+def canary_report_fields(r: CanaryReport) -> dict[str, Any]:
+    """The fields of :func:`canary_report`'s message, as its constructor's keywords."""
+    return {
+        "id": r.id,
+        "run_id": r.run_id,
+        "timestamp": convert.to_timestamp(r.timestamp),
+        "status": STATUS_TO_PROTO.get(r.status, pb.CANARY_STATUS_UNSPECIFIED),
+        "total_samples": r.total_samples,
+        "matching_samples": r.matching_samples,
+        "minor_drift_samples": r.minor_drift_samples,
+        "major_drift_samples": r.major_drift_samples,
+        "median_cost_diff": r.median_cost_diff,
+        "p90_cost_diff": r.p90_cost_diff,
+        "kl_divergence": r.kl_divergence,
+        "outlier_count": r.outlier_count,
+        "passed": r.passed,
+        "failure_reasons": r.failure_reasons,
+        "artifact_paths": r.artifact_paths,
+        "created_at": convert.to_timestamp(r.created_at) if r.created_at else None,
+        "reasons": [convert.failure_reason(x) for x in r.reasons],
+        "statistics": _statistics(r.statistics),
+        "artifacts": [
             pb.Artifact(path=a.path, sha256=a.sha256, size_bytes=a.size_bytes) for a in r.artifacts
         ],
-        baseline_model=r.baseline_model,
-        candidate_model=r.candidate_model,
-        invalid_samples=r.invalid_samples,
-        sample_source=r.sample_source,
-        seed=r.seed,
-        golden_comparison=(
+        "baseline_model": r.baseline_model,
+        "candidate_model": r.candidate_model,
+        "invalid_samples": r.invalid_samples,
+        "sample_source": r.sample_source,
+        "seed": r.seed,
+        "golden_comparison": (
             None if r.golden_comparison is None else convert_golden.comparison(r.golden_comparison)
         ),
-    )
+    }
 
 
 def run_canary(request: pb.RunCanaryRequest) -> RunCanary:

@@ -233,6 +233,38 @@ class Sender(Protocol):
         """The error (counted) for a stream whose reader stopped reading."""
 
 
+class _SendWatch:
+    """Cancels ``task`` once the write it is in (begun at ``since``) has waited ``limit_s``.
+
+    One timer per stream: it fires every ``limit_s`` at most, and while a write is pending
+    exactly ``limit_s`` after that write began. Setting ``since`` around each write costs a
+    clock read, where a timeout rescheduled per message cost two timer handles.
+    """
+
+    __slots__ = ("_handle", "_limit_s", "_loop", "_task", "expired", "since")
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any], limit_s: float
+    ) -> None:
+        self._loop, self._task, self._limit_s = loop, task, limit_s
+        self.since: float | None = None
+        self.expired = False
+        self._handle = loop.call_at(loop.time() + limit_s, self._check)
+
+    def _check(self) -> None:
+        since = self.since
+        if since is not None and self._loop.time() - since >= self._limit_s:
+            self.expired = True
+            self._task.cancel()
+            return
+        start = self._loop.time() if since is None else since
+        self._handle = self._loop.call_at(start + self._limit_s, self._check)
+
+    def stop(self) -> None:
+        """No more checks."""
+        self._handle.cancel()
+
+
 def streaming(
     method: StreamMethod[SenderT, Request, Response],
 ) -> StreamMethod[SenderT, Request, Response]:
@@ -252,34 +284,39 @@ def streaming(
     async def wrapper(self: SenderT, request: Request, context: Any) -> AsyncIterator[Response]:
         messages = method(self, request, context)
         loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None, "a gRPC method runs in a task"
+        cancelling = task.cancelling()
+        # One timer for the whole stream, looking at the write in progress (not at the time
+        # the next message takes to be produced): a timer armed and disarmed around each
+        # write (asyncio.timeout rescheduled twice per message, earlier asyncio.wait_for per
+        # message) was the largest Python cost of a stream after gRPC's own (py-spy).
+        watch = _SendWatch(loop, task, self.send_timeout_s)
         try:
             try:
-                # One timeout scope for the whole stream, armed around each write only (not
-                # while the next message is produced). asyncio.wait_for per message made a
-                # task and a timer per message: the largest Python cost of a stream after
-                # gRPC's own (a py-spy profile of the read path).
-                limit = asyncio.timeout(None)
-                async with limit:
-                    async for message in messages:
-                        limit.reschedule(loop.time() + self.send_timeout_s)
-                        try:
-                            await context.write(message)
-                        except Exception as exc:
-                            # gRPC could not send: the client cancelled or went away, or the
-                            # shutdown cancelled the call when its grace ran out. The call is
-                            # over and nobody is left to answer: no server error.
-                            log.info(
-                                "%s ended by its caller or the shutdown (%s)",
-                                method.__name__,
-                                type(exc).__name__,
-                            )
-                            break
-                        limit.reschedule(None)
-            except TimeoutError:
-                if not limit.expired():  # raised by the method itself, not by a slow reader
+                async for message in messages:
+                    watch.since = loop.time()
+                    try:
+                        await context.write(message)
+                    except Exception as exc:
+                        # gRPC could not send: the client cancelled or went away, or the
+                        # shutdown cancelled the call when its grace ran out. The call is
+                        # over and nobody is left to answer: no server error.
+                        log.info(
+                            "%s ended by its caller or the shutdown (%s)",
+                            method.__name__,
+                            type(exc).__name__,
+                        )
+                        break
+                    watch.since = None
+            except asyncio.CancelledError:
+                # Cancelled by the watch alone (not also by gRPC or the shutdown): a reader
+                # that read nothing for send_timeout_s.
+                if not watch.expired or task.uncancel() > cancelling:
                     raise
                 raise self.stalled(method.__name__) from None
             finally:
+                watch.stop()
                 # Closed here, however the loop ended, so that the stream's clean-up runs now
                 # and not later in a task of its own (after a shutdown, its threads are gone).
                 if isinstance(messages, AsyncGenerator):

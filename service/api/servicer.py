@@ -12,8 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from concurrent.futures import Future
-from contextlib import aclosing
+from concurrent.futures import Executor, Future
 from typing import TypeVar
 
 import grpc
@@ -168,36 +167,55 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         Chunks are fetched and converted to messages in the stream pool (the next while this
         one is being sent), so the event loop only sends: a busy stream costs the other calls
         on the loop little, and the fair pool bounds how many of one caller's chunks are
-        converted at once.
+        converted at once. The stream is opened and its first chunk fetched and converted in
+        ONE worker job. Once the last chunk is in, the stream is closed in the pool while its
+        messages are being sent: a page that fits in one chunk costs one hand-off before its
+        first message, and its transaction's end is not on the way to it.
         """
         call, slot, key = self._admit("stream", context)
         handler = self._registry.get(op)
         pool = self._pools.stream
-        opening = submit(pool, lambda: handler(to_command(request), call), call, key)
+
+        def fetch(stream: ResultStream[T]) -> list[M]:
+            return [to_message(item, token) for item, token in stream.next_chunk()]
+
+        def open_first() -> tuple[ResultStream[T], list[M]]:
+            stream = handler(to_command(request), call)
+            try:
+                return stream, fetch(stream)
+            except BaseException:
+                stream.close()
+                raise
+
+        opening = submit(pool, open_first, call, key)
         try:
-            stream = await asyncio.wrap_future(opening)
+            stream, chunk = await asyncio.wrap_future(opening)
         except BaseException:
             # Cancelled while a worker still opens it: close what it opens, then free the slot.
             opening.add_done_callback(_close_opened)
             release_when_done(opening, slot)
             raise
-
-        def fetch() -> list[M]:
-            return [to_message(item, token) for item, token in stream.next_chunk()]
-
-        pending = asyncio.wrap_future(submit(pool, fetch, call, key))
+        closing: Future[None] | None = None
+        closed = False
         try:
-            while chunk := await pending:
-                pending = asyncio.wrap_future(submit(pool, fetch, call, key))
+            while True:
+                if stream.exhausted:
+                    closing, closed = _close_in(pool, stream), True
+                    pending = None
+                else:
+                    pending = asyncio.wrap_future(submit(pool, lambda: fetch(stream), call, key))
                 for message in chunk:
                     yield message
+                if pending is None:
+                    break
+                chunk = await pending
         finally:
             # Not awaited: a cancelled call must not wait for it. The stream's lock makes the
-            # close wait for a fetch still running in a worker; the slot is free after it.
-            try:
-                closing = pool.submit(stream.close)
-            except RuntimeError:  # the pools are shut down: a stream outlived the grace
-                stream.close()
+            # close wait for a fetch still running in a worker. The slot is free once the
+            # stream is closed and its messages are sent (or the call is over).
+            if not closed:
+                closing = _close_in(pool, stream)
+            if closing is None:
                 slot.release()
             else:
                 release_when_done(closing, slot)
@@ -211,20 +229,17 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         return convert.write_batch_response(result)
 
     @streaming
-    async def QueryProvenance(
+    def QueryProvenance(
         self, request: pb.QueryProvenanceRequest, context: Context
     ) -> AsyncIterator[pb.QueryProvenanceResponse]:
-        """Stream provenance records, newest first."""
-        messages = self._stream(
+        """Stream provenance records, newest first (``streaming`` closes the generator)."""
+        return self._stream(
             OP_PROVENANCE_QUERY,
             convert.provenance_query,
             request,
             context,
             convert.provenance_response,
         )
-        async with aclosing(messages):
-            async for message in messages:
-                yield message
 
     @unary
     async def GetDriftStats(
@@ -235,22 +250,17 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         return convert.drift_stats(stats)
 
     @streaming
-    async def QueryCanaryReports(
+    def QueryCanaryReports(
         self, request: pb.QueryCanaryReportsRequest, context: Context
     ) -> AsyncIterator[pb.QueryCanaryReportsResponse]:
-        """Stream canary reports, newest first."""
-        messages = self._stream(
+        """Stream canary reports, newest first (``streaming`` closes the generator)."""
+        return self._stream(
             OP_CANARY_REPORTS,
             convert_canary.report_query,
             request,
             context,
-            lambda report, token: pb.QueryCanaryReportsResponse(
-                report=convert_canary.canary_report(report), page_token=token
-            ),
+            convert_canary.report_response,
         )
-        async with aclosing(messages):
-            async for message in messages:
-                yield message
 
     @unary
     async def GetCanaryReport(
@@ -336,7 +346,16 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         return pb.CompareGoldenResponse(comparison=convert_golden.comparison(comparison))
 
 
-def _close_opened(future: Future[ResultStream[T]]) -> None:
+def _close_in(pool: Executor, stream: ResultStream[T]) -> Future[None] | None:
+    """Close ``stream`` in a worker of ``pool``: the future of that, or None if closed here."""
+    try:
+        return pool.submit(stream.close)
+    except RuntimeError:  # the pools are shut down: a stream outlived the grace
+        stream.close()
+        return None
+
+
+def _close_opened(future: Future[tuple[ResultStream[T], list[M]]]) -> None:
     """Close the stream a worker opened for a call that was gone by then."""
     if not future.cancelled() and future.exception() is None:
-        future.result().close()
+        future.result()[0].close()

@@ -39,16 +39,27 @@ _SELECT_COLUMNS = [t.c[name] for name in _COLUMNS]
 
 # Columns stored as they are in the report (the others hold JSON).
 _PLAIN = tuple(name for name in _COLUMNS if not name.endswith("_json"))
+# Where each column is in a selected row: rows are read by position (a stream reads
+# thousands; by name each lookup goes through the row's mapping).
+_PLAIN_AT = tuple((name, _COLUMNS.index(name)) for name in _PLAIN)
+_REASONS_AT, _PATHS_AT, _GOLDEN_AT, _DETAILS_AT = (
+    _COLUMNS.index(name)
+    for name in (
+        "failure_reasons_json",
+        "artifact_paths_json",
+        "golden_comparison_json",
+        "details_json",
+    )
+)
 
 
 def _report(row: Row[Any]) -> CanaryReport:
-    m = row._mapping
     return CanaryReport(
-        **{name: m[name] for name in _PLAIN},
-        failure_reasons=tuple(m["failure_reasons_json"]),
-        artifact_paths=tuple(m["artifact_paths_json"]),
-        golden_comparison=golden_from_json(m["golden_comparison_json"]),
-        **details_from_json(m["details_json"]),
+        **{name: row[at] for name, at in _PLAIN_AT},
+        failure_reasons=tuple(row[_REASONS_AT]),
+        artifact_paths=tuple(row[_PATHS_AT]),
+        golden_comparison=golden_from_json(row[_GOLDEN_AT]),
+        **details_from_json(row[_DETAILS_AT]),
     )
 
 

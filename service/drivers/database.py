@@ -8,6 +8,7 @@ timeout, so an unreachable server fails fast instead of hanging a call.
 
 from __future__ import annotations
 
+import json
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 READ_ONLY = "costsim_read_only"
+_JSON = json.JSONDecoder()
 # The engine execution option holding the tracer of statements sent around SQLAlchemy (set by
 # ``Tracing.instrument`` in tracing.py only when tracing is on; absent, no span is made).
 TRACER_OPTION = "costsim_tracer"
@@ -50,7 +52,17 @@ def make_engine(url: str, options: EngineOptions | None = None) -> Engine:
         pool_timeout=opts.pool_timeout_s,
         pool_pre_ping=True,
         connect_args=connect_args,
+        json_deserializer=_json_loads,
     )
+
+
+def _json_loads(data: bytes) -> Any:
+    """``json.loads`` of the JSON text PostgreSQL sends (UTF-8), without its encoding sniffing.
+
+    The same decoder as ``json.loads``, so the same values; about half its cost on the small
+    documents of a report row, three of which every streamed report decodes.
+    """
+    return _JSON.decode(data.decode())
 
 
 def _sqlite_engine(url: str, opts: EngineOptions) -> Engine:

@@ -124,6 +124,11 @@ class _ReopeningStream(Generic[T]):
         # A cancelled call closes the stream from another thread, maybe while it reopens.
         self._lock = threading.Lock()
 
+    @property
+    def exhausted(self) -> bool:
+        """Whether the stream in use has handed out its last chunk."""
+        return self._stream.exhausted
+
     def next_chunk(self) -> list[tuple[T, str]]:
         """The next chunk (the first one from the primary if the replica failed it)."""
         if self._started:

@@ -22,7 +22,11 @@ class ResultStream(Generic[T]):
     """Chunks of ``(item, page_token)``; :meth:`close` ends the query and the transaction.
 
     The transport pulls one chunk at a time (from a worker thread) and closes the stream in a
-    ``finally``, so a cancelled call closes the database cursor too.
+    ``finally``, so a cancelled call closes the database cursor too. The stream knows when
+    it has handed out its last chunk (the ``limit``-th item, an empty chunk, or chunks that
+    say they are ``exhausted``): :attr:`exhausted` then tells the transport it may close the
+    stream at once, while the last messages are still being sent, instead of asking for a
+    chunk that cannot come.
     """
 
     def __init__(
@@ -33,23 +37,35 @@ class ResultStream(Generic[T]):
         kind: str,
         fingerprint: str,
         cursor_of: Callable[[T], Cursor],
+        limit: int,
     ) -> None:
         self._uow = uow
         self._chunks = chunks
         self._kind = kind
         self._fingerprint = fingerprint
         self._cursor_of = cursor_of
+        self._left = limit
+        self._exhausted = False
         self._closed = False
         # A cancelled call may close the stream while a worker thread is still fetching a
         # chunk; the lock keeps the two off the connection at the same time.
         self._lock = threading.Lock()
 
+    @property
+    def exhausted(self) -> bool:
+        """Whether the last chunk has been handed out (the next one would be empty)."""
+        return self._exhausted
+
     def next_chunk(self) -> list[tuple[T, str]]:
         """The next chunk, empty when the result is exhausted."""
         with self._lock:
-            if self._closed:
+            if self._closed or self._exhausted:
                 return []
             chunk = next(self._chunks, [])
+            self._left -= len(chunk)
+            self._exhausted = (
+                not chunk or self._left <= 0 or getattr(self._chunks, "exhausted", False)
+            )
         kind, fp, cursor_of = self._kind, self._fingerprint, self._cursor_of
         return [(item, encode_token(kind, fp, cursor_of(item))) for item in chunk]
 
@@ -100,4 +116,6 @@ def open_stream(
     except BaseException:
         uow.__exit__(None, None, None)
         raise
-    return ResultStream(uow, chunks, kind=kind, fingerprint=fingerprint, cursor_of=cursor_of)
+    return ResultStream(
+        uow, chunks, kind=kind, fingerprint=fingerprint, cursor_of=cursor_of, limit=limit
+    )

@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import time
 
 import grpc
 import pytest
@@ -166,6 +167,57 @@ def test_a_stream_whose_reader_stopped_reading_is_cut_with_resource_exhausted():
     rich, info, _ = decode(ctx.status)
     assert (rich.code, info.reason) == (code_pb2.RESOURCE_EXHAUSTED, "SLOW_READER")
     assert ctx.written == []
+
+
+class SlowProducer(Svc):
+    @streaming
+    async def Stream(self, request, context):
+        for n in range(3):
+            await asyncio.sleep(self.send_timeout_s * 3)  # the next chunk from the database
+            yield n
+
+
+def test_time_spent_producing_the_next_message_does_not_count_as_a_slow_reader():
+    ctx = FakeContext()
+    asyncio.run(consume(SlowProducer(None).Stream(None, ctx)))
+    assert ctx.status is None and ctx.written == [0, 1, 2]
+
+
+def test_a_reader_that_stops_after_some_messages_is_cut_at_the_stalled_write():
+    class StopsReading(FakeContext):
+        async def write(self, message):
+            if len(self.written) == 2:
+                await asyncio.Event().wait()
+            self.written.append(message)
+
+    class Many(Svc):
+        @streaming
+        async def Stream(self, request, context):
+            for n in range(5):
+                yield n
+
+    ctx = StopsReading()
+    started = time.monotonic()
+    with pytest.raises(Aborted):
+        asyncio.run(consume(Many(None).Stream(None, ctx)))
+    assert time.monotonic() - started < 2  # cut after send_timeout_s, not left hanging
+    rich, info, _ = decode(ctx.status)
+    assert (rich.code, info.reason) == (code_pb2.RESOURCE_EXHAUSTED, "SLOW_READER")
+    assert ctx.written == [0, 1]
+
+
+def test_a_cancelled_stream_stays_cancelled_and_is_not_a_slow_reader():
+    ctx = FakeContext(blocked=True)
+
+    async def cancel_soon():
+        task = asyncio.ensure_future(consume(Svc(NotFound("never")).Stream(None, ctx)))
+        await asyncio.sleep(0.01)  # inside its (blocked) first write, before send_timeout_s
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancel_soon())
+    assert ctx.status is None
 
 
 def test_auth_errors_map_to_their_codes_with_metadata():

@@ -279,6 +279,7 @@ def stream_over(uow: ExitCounter, reports: list[CanaryReport], fail_after: int |
         kind="canary_reports",
         fingerprint="f",
         cursor_of=lambda r: Cursor(r.timestamp, r.id),
+        limit=len(reports) + 1,  # not exhausted early: the chunks decide where it fails
     )
 
 
