@@ -48,7 +48,7 @@ from costsim_analytics.client.errors import (
 )
 from costsim_analytics.client.records import PreparedRecord, content_hash, prepare_record
 from costsim_analytics.client.retry import RetryBudget, RetryPolicy
-from costsim_analytics.client.spool import Recovery, SpoolDamage
+from costsim_analytics.client.spool_format import Recovery, SpoolDamage
 from costsim_analytics.client.sync import AnalyticsClient, RecordStream
 from costsim_analytics.client.writer import ProvenanceWriter
 

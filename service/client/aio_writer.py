@@ -46,7 +46,8 @@ from costsim_analytics.client.errors import (
 )
 from costsim_analytics.client.records import PreparedRecord, encode_batch, prepare_record
 from costsim_analytics.client.retry import RetryPolicy
-from costsim_analytics.client.spool import Recovery, Spool
+from costsim_analytics.client.spool import Spool
+from costsim_analytics.client.spool_format import Recovery
 from costsim_analytics.client.writer import encode_records
 
 

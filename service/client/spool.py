@@ -41,12 +41,10 @@ import fcntl
 import json
 import logging
 import os
-import struct
 import threading
 import uuid
-import zlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -55,149 +53,29 @@ from google.protobuf import json_format
 
 from costsim.analytics.v1 import analytics_pb2 as pb
 from costsim_analytics.client.errors import SpoolError, SpoolLockedError
+from costsim_analytics.client.spool_format import (
+    ABANDON,
+    ACK,
+    FORMAT,
+    FRAME,
+    HEADER,
+    REJECT,
+    SEAL,
+    U64,
+    Recovery,
+    Replay,
+    SpoolDamage,
+    frame,
+    ranges,
+    read_frames,
+    record_frame,
+)
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
-MAGIC = b"CS"
-_FRAME = struct.Struct("<2sBII")
-_U64 = struct.Struct("<Q")
-_RANGE = struct.Struct("<QI")
-_RECORD_LENGTH = struct.Struct("<BI")  # what a frame's CRC covers before its payload
-HEADER, RECORD, SEAL, ACK, REJECT, ABANDON = 1, 2, 3, 4, 5, 6
-_TYPES = frozenset({HEADER, RECORD, SEAL, ACK, REJECT, ABANDON})
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 LOCK_FILE = "spool.lock"
 REJECTED_FILE = "rejected.jsonl"
-
-
-@dataclass(frozen=True, slots=True)
-class SpoolDamage:
-    """A damaged stretch of a segment found on open.
-
-    ``kind`` is ``truncated`` (a last frame cut short: a write a crash interrupted) or
-    ``corrupt`` (bytes whose checksum fails, whole frames after them). ``saved_to`` is the file
-    that keeps the bytes.
-    """
-
-    segment: str
-    offset: int
-    length: int
-    kind: str
-    saved_to: str
-
-
-@dataclass(frozen=True, slots=True)
-class SealedBatch:
-    """A batch sealed before a crash and not yet acknowledged: re-sent as it was."""
-
-    number: int
-    seqs: tuple[int, ...]
-
-
-@dataclass
-class Recovery:
-    """What an open found: records to send, batches to re-send, and any damage."""
-
-    pending: dict[int, bytes] = field(default_factory=dict)
-    batches: list[SealedBatch] = field(default_factory=list)
-    damage: list[SpoolDamage] = field(default_factory=list)
-    lost_records: int = 0
-    broken_batches: int = 0
-
-    @property
-    def records(self) -> int:
-        """Records found not yet acknowledged."""
-        return len(self.pending)
-
-
-def _crc(kind: int, payload: bytes | memoryview) -> int:
-    return zlib.crc32(payload, zlib.crc32(bytes((kind,)) + struct.pack("<I", len(payload))))
-
-
-def frame(kind: int, payload: bytes) -> bytes:
-    """One frame of the log."""
-    return _FRAME.pack(MAGIC, kind, len(payload), _crc(kind, payload)) + payload
-
-
-def _record_frame(seq: int, body: bytes) -> bytes:
-    """``frame(RECORD, _U64.pack(seq) + body)``, without building the payload first."""
-    number = _U64.pack(seq)
-    size = _U64.size + len(body)
-    crc = zlib.crc32(body, zlib.crc32(number, zlib.crc32(_RECORD_LENGTH.pack(RECORD, size))))
-    return b"".join((_FRAME.pack(MAGIC, RECORD, size, crc), number, body))
-
-
-def _ranges(seqs: Sequence[int]) -> bytes:
-    out: list[bytes] = []
-    start = prev = -2
-    count = 0
-    for seq in sorted(seqs):
-        if seq == prev + 1:
-            count += 1
-        else:
-            if count:
-                out.append(_RANGE.pack(start, count))
-            start, count = seq, 1
-        prev = seq
-    if count:
-        out.append(_RANGE.pack(start, count))
-    return b"".join(out)
-
-
-def _seqs(data: bytes | memoryview) -> list[int]:
-    seqs: list[int] = []
-    for start, count in _RANGE.iter_unpack(data):
-        seqs.extend(range(start, start + count))
-    return seqs
-
-
-def _valid_at(data: bytes, offset: int) -> int | None:
-    """The end of a whole, valid frame at ``offset``, else None."""
-    if len(data) - offset < _FRAME.size:
-        return None
-    magic, kind, length, crc = _FRAME.unpack_from(data, offset)
-    end = offset + _FRAME.size + length
-    if magic != MAGIC or kind not in _TYPES or end > len(data):
-        return None
-    if _crc(kind, memoryview(data)[offset + _FRAME.size : end]) != crc:
-        return None
-    return int(end)
-
-
-def read_frames(data: bytes) -> tuple[list[tuple[int, int, bytes]], list[tuple[int, int, str]]]:
-    """Every whole frame of a segment (offset, type, payload), and its damaged stretches.
-
-    A damaged stretch is (offset, length, kind): ``truncated`` when nothing whole follows it
-    and it looks like the start of a frame cut short, else ``corrupt``.
-    """
-    frames: list[tuple[int, int, bytes]] = []
-    damage: list[tuple[int, int, str]] = []
-    offset = 0
-    while offset < len(data):
-        end = _valid_at(data, offset)
-        if end is not None:
-            kind = data[offset + 2]
-            frames.append((offset, kind, data[offset + _FRAME.size : end]))
-            offset = end
-            continue
-        resume = data.find(MAGIC, offset + 1)
-        while resume != -1 and _valid_at(data, resume) is None:
-            resume = data.find(MAGIC, resume + 1)
-        if resume == -1:
-            damage.append((offset, len(data) - offset, _tail_kind(data, offset)))
-            break
-        damage.append((offset, resume - offset, "corrupt"))
-        offset = resume
-    return frames, damage
-
-
-def _tail_kind(data: bytes, offset: int) -> str:
-    if len(data) - offset < _FRAME.size:
-        return "truncated" if data[offset:].startswith(MAGIC[: len(data) - offset]) else "corrupt"
-    magic, kind, length, _ = _FRAME.unpack_from(data, offset)
-    cut_short = offset + _FRAME.size + length > len(data)
-    return "truncated" if magic == MAGIC and kind in _TYPES and cut_short else "corrupt"
 
 
 @dataclass
@@ -291,7 +169,7 @@ class Spool:
             parsed = [(n, p, *read_frames(p.read_bytes())) for n, p in files]
         except OSError as exc:
             raise SpoolError(f"cannot read the spool {self.path}: {exc}") from exc
-        state = _Replay()
+        state: Replay[_Segment] = Replay()
         for number, seg_path, frames, damage in parsed:
             segment = _Segment(number, seg_path)
             self._segments.append(segment)
@@ -299,7 +177,7 @@ class Spool:
                 state.apply(segment, kind, payload)
             if damage:
                 self._repair(seg_path, frames, damage)
-            segment.size = sum(_FRAME.size + len(p) for _o, _k, p in frames)
+            segment.size = sum(FRAME.size + len(p) for _o, _k, p in frames)
         if parsed and not state.spool_id:
             raise SpoolError(f"no segment of the spool {self.path} has a readable header")
         self.spool_id = state.spool_id or uuid.uuid4().hex[:16]
@@ -307,7 +185,7 @@ class Spool:
         self._begin_segment()
         broken = state.settle(self.recovery)
         for number in broken:  # a sealed batch that lost a record: its records go again
-            self._write(ABANDON, _U64.pack(number))
+            self._write(ABANDON, U64.pack(number))
         self.recovery.broken_batches = len(broken)
         for seq in self.recovery.pending:
             segment = state.record_segment[seq]
@@ -432,7 +310,7 @@ class Spool:
         """
         with self._lock:
             first = self.next_seq
-            data = b"".join(_record_frame(first + i, body) for i, body in enumerate(bodies))
+            data = b"".join(record_frame(first + i, body) for i, body in enumerate(bodies))
             self._roll(len(data))
             active = self._segments[-1]
             self._write_now(data, sync=sync)
@@ -481,7 +359,7 @@ class Spool:
         """Seal a batch of records before it is sent; its number (in its request id)."""
         with self._lock:
             number = self.next_batch
-            self._write(SEAL, _U64.pack(number) + _ranges(seqs))
+            self._write(SEAL, U64.pack(number) + ranges(seqs))
             self.next_batch = number + 1
             segment = self._segments[-1]
             self._seal_segment[number] = segment
@@ -492,7 +370,7 @@ class Spool:
         """The server stored batch ``number``: its records leave the spool."""
         seqs = list(seqs)
         with self._lock:
-            self._write(ACK, _U64.pack(number) + _ranges(seqs))
+            self._write(ACK, U64.pack(number) + ranges(seqs))
             self._settle_seal(number)
             self._settle_records(seqs)
             self._trim()
@@ -500,7 +378,7 @@ class Spool:
     def abandon(self, number: int) -> None:
         """Batch ``number`` was never stored: its records are to be sealed again."""
         with self._lock:
-            self._write(ABANDON, _U64.pack(number))
+            self._write(ABANDON, U64.pack(number))
             self._settle_seal(number)
             self._trim()
 
@@ -526,7 +404,7 @@ class Spool:
             except OSError as exc:
                 raise SpoolError(f"cannot write {REJECTED_FILE}: {exc}") from exc
             seqs = [seq for seq, _b, _w in entries]
-            self._write(REJECT, _ranges(seqs))
+            self._write(REJECT, ranges(seqs))
             self._settle_records(seqs)
             self._trim()
 
@@ -587,60 +465,3 @@ class Spool:
             if self._lock_fd >= 0:
                 os.close(self._lock_fd)  # releases the flock
                 self._lock_fd = -1
-
-
-class _Replay:
-    """The spool's state rebuilt frame by frame."""
-
-    def __init__(self) -> None:
-        self.spool_id = ""
-        self.next_seq = 0
-        self.next_batch = 0
-        self.first_seq: int | None = None
-        self.records: dict[int, bytes] = {}
-        self.record_segment: dict[int, _Segment] = {}
-        self.seals: dict[int, tuple[int, ...]] = {}
-        self.seal_segment: dict[int, _Segment] = {}
-        self.settled: set[int] = set()
-
-    def apply(self, segment: _Segment, kind: int, payload: bytes) -> None:
-        if kind == HEADER:
-            header = json.loads(payload)
-            self.spool_id = self.spool_id or str(header["spool_id"])
-            if self.first_seq is None:
-                self.first_seq = int(header["next_seq"])
-            self.next_seq = max(self.next_seq, int(header["next_seq"]))
-            self.next_batch = max(self.next_batch, int(header["next_batch"]))
-        elif kind == RECORD:
-            (seq,) = _U64.unpack_from(payload)
-            self.records[seq] = payload[_U64.size :]
-            self.record_segment[seq] = segment
-            self.next_seq = max(self.next_seq, seq + 1)
-        elif kind in (SEAL, ACK, ABANDON):
-            (number,) = _U64.unpack_from(payload)
-            self.next_batch = max(self.next_batch, number + 1)
-            if kind == SEAL:
-                self.seals[number] = tuple(_seqs(payload[_U64.size :]))
-                self.seal_segment[number] = segment
-            else:
-                self.seals.pop(number, None)
-                if kind == ACK:
-                    self.settled.update(_seqs(payload[_U64.size :]))
-        elif kind == REJECT:
-            self.settled.update(_seqs(payload))
-
-    def settle(self, recovery: Recovery) -> list[int]:
-        """Fill ``recovery``; the numbers of sealed batches that lost a record."""
-        recovery.pending = {
-            seq: body for seq, body in sorted(self.records.items()) if seq not in self.settled
-        }
-        first = self.first_seq if self.first_seq is not None else self.next_seq
-        present = set(self.records) | self.settled
-        recovery.lost_records = sum(1 for seq in range(first, self.next_seq) if seq not in present)
-        broken = []
-        for number, seqs in sorted(self.seals.items()):
-            if all(seq in recovery.pending for seq in seqs):
-                recovery.batches.append(SealedBatch(number, seqs))
-            elif any(seq in recovery.pending or seq not in self.settled for seq in seqs):
-                broken.append(number)
-        return broken

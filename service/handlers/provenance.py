@@ -14,11 +14,10 @@ from costsim_analytics.engines.provenance import (
     ProvenanceRecord,
     WriteBatch,
     WriteBatchResult,
-    command_fingerprint,
-    command_fingerprint_v1,
     prepare_batch,
     validate_filter,
 )
+from costsim_analytics.engines.provenance_digest import command_fingerprint, command_fingerprint_v1
 from costsim_analytics.engines.text import DEFAULT_MAX_JSON_DEPTH
 from costsim_analytics.handlers.call import Call, Clock, utc_now
 from costsim_analytics.handlers.idempotency import Replay

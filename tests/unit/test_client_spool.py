@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from costsim_analytics.client.errors import SpoolError, SpoolLockedError
-from costsim_analytics.client.spool import RECORD, Spool, frame, read_frames
+from costsim_analytics.client.spool import Spool
+from costsim_analytics.client.spool_format import RECORD, frame, read_frames
 
 
 def bodies(n: int, tag: str = "r") -> list[bytes]:

@@ -8,7 +8,8 @@ from costsim.analytics.v1 import analytics_pb2 as pb
 from costsim_analytics.api import convert, convert_canary
 from costsim_analytics.engines.canonical import normalize_numbers
 from costsim_analytics.engines.errors import InvalidArgument
-from costsim_analytics.engines.provenance import WriteBatch, command_fingerprint, prepare_batch
+from costsim_analytics.engines.provenance import WriteBatch, prepare_batch
+from costsim_analytics.engines.provenance_digest import command_fingerprint
 from costsim_analytics.engines.reports import CanaryReport
 
 json_like = st.recursive(

@@ -5,13 +5,8 @@ import pytest
 from costsim_analytics.engines.errors import InvalidArgument, NotFound, RequestIdReused
 from costsim_analytics.engines.idempotency import StoredRequest
 from costsim_analytics.engines.pagination import decode_token, filter_fingerprint
-from costsim_analytics.engines.provenance import (
-    ProvenanceFilter,
-    ProvenanceQuery,
-    WriteBatch,
-    command_fingerprint,
-    command_fingerprint_v1,
-)
+from costsim_analytics.engines.provenance import ProvenanceFilter, ProvenanceQuery, WriteBatch
+from costsim_analytics.engines.provenance_digest import command_fingerprint, command_fingerprint_v1
 from costsim_analytics.engines.reports import GetReport
 from costsim_analytics.handlers.call import Call
 from costsim_analytics.handlers.idempotency import ReplayTable, idempotency, request_ids

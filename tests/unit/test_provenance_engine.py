@@ -12,12 +12,11 @@ from costsim_analytics.engines.provenance import (
     ProvenanceFilter,
     ProvenanceInput,
     WriteBatch,
-    command_fingerprint,
-    command_fingerprint_v1,
     compute_cost_delta,
     prepare_batch,
     validate_filter,
 )
+from costsim_analytics.engines.provenance_digest import command_fingerprint, command_fingerprint_v1
 from tests.factories import provenance_input
 
 NOW = datetime(2026, 11, 26, tzinfo=UTC)
