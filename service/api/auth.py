@@ -16,7 +16,6 @@ For every AnalyticsService call (health and reflection are public and pass untou
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -24,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from costsim_analytics.api.errors import abort, request_id_of
-from costsim_analytics.api.metrics import ServiceMetrics, code_name, rebuilt
+from costsim_analytics.api.intercepting import Method, WrappingInterceptor, rebuilt, writing
+from costsim_analytics.api.metrics import ServiceMetrics, code_name
 from costsim_analytics.auth import audit, methods
 from costsim_analytics.auth.authn import Authenticator
 from costsim_analytics.auth.policy import PolicyStore
@@ -37,36 +37,31 @@ from costsim_analytics.settings import MetricsAuth
 PRINCIPAL: ContextVar[Principal | None] = ContextVar("costsim_principal", default=None)
 
 if TYPE_CHECKING:  # generic in grpc-stubs only
-    _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
     _Handler = grpc.RpcMethodHandler[Any, Any]
 else:
-    _Interceptor = grpc.aio.ServerInterceptor
     _Handler = grpc.RpcMethodHandler
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-class AuthInterceptor(_Interceptor):
+class AuthInterceptor(WrappingInterceptor):
     """Authenticates, authorizes and audits every non-public call (see the module docstring)."""
 
     def __init__(self, authenticator: Authenticator, metrics: ServiceMetrics) -> None:
+        super().__init__()
         self._authenticator = authenticator
         self._metrics = metrics
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[_Handler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> _Handler:
-        """The next handler, its behaviour run only for an allowed caller."""
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or methods.is_public(method):
+    def wrap(self, method: Method, handler: _Handler) -> _Handler:
+        """``handler``, its behaviour run only for an allowed caller."""
+        if methods.is_public(method.full):
             return handler
         if handler.unary_unary is not None:
-            return rebuilt(handler, self._unary(method, handler.unary_unary))
+            return rebuilt(handler, self._unary(method.full, handler.unary_unary))
         if handler.unary_stream is not None:
-            return rebuilt(handler, self._stream(method, handler.unary_stream))
+            behavior = writing(handler.unary_stream)
+            if behavior is not None:
+                return rebuilt(handler, self._stream(method.full, behavior))
         return handler  # no client-streaming RPC exists; methods.authorize would refuse it
 
     async def _admit(
@@ -120,10 +115,11 @@ class AuthInterceptor(_Interceptor):
         return call
 
     def _stream(self, method: str, behavior: Any) -> Any:
-        async def call(request: object, context: Context) -> AsyncIterator[object]:
+        """``behavior`` (a writer: ``intercepting.writing``) run once the caller is admitted."""
+
+        async def call(request: object, context: Context) -> None:
             await self._admit(method, request, context)
-            async for message in behavior(request, context):
-                yield message
+            await behavior(request, context)
 
         return call
 

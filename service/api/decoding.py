@@ -33,8 +33,7 @@ Example:
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +43,7 @@ from google.protobuf.message import DecodeError
 
 from costsim.analytics.v1 import analytics_pb2 as pb
 from costsim_analytics.api.errors import abort
-from costsim_analytics.api.metrics import rebuilt
+from costsim_analytics.api.intercepting import Method, WrappingInterceptor, rebuilt, writing
 from costsim_analytics.api.wire import first_problem
 from costsim_analytics.engines.errors import (
     CostsimError,
@@ -55,10 +54,8 @@ from costsim_analytics.engines.errors import (
 from costsim_analytics.settings import Settings
 
 if TYPE_CHECKING:  # generic in grpc-stubs only
-    _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
     _Handler = grpc.RpcMethodHandler[Any, Any]
 else:
-    _Interceptor = grpc.aio.ServerInterceptor
     _Handler = grpc.RpcMethodHandler
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -198,18 +195,11 @@ def guarded(
 
 
 def refusing(behavior: Any, method: str) -> Any:
-    """``behavior`` that first answers an :class:`Undecodable` request with its error."""
+    """``behavior`` that first answers an :class:`Undecodable` request with its error.
+
+    A streaming ``behavior`` is a writer (``intercepting.writing``); so is the result.
+    """
     name = _short(method)
-    if inspect.isasyncgenfunction(behavior):
-
-        async def stream(request: object, context: Context) -> AsyncIterator[object]:
-            if isinstance(request, Undecodable):
-                await abort(request.error, name, context)
-                raise AssertionError("abort_with_status returned")
-            async for message in behavior(request, context):
-                yield message
-
-        return stream
 
     async def call(request: object, context: Context) -> object:
         if isinstance(request, Undecodable):
@@ -220,22 +210,24 @@ def refusing(behavior: Any, method: str) -> Any:
     return call
 
 
-class DecodingInterceptor(_Interceptor):
+class DecodingInterceptor(WrappingInterceptor):
     """Refuses requests over their RPC's limit, or that do not decode (module docstring)."""
 
     def __init__(self, limits: MessageLimits) -> None:
+        super().__init__()
         self._limits = limits
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[_Handler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> _Handler:
-        """The next handler with a deserializer that never raises."""
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.request_streaming:
+    def wrap(self, method: Method, handler: _Handler) -> _Handler:
+        """``handler`` with a deserializer that never raises."""
+        if handler.request_streaming:
             return handler
-        method = handler_call_details.method
-        behavior = handler.unary_stream if handler.response_streaming else handler.unary_unary
-        decode = guarded(handler.request_deserializer, method, self._limits.of(method))
-        return rebuilt(handler, refusing(behavior, method), request_deserializer=decode)
+        behavior: Any
+        if handler.response_streaming:
+            behavior = writing(handler.unary_stream)
+            if behavior is None:
+                return handler
+        else:
+            behavior = handler.unary_unary
+        full = method.full
+        decode = guarded(handler.request_deserializer, full, self._limits.of(full))
+        return rebuilt(handler, refusing(behavior, full), request_deserializer=decode)

@@ -23,7 +23,7 @@ import inspect
 import math
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import grpc
@@ -40,6 +40,14 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from costsim_analytics.api.errors import code_of
+from costsim_analytics.api.intercepting import (
+    Method,
+    WrappingInterceptor,
+    behavior_of,
+    kind_of,
+    rebuilt,
+    writing,
+)
 from costsim_analytics.engines.canary.command import RunCanaryResult
 from costsim_analytics.engines.errors import CostsimError, WorkBoundExceeded
 from costsim_analytics.engines.limits import (
@@ -82,10 +90,8 @@ _BOUNDED: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 if TYPE_CHECKING:  # generic in grpc-stubs only
-    _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
     _Handler = grpc.RpcMethodHandler[Any, Any]
 else:
-    _Interceptor = grpc.aio.ServerInterceptor
     _Handler = grpc.RpcMethodHandler
 
 
@@ -328,8 +334,10 @@ class ServiceMetrics:
 
 def code_name(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException | None) -> str:
     """The status code name a call ended with (``exc``: what escaped its handler, if any)."""
-    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
-        return "CANCELLED"  # the client went away, or the deadline passed
+    if isinstance(exc, asyncio.CancelledError | GeneratorExit | grpc.aio.InternalError):
+        # The client went away, or the deadline passed (InternalError: a message could not be
+        # sent, the stream is gone).
+        return "CANCELLED"
     code: Any = context.code()
     if isinstance(code, grpc.StatusCode):
         return code.name
@@ -341,99 +349,55 @@ def code_name(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException | 
     return "OK" if exc is None else "UNKNOWN"
 
 
-# By (request streaming, response streaming): the label, the handler's behaviour attribute and
-# the factory that rebuilds such a handler.
-_KINDS = {
-    (False, False): ("unary", "unary_unary", grpc.unary_unary_rpc_method_handler),
-    (False, True): ("server_stream", "unary_stream", grpc.unary_stream_rpc_method_handler),
-    (True, False): ("client_stream", "stream_unary", grpc.stream_unary_rpc_method_handler),
-    (True, True): ("bidi_stream", "stream_stream", grpc.stream_stream_rpc_method_handler),
-}
-
-
-def rebuilt(
-    handler: _Handler,
-    behavior: Any,
-    request_deserializer: Callable[[bytes], Any] | None = None,
-) -> _Handler:
-    """``handler`` of the same kind and (de)serializers, running ``behavior`` instead.
-
-    ``request_deserializer``, when given, replaces the handler's own.
-    """
-    _, _, make = _KINDS[(handler.request_streaming, handler.response_streaming)]
-    return make(
-        behavior,
-        request_deserializer=request_deserializer or handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
-
-
-class MetricsInterceptor(_Interceptor):
+class MetricsInterceptor(WrappingInterceptor):
     """Counts and times every RPC by method and status code, streams until their last message."""
 
     def __init__(self, metrics: ServiceMetrics) -> None:
+        super().__init__()
         self._metrics = metrics
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[_Handler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> _Handler:
-        """The next handler, its behaviour wrapped in a measurement."""
-        handler = await continuation(handler_call_details)
-        if handler is None:  # an unknown method: grpc answers UNIMPLEMENTED itself
-            return handler
-        service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
-        grpc_type, attribute, _ = _KINDS[(handler.request_streaming, handler.response_streaming)]
-        labels = {"grpc_service": service, "grpc_method": method, "grpc_type": grpc_type}
-        wrapped = self._measure(getattr(handler, attribute), labels)
-        return handler if wrapped is None else rebuilt(handler, wrapped)
-
-    def _finish(
-        self,
-        labels: dict[str, str],
-        started: float,
-        context: grpc.aio.ServicerContext[Any, Any],
-        exc: BaseException | None,
-    ) -> None:
-        code = code_name(context, exc)
-        self._metrics.rpc_handled.labels(**labels, grpc_code=code).inc()
-        self._metrics.rpc_seconds.labels(**labels, grpc_code=code).observe(
-            time.perf_counter() - started
-        )
+    def wrap(self, method: Method, handler: _Handler) -> _Handler:
+        """``handler``, its behaviour wrapped in a measurement."""
+        labels = {
+            "grpc_service": method.service,
+            "grpc_method": method.name,
+            "grpc_type": kind_of(handler),
+        }
+        behavior = behavior_of(handler)
+        if handler.response_streaming:
+            # Unary methods, and streaming ones as writers: done after their last message.
+            behavior = writing(behavior)
+        if not inspect.iscoroutinefunction(behavior):
+            return handler  # a synchronous behaviour: not one of this server's
+        return rebuilt(handler, self._measure(behavior, labels))
 
     def _measure(self, behavior: Any, labels: dict[str, str]) -> Any:
-        """``behavior`` measured; None for a kind of behaviour this does not know."""
+        """``behavior`` measured (its counters looked up once per method and status code)."""
         started_total = self._metrics.rpc_started.labels(**labels)
-        finish = self._finish
+        handled, seconds = self._metrics.rpc_handled, self._metrics.rpc_seconds
+        by_code: dict[str, tuple[Any, Any]] = {}
 
-        if inspect.isasyncgenfunction(behavior):
-            # A streaming method written as an async generator: done after its last message.
-            async def stream(request: Any, context: Any) -> Any:
-                started_total.inc()
-                started = time.perf_counter()
-                try:
-                    async for message in behavior(request, context):
-                        yield message
-                except BaseException as exc:
-                    finish(labels, started, context, exc)
-                    raise
-                finish(labels, started, context, None)
+        def finish(started: float, context: Any, exc: BaseException | None) -> None:
+            elapsed = time.perf_counter() - started
+            code = code_name(context, exc)
+            counters = by_code.get(code)
+            if counters is None:
+                counters = by_code[code] = (
+                    handled.labels(**labels, grpc_code=code),
+                    seconds.labels(**labels, grpc_code=code),
+                )
+            counters[0].inc()
+            counters[1].observe(elapsed)
 
-            return stream
+        async def call(request: Any, context: Any) -> Any:
+            started_total.inc()
+            started = time.perf_counter()
+            try:
+                response = await behavior(request, context)
+            except BaseException as exc:
+                finish(started, context, exc)
+                raise
+            finish(started, context, None)
+            return response
 
-        if inspect.iscoroutinefunction(behavior):
-            # Unary methods, and streaming ones that write through context.write().
-            async def call(request: Any, context: Any) -> Any:
-                started_total.inc()
-                started = time.perf_counter()
-                try:
-                    response = await behavior(request, context)
-                except BaseException as exc:
-                    finish(labels, started, context, exc)
-                    raise
-                finish(labels, started, context, None)
-                return response
-
-            return call
-        return None
+        return call

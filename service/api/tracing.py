@@ -25,8 +25,7 @@ store with roots.
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -38,14 +37,13 @@ from costsim_analytics.api.auth import PRINCIPAL
 from costsim_analytics.api.dashboard.app import _route_of as route_of
 from costsim_analytics.api.dashboard.httpserver import App, Request, Response
 from costsim_analytics.api.errors import REQUEST_ID_HEADER
-from costsim_analytics.api.metrics import code_name, rebuilt
+from costsim_analytics.api.intercepting import Method, WrappingInterceptor, rebuilt, writing
+from costsim_analytics.api.metrics import code_name
 from costsim_analytics.auth import methods
 
 if TYPE_CHECKING:  # generic in grpc-stubs only
-    _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
     _Handler = grpc.RpcMethodHandler[Any, Any]
 else:
-    _Interceptor = grpc.aio.ServerInterceptor
     _Handler = grpc.RpcMethodHandler
 
 # The status codes of a server fault (semantic conventions for gRPC server spans).
@@ -108,27 +106,28 @@ class _CountingContext:
         await self._context.write(message)
 
 
-class TracingInterceptor(_Interceptor):
+class TracingInterceptor(WrappingInterceptor):
     """Opens the server span of every non-public RPC (see the module docstring)."""
 
     def __init__(self, tracer: trace.Tracer) -> None:
+        super().__init__()
         self._tracer = tracer
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[_Handler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> _Handler:
-        """The next handler, its behaviour run inside a server span."""
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or methods.is_public(method) or handler.request_streaming:
+    def wrap(self, method: Method, handler: _Handler) -> _Handler:
+        """``handler``, its behaviour run inside a server span."""
+        if methods.is_public(method.full) or handler.request_streaming:
             return handler
-        name = method.lstrip("/")
-        service, _, rpc = name.rpartition("/")
-        attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": rpc}
+        name = method.full.lstrip("/")
+        attributes = {
+            "rpc.system": "grpc",
+            "rpc.service": method.service,
+            "rpc.method": method.name,
+        }
         if handler.response_streaming:
-            return rebuilt(handler, self._stream(name, attributes, handler.unary_stream))
+            behavior = writing(handler.unary_stream)
+            if behavior is None:
+                return handler
+            return rebuilt(handler, self._stream(name, attributes, behavior))
         return rebuilt(handler, self._unary(name, attributes, handler.unary_unary))
 
     def _start(self, name: str, attributes: Mapping[str, str], request: Any, context: Any) -> Any:
@@ -187,19 +186,15 @@ class TracingInterceptor(_Interceptor):
         return call
 
     def _stream(self, name: str, attributes: Mapping[str, str], behavior: Any) -> Any:
+        """``behavior`` (a writer: ``intercepting.writing``) in a span counting its messages."""
         finish = self._finish
 
-        async def messages(request: Any, context: Any) -> AsyncIterator[Any]:
+        async def messages(request: Any, context: Any) -> None:
             span = self._start(name, attributes, request, context)
             counting = _CountingContext(context, span)
             with _current(span):
                 try:
-                    if inspect.isasyncgenfunction(behavior):
-                        async for message in behavior(request, counting):
-                            counting.count()
-                            yield message
-                    else:  # a streaming method that writes through context.write()
-                        await behavior(request, counting)
+                    await behavior(request, counting)
                 except BaseException as exc:
                     span.set_attribute("costsim.messages_sent", counting.sent)
                     finish(span, context, exc)
