@@ -38,6 +38,9 @@ logging_collector = off
 fsync = off
 full_page_writes = off
 """
+# pg_basebackup runs: a copy whose connection the server ended is made again.
+BACKUP_ATTEMPTS = 3
+
 HBA_CONF = """\
 local all all trust
 host all all 127.0.0.1/32 trust
@@ -139,7 +142,7 @@ class StreamingReplica:
             self._give_root_to_owner()
         self.root.chmod(0o700)
         u = self.primary
-        self._run(
+        backup = (
             str(self.bindir / "pg_basebackup"),
             "-R",
             "-c",
@@ -155,6 +158,16 @@ class StreamingReplica:
             "-U",
             str(u.username),
         )
+        # A copy cut short (its connection ended by the server, which other work on a shared
+        # server can do) leaves nothing behind (pg_basebackup removes the directory): try again.
+        for attempt in range(1, BACKUP_ATTEMPTS + 1):
+            try:
+                self._run(*backup)
+                break
+            except RuntimeError:
+                if attempt == BACKUP_ATTEMPTS or self.data.exists():
+                    raise
+                time.sleep(0.5 * attempt)
         conf = STANDBY_CONF.format(port=self.port, sockets=self.root)
         conf += "".join(f"{name} = {value}\n" for name, value in copied.items())
         for name, text in (
