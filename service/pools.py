@@ -7,7 +7,7 @@ The primary's pools (main, streams, health probe) and the read replicas of
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
@@ -23,10 +23,19 @@ log = logging.getLogger(__name__)
 
 
 def build_engine(
-    settings: Settings, *, pool_size: int | None = None, max_overflow: int | None = None
+    settings: Settings,
+    *,
+    pool_size: int | None = None,
+    max_overflow: int | None = None,
+    pre_ping: bool = False,
 ) -> Engine:
-    """The database engine for ``settings`` (its pool sized by the settings unless given)."""
-    return make_engine(settings.database_url, engine_options(settings, pool_size, max_overflow))
+    """The database engine for ``settings`` (its pool sized by the settings unless given).
+
+    ``pre_ping``: for a pool whose users check out connections outside the unit of work
+    (the health probe's), which is not where a dropped connection is noticed and replaced.
+    """
+    options = replace(engine_options(settings, pool_size, max_overflow), pre_ping=pre_ping)
+    return make_engine(settings.database_url, options)
 
 
 def engine_options(
@@ -96,7 +105,8 @@ class ServerEngines:
         streams = build_engine(
             settings, pool_size=settings.max_streams, max_overflow=STREAM_POOL_SPARE
         )
-        return cls(main, streams, build_engine(settings, pool_size=1, max_overflow=0))
+        probe = build_engine(settings, pool_size=1, max_overflow=0, pre_ping=True)
+        return cls(main, streams, probe)
 
     def dispose(self) -> None:
         """Close the pools this object made (the main engine is its caller's)."""

@@ -3,19 +3,26 @@
 SQLite runs in WAL mode with a busy timeout and foreign keys on, and its transactions are
 begun explicitly (``BEGIN IMMEDIATE`` for writers) so that concurrent writers queue on the
 busy timeout instead of failing mid-transaction. PostgreSQL connections carry a connect
-timeout, so an unreachable server fails fast instead of hanging a call.
+timeout, so an unreachable server fails fast instead of hanging a call, and are not pinged on
+checkout: :func:`first_round_trip` makes a connection's first round trip its liveness check.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 READ_ONLY = "costsim_read_only"
 _JSON = json.JSONDecoder()
@@ -34,6 +41,10 @@ class EngineOptions:
     connect_timeout_s: int = 3
     sqlite_busy_timeout_ms: int = 10_000
     statement_timeout_ms: int = 0  # 0: none
+    # PostgreSQL: ping every connection on checkout (one more round trip). Off, a connection's
+    # users send their first round trip through :func:`first_round_trip`, as the unit of work
+    # and the advisory lock do; on, for pools used otherwise (the health probes).
+    pre_ping: bool = False
 
 
 def make_engine(url: str, options: EngineOptions | None = None) -> Engine:
@@ -50,10 +61,69 @@ def make_engine(url: str, options: EngineOptions | None = None) -> Engine:
         pool_size=opts.pool_size,
         max_overflow=opts.max_overflow,
         pool_timeout=opts.pool_timeout_s,
-        pool_pre_ping=True,
+        pool_pre_ping=opts.pre_ping,
         connect_args=connect_args,
         json_deserializer=_json_loads,
     )
+
+
+def is_stale(conn: Connection, exc: BaseException) -> bool:
+    """True when ``exc`` says ``conn``'s server connection is gone (killed, restarted, cut).
+
+    A statement SQLAlchemy sent says so itself (``connection_invalidated``); one sent on the
+    raw driver connection is judged by the dialect, as SQLAlchemy would.
+    """
+    if isinstance(exc, sa_exc.DBAPIError):
+        return exc.connection_invalidated
+    if conn.invalidated or conn.closed or not isinstance(exc, conn.dialect.loaded_dbapi.Error):
+        return False
+    return conn.dialect.is_disconnect(exc, conn.connection.dbapi_connection, None)
+
+
+def forget(conn: Connection, exc: BaseException) -> None:
+    """Invalidate ``conn`` and every connection its pool opened before it.
+
+    They all predate the loss (a restarted server dropped them too): the pool reconnects them
+    on their next checkout. SQLAlchemy does the same for a disconnect during a statement,
+    and its pre-ping for a failed ping; a statement SQLAlchemy sent has done it already.
+    """
+    if conn.invalidated:
+        return
+    conn.engine.pool._invalidate(conn.connection, exc, _checkin=False)
+    conn.invalidate(exc)
+
+
+def first_round_trip(
+    connect: Callable[[], Connection], send: Callable[[Connection], T]
+) -> tuple[Connection, T]:
+    """A connection from ``connect`` and the answer of ``send``, its first round trip.
+
+    PostgreSQL engines skip the pool's pre-ping (one more round trip on every checkout):
+    the first round trip of a connection's use is its liveness check instead. When that
+    finds the connection gone, nothing has been done on it yet: the pool forgets it (and
+    the connections older than it) and ``send`` goes again once on a new connection. If
+    that one fails too, the database really is down, and the error propagates.
+    """
+    conn = connect()
+    try:
+        return conn, send(conn)
+    except Exception as exc:
+        stale = is_stale(conn, exc)
+        if stale:
+            forget(conn, exc)
+        conn.close()
+        if not stale:
+            raise
+        log.info("a pooled connection was gone (%s); retrying on a new one", type(exc).__name__)
+    except BaseException:
+        conn.close()
+        raise
+    conn = connect()
+    try:
+        return conn, send(conn)
+    except BaseException:
+        conn.close()
+        raise
 
 
 def _json_loads(data: bytes) -> Any:

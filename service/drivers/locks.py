@@ -16,6 +16,7 @@ from pathlib import Path
 from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.engine import make_url
 
+from costsim_analytics.drivers.database import first_round_trip
 from costsim_analytics.drivers.errors import translated
 
 # "costsim" in ASCII: a fixed 64-bit key that no other application is likely to use.
@@ -34,20 +35,27 @@ class PostgresAdvisoryLock:
     def acquire(self, timeout_s: float) -> bool:
         """Poll ``pg_try_advisory_lock`` until it succeeds or the timeout passes."""
         with translated():
-            conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
             deadline = time.monotonic() + timeout_s
+            # The first try is the connection's liveness check (the engine skips the pre-ping).
+            conn, locked = first_round_trip(self._autocommit, self._try_lock)
             try:
-                while True:
-                    if conn.execute(select(func.pg_try_advisory_lock(self._key))).scalar_one():
-                        self._conn = conn
-                        return True
+                while not locked:
                     if time.monotonic() >= deadline:
                         conn.close()
                         return False
                     time.sleep(_POLL_S)
+                    locked = self._try_lock(conn)
             except BaseException:
                 conn.close()
                 raise
+            self._conn = conn
+            return True
+
+    def _autocommit(self) -> Connection:
+        return self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+
+    def _try_lock(self, conn: Connection) -> bool:
+        return bool(conn.execute(select(func.pg_try_advisory_lock(self._key))).scalar_one())
 
     def release(self) -> None:
         """Unlock and close the connection (closing alone would release it too)."""

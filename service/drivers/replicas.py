@@ -100,6 +100,7 @@ class ReplicaRouter:
             pool_timeout_s=1.0,
             connect_timeout_s=REPLICA_CONNECT_TIMEOUT_S,
             statement_timeout_ms=PROBE_STATEMENT_TIMEOUT_MS,
+            pre_ping=True,  # the probe connects outside a unit of work
         )
         self.replicas: list[Replica] = []
         for index, url in enumerate(urls):

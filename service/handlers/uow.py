@@ -21,7 +21,7 @@ from psycopg import pq
 from sqlalchemy import Connection, Engine, RootTransaction
 
 from costsim_analytics.drivers.canary_report_driver import SqlCanaryReportDriver
-from costsim_analytics.drivers.database import READ_ONLY
+from costsim_analytics.drivers.database import READ_ONLY, first_round_trip
 from costsim_analytics.drivers.errors import translated
 from costsim_analytics.drivers.golden_driver import SqlGoldenDriver
 from costsim_analytics.drivers.idempotency_driver import SqlIdempotencyDriver
@@ -62,15 +62,9 @@ class SqlAlchemyUnitOfWork:
 
     def __enter__(self) -> Self:
         with translated():
-            conn = self._connect(self._engine)
-            try:
-                if self._read_only:
-                    conn = conn.execution_options(**{READ_ONLY: True, "postgresql_readonly": True})
-                self._tx = conn.begin()
-                _bound_by_deadline(conn)
-            except BaseException:
-                conn.close()
-                raise
+            # The BEGIN is the connection's liveness check (the engines skip the pre-ping):
+            # on a connection the server dropped, it goes again once on a new one.
+            conn, _ = first_round_trip(self._open, _begin_on_server)
         self._conn = conn
         self.provenance = SqlProvenanceDriver(conn)
         self.reports = SqlCanaryReportDriver(conn)
@@ -78,6 +72,18 @@ class SqlAlchemyUnitOfWork:
         self.golden = SqlGoldenDriver(conn)
         self.partitions = SqlPartitionDriver(conn)
         return self
+
+    def _open(self) -> Connection:
+        """A connection with its transaction begun on this side (on SQLite, on the server too)."""
+        conn = self._connect(self._engine)
+        try:
+            if self._read_only:
+                conn = conn.execution_options(**{READ_ONLY: True, "postgresql_readonly": True})
+            self._tx = conn.begin()
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     def commit(self) -> None:
         """Commit the transaction (a read-only one commits nothing)."""
@@ -111,29 +117,36 @@ class SqlAlchemyUnitOfWork:
             conn.close()
 
 
-def _bound_by_deadline(conn: Connection) -> None:
-    """On PostgreSQL, no statement of this transaction outlives the call's deadline.
+def _begin_on_server(conn: Connection) -> None:
+    """On PostgreSQL, begin the transaction now, bounded by the call's deadline.
 
-    The server stops waiting for the statement when the caller has (``QueryCanceled``, which
-    the drivers translate to ``DeadlineExceeded``), instead of running it to the end for
-    nobody. SQLite has no statement timeout; its statements are short.
+    The ``BEGIN`` is the one psycopg would send before the first statement (with the
+    connection's read-only setting), sent now so that it is the connection's liveness check
+    (:func:`first_round_trip`): nothing has been done when it finds the connection gone.
 
-    The transaction's ``BEGIN`` (the one psycopg would send before the first statement, with
-    the connection's read-only setting) and the ``SET LOCAL`` go out as one simple query: one
-    round trip instead of two, on every unit of work of a call with a deadline.
+    With a deadline, no statement of this transaction outlives it: the server stops waiting
+    for the statement when the caller has (``QueryCanceled``, which the drivers translate to
+    ``DeadlineExceeded``), instead of running it to the end for nobody. SQLite has no
+    statement timeout; its statements are short. The ``BEGIN`` and the ``SET LOCAL`` go out as
+    one simple query: one round trip instead of two.
     """
-    deadline = current_deadline()
-    if deadline is None or conn.dialect.name != "postgresql":
+    if conn.dialect.name != "postgresql":
         return
-    left_ms = max(1, int((deadline - time.monotonic()) * 1000))
-    set_timeout = f"SET LOCAL statement_timeout = {left_ms}"
+    deadline = current_deadline()
+    statements = []
+    if deadline is not None:
+        left_ms = max(1, int((deadline - time.monotonic()) * 1000))
+        statements.append(f"SET LOCAL statement_timeout = {left_ms}")
     driver = conn.connection.driver_connection
     if not isinstance(driver, psycopg.Connection) or driver.autocommit:
-        conn.exec_driver_sql(set_timeout)
+        for statement in statements:
+            conn.exec_driver_sql(statement)
         return
-    begun = driver.pgconn.transaction_status != pq.TransactionStatus.IDLE
-    command = set_timeout if begun else f"{_begin_statement(driver)}; {set_timeout}"
-    result = driver.pgconn.exec_(command.encode())
+    if driver.pgconn.transaction_status == pq.TransactionStatus.IDLE:
+        statements.insert(0, _begin_statement(driver))
+    if not statements:
+        return
+    result = driver.pgconn.exec_("; ".join(statements).encode())
     if result.status != pq.ExecStatus.COMMAND_OK:
         message = (result.error_message or driver.pgconn.error_message).decode(errors="replace")
         raise psycopg.OperationalError(f"could not begin the transaction: {message.strip()}")

@@ -33,6 +33,7 @@ from costsim_analytics.handlers.uow import SqlAlchemyUnitOfWorkFactory
 from costsim_analytics.settings import Settings
 from tests.conftest import truncate_all
 from tests.factories import canary_report
+from tests.integration.test_stale_connections import terminate
 from tests.replica import StreamingReplica
 
 
@@ -251,3 +252,27 @@ def test_reads_keep_working_when_the_replica_stops_mid_run(
     before = routed.reads("replica")
     routed.get("canary-00002")
     assert routed.reads("replica") == before + 1
+
+
+def test_a_routed_read_on_a_terminated_replica_connection_succeeds(
+    make_routed: Callable[[float], Routed], replicated_database: tuple[str, str]
+) -> None:
+    # The replica engine skips the pre-ping too: the routed unit of work's BEGIN finds the
+    # connection the standby dropped, and the read goes again on a new one, still there.
+    routed = make_routed(LOOSE_LAG_S)
+    routed.add(canary_report(1))
+    routed.replica.wait_caught_up()
+    eventually(routed, usable=True)
+    assert routed.get("canary-00001").run_id == "canary-00001"
+    engine = routed.router.replicas[0].engine
+    # the pooled connection the read used (read-only: a standby refuses read-write)
+    with engine.connect().execution_options(postgresql_readonly=True) as conn:
+        dead = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+        conn.rollback()
+    terminate(replicated_database[1], dead)
+    assert routed.get("canary-00001").run_id == "canary-00001"
+    # Every connection handed out is counted: the dropped one and its replacement.
+    assert (routed.reads("replica"), routed.reads("primary")) == (3, 0)
+    with engine.connect().execution_options(postgresql_readonly=True) as conn:
+        assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one() != dead
+        conn.rollback()
