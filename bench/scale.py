@@ -423,6 +423,16 @@ def main() -> None:
         empty_url = stack.enter_context(bench_database(args.database_url, f"{args.db_name}_empty"))
         if args.reuse:
             url = make_url(args.database_url).set(database=args.db_name).render_as_string(False)
+            # What the kept database holds, not what this run's arguments would have seeded.
+            with psycopg.connect(libpq_url(url)) as conn:
+                for key, table in (
+                    ("reports", "costsim_canary_reports"),
+                    ("provenance", "costsim_provenance"),
+                ):
+                    row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+                    summary[key] = int(row[0]) if row else 0
+            args.reports, args.provenance = summary["reports"], summary["provenance"]
+            DEEP = min(DEEP, args.reports // 2)
         else:
             url = stack.enter_context(
                 bench_database(args.database_url, args.db_name, keep=args.keep)
