@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -141,6 +142,6 @@ class WrappingInterceptor(_Interceptor):
         self._wrapped[full] = (handler, wrapped)
         return wrapped
 
+    @abc.abstractmethod
     def wrap(self, method: Method, handler: _Handler) -> _Handler:
         """``handler`` with this interceptor's behaviour around its own (or as it is)."""
-        raise NotImplementedError
