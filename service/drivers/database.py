@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psycopg
+from psycopg import pq
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
@@ -197,3 +200,51 @@ def statement_span(
             **attributes,
         },
     )
+
+
+def begin_on_server(conn: Connection, deadline: float | None) -> None:
+    """On PostgreSQL, begin the transaction now, bounded by the call's deadline.
+
+    The ``BEGIN`` is the one psycopg would send before the first statement (with the
+    connection's read-only setting), sent now so that it is the connection's liveness check
+    (:func:`first_round_trip`): nothing has been done when it finds the connection gone.
+
+    With a ``deadline`` (``time.monotonic()`` seconds), no statement of this transaction
+    outlives it: the server stops waiting for the statement when the caller has
+    (``QueryCanceled``, which the drivers translate to ``DeadlineExceeded``), instead of
+    running it to the end for nobody. SQLite has no statement timeout; its statements are
+    short. The ``BEGIN`` and the ``SET LOCAL`` go out as
+    one simple query: one round trip instead of two.
+    """
+    if conn.dialect.name != "postgresql":
+        return
+    statements = []
+    if deadline is not None:
+        left_ms = max(1, int((deadline - time.monotonic()) * 1000))
+        statements.append(f"SET LOCAL statement_timeout = {left_ms}")
+    driver = conn.connection.driver_connection
+    if not isinstance(driver, psycopg.Connection) or driver.autocommit:
+        for statement in statements:
+            conn.exec_driver_sql(statement)
+        return
+    if driver.pgconn.transaction_status == pq.TransactionStatus.IDLE:
+        statements.insert(0, begin_statement_of(driver))
+    if not statements:
+        return
+    result = driver.pgconn.exec_("; ".join(statements).encode())
+    if result.status != pq.ExecStatus.COMMAND_OK:
+        message = (result.error_message or driver.pgconn.error_message).decode(errors="replace")
+        raise psycopg.OperationalError(f"could not begin the transaction: {message.strip()}")
+
+
+def begin_statement_of(driver: psycopg.Connection[Any]) -> str:
+    """The ``BEGIN`` psycopg sends for ``driver``'s isolation level and access mode."""
+    parts = ["BEGIN"]
+    if driver.isolation_level is not None:
+        level = psycopg.IsolationLevel(driver.isolation_level).name.replace("_", " ")
+        parts.append(f"ISOLATION LEVEL {level}")
+    if driver.read_only is not None:
+        parts.append("READ ONLY" if driver.read_only else "READ WRITE")
+    if driver.deferrable is not None:
+        parts.append("DEFERRABLE" if driver.deferrable else "NOT DEFERRABLE")
+    return " ".join(parts)

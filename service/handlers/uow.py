@@ -11,17 +11,14 @@ Example:
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Protocol, Self
 
-import psycopg
-from psycopg import pq
 from sqlalchemy import Connection, Engine, RootTransaction
 
 from costsim_analytics.drivers.canary_report_driver import SqlCanaryReportDriver
-from costsim_analytics.drivers.database import READ_ONLY, first_round_trip
+from costsim_analytics.drivers.database import READ_ONLY, begin_on_server, first_round_trip
 from costsim_analytics.drivers.errors import translated
 from costsim_analytics.drivers.golden_driver import SqlGoldenDriver
 from costsim_analytics.drivers.idempotency_driver import SqlIdempotencyDriver
@@ -64,7 +61,8 @@ class SqlAlchemyUnitOfWork:
         with translated():
             # The BEGIN is the connection's liveness check (the engines skip the pre-ping):
             # on a connection the server dropped, it goes again once on a new one.
-            conn, _ = first_round_trip(self._open, _begin_on_server)
+            deadline = current_deadline()
+            conn, _ = first_round_trip(self._open, lambda c: begin_on_server(c, deadline))
         self._conn = conn
         self.provenance = SqlProvenanceDriver(conn)
         self.reports = SqlCanaryReportDriver(conn)
@@ -115,54 +113,6 @@ class SqlAlchemyUnitOfWork:
                 raise
         finally:
             conn.close()
-
-
-def _begin_on_server(conn: Connection) -> None:
-    """On PostgreSQL, begin the transaction now, bounded by the call's deadline.
-
-    The ``BEGIN`` is the one psycopg would send before the first statement (with the
-    connection's read-only setting), sent now so that it is the connection's liveness check
-    (:func:`first_round_trip`): nothing has been done when it finds the connection gone.
-
-    With a deadline, no statement of this transaction outlives it: the server stops waiting
-    for the statement when the caller has (``QueryCanceled``, which the drivers translate to
-    ``DeadlineExceeded``), instead of running it to the end for nobody. SQLite has no
-    statement timeout; its statements are short. The ``BEGIN`` and the ``SET LOCAL`` go out as
-    one simple query: one round trip instead of two.
-    """
-    if conn.dialect.name != "postgresql":
-        return
-    deadline = current_deadline()
-    statements = []
-    if deadline is not None:
-        left_ms = max(1, int((deadline - time.monotonic()) * 1000))
-        statements.append(f"SET LOCAL statement_timeout = {left_ms}")
-    driver = conn.connection.driver_connection
-    if not isinstance(driver, psycopg.Connection) or driver.autocommit:
-        for statement in statements:
-            conn.exec_driver_sql(statement)
-        return
-    if driver.pgconn.transaction_status == pq.TransactionStatus.IDLE:
-        statements.insert(0, _begin_statement(driver))
-    if not statements:
-        return
-    result = driver.pgconn.exec_("; ".join(statements).encode())
-    if result.status != pq.ExecStatus.COMMAND_OK:
-        message = (result.error_message or driver.pgconn.error_message).decode(errors="replace")
-        raise psycopg.OperationalError(f"could not begin the transaction: {message.strip()}")
-
-
-def _begin_statement(driver: psycopg.Connection[Any]) -> str:
-    """The ``BEGIN`` psycopg sends for ``driver``'s isolation level and access mode."""
-    parts = ["BEGIN"]
-    if driver.isolation_level is not None:
-        level = psycopg.IsolationLevel(driver.isolation_level).name.replace("_", " ")
-        parts.append(f"ISOLATION LEVEL {level}")
-    if driver.read_only is not None:
-        parts.append("READ ONLY" if driver.read_only else "READ WRITE")
-    if driver.deferrable is not None:
-        parts.append("DEFERRABLE" if driver.deferrable else "NOT DEFERRABLE")
-    return " ".join(parts)
 
 
 class SqlAlchemyUnitOfWorkFactory:
