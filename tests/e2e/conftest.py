@@ -3,7 +3,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2
 
 from tests.e2e.server import ServerProcess
 
@@ -11,18 +10,14 @@ from tests.e2e.server import ServerProcess
 @pytest.fixture
 def server(database_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
     """A serving server on a migrated, empty database (each backend)."""
-    proc = ServerProcess(
+    with ServerProcess(
         database_url,
         tmp_path / "server.log",
         COSTSIM_MAX_BATCH="50",
         # Canary artifacts beside the test's other files, not under the working directory.
         COSTSIM_ARTIFACTS_DIR=str(tmp_path / "artifacts"),
-    ).start()
-    try:
-        proc.wait_health(health_pb2.HealthCheckResponse.SERVING)
+    ).serving() as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture

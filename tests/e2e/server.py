@@ -8,6 +8,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -103,6 +105,16 @@ class ServerProcess:
                 return
             time.sleep(0.1)
         raise AssertionError(f"health stayed {last}, wanted {status}\n{self.log()}")
+
+    @contextmanager
+    def serving(self) -> Iterator[ServerProcess]:
+        """Start the server, wait until it is SERVING, and stop it when the block ends."""
+        self.start()
+        try:
+            self.wait_health(health_pb2.HealthCheckResponse.SERVING)
+            yield self
+        finally:
+            self.stop()
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> int:
         if self.proc is None:

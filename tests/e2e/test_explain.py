@@ -14,7 +14,6 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf import json_format
-from grpc_health.v1 import health_pb2
 
 from costsim.analytics.v1 import analytics_pb2 as pb
 from costsim_analytics.engines.canary.explain import ExplainRun, explain
@@ -33,14 +32,10 @@ def artifacts(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def server(database_url: str, tmp_path: Path, artifacts: Path) -> Iterator[ServerProcess]:
-    proc = ServerProcess(
+    with ServerProcess(
         database_url, tmp_path / "server.log", COSTSIM_ARTIFACTS_DIR=str(artifacts)
-    ).start()
-    try:
-        proc.wait_health(health_pb2.HealthCheckResponse.SERVING)
+    ).serving() as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 def run_canary(stub) -> pb.CanaryReport:

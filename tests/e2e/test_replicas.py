@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from grpc_health.v1 import health_pb2
 
 from costsim.analytics.v1 import analytics_pb2 as pb
 from costsim_analytics.drivers.database import make_engine
@@ -55,19 +54,15 @@ def routed_server(
     truncate_all(engine)
     engine.dispose()
     replica.wait_caught_up()
-    proc = ServerProcess(
+    with ServerProcess(
         primary_url,
         tmp_path / "server.log",
         COSTSIM_ARTIFACTS_DIR=str(tmp_path / "artifacts"),
         COSTSIM_DATABASE_READ_URLS=replica_url,
         # Loose: the standby also replays whatever else the shared test server is doing.
         COSTSIM_REPLICA_MAX_LAG_S="60",
-    ).start()
-    try:
-        proc.wait_health(health_pb2.HealthCheckResponse.SERVING)
+    ).serving() as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 def test_reads_go_to_the_replica_and_survive_its_loss(

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 from google.protobuf import json_format
-from grpc_health.v1 import health_pb2
 from sqlalchemy.engine import make_url
 
 from costsim.analytics.v1 import analytics_pb2 as pb
@@ -34,14 +33,10 @@ def pg_server(postgres_migrated_url: str, tmp_path: Path) -> Iterator[ServerProc
             uow.reports.add(canary_report(i))
         uow.commit()
     engine.dispose()
-    proc = ServerProcess(
+    with ServerProcess(
         postgres_migrated_url, tmp_path / "server.log", COSTSIM_ARTIFACTS_DIR=str(tmp_path / "a")
-    ).start()
-    try:
-        proc.wait_health(health_pb2.HealthCheckResponse.SERVING)
+    ).serving() as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 def server_backends(url: str) -> list[int]:

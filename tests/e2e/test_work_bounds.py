@@ -14,7 +14,6 @@ from typing import Any
 import grpc
 import pytest
 from google.rpc import error_details_pb2
-from grpc_health.v1 import health_pb2
 from grpc_status import rpc_status
 
 from costsim.analytics.v1 import analytics_pb2 as pb
@@ -35,12 +34,8 @@ BOUNDS = {
 def bounded(database_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
     """A server with small bounds and its own artifact root."""
     env = {**BOUNDS, "COSTSIM_ARTIFACTS_DIR": str(tmp_path / "artifacts")}
-    proc = ServerProcess(database_url, tmp_path / "server.log", **env).start()
-    try:
-        proc.wait_health(health_pb2.HealthCheckResponse.SERVING)
+    with ServerProcess(database_url, tmp_path / "server.log", **env).serving() as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 def canary(plans: list[dict[str, Any]]) -> pb.RunCanaryRequest:
